@@ -1,0 +1,37 @@
+"""Type aliases shared across the package (one place, as the house style asks)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+Strategy: TypeAlias = Literal[
+    "thompson",
+    "thompson-dropout",
+    "neural-linear",
+    "ucb",
+    "epsilon-greedy",
+    "uniform",
+    "bernoulli-ts",
+]
+STRATEGIES: tuple[Strategy, ...] = (
+    "thompson",
+    "thompson-dropout",
+    "neural-linear",
+    "ucb",
+    "epsilon-greedy",
+    "uniform",
+    "bernoulli-ts",
+)
+
+Aggregation: TypeAlias = Literal["earliest", "sum"]
+
+FeatureValue: TypeAlias = str | int | float | bool | None | Sequence[str]
+Context: TypeAlias = Mapping[str, FeatureValue]
+
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+Float64Array: TypeAlias = npt.NDArray[np.float64]
+IntArray: TypeAlias = npt.NDArray[np.int64]

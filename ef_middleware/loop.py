@@ -1,0 +1,314 @@
+"""One personalization loop: rank actions for a context, take rewards, hand them to learning.
+
+The request path (:meth:`Loop.rank`, :meth:`Loop.reward`) only reads the published
+:class:`~ef_middleware.trainer.ServingState` and appends to in-memory queues; the learner thread
+(:meth:`Loop.learn_pending`) persists decisions, finalises them and trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._types import Context, FloatArray
+from .decision import Decision, DecisionRecord, RankedAction
+from .errors import DuplicateRewardError, InvalidInputError, RewardOutOfRangeError, UnknownEventError
+from .features import Action, FeatureEncoder, to_actions
+from .policies import Candidates, Policy, make_policy
+from .settings import LoopSettings
+from .store import Store
+from .trainer import Sample, ServingState, Trainer, action_key
+
+log = logging.getLogger("ef_middleware")
+
+
+@dataclass
+class _Pending:
+    record: DecisionRecord
+    total: float = 0.0
+    rewarded: bool = False
+
+
+class Loop:
+    """A set of actions (variants) and the model that learns which one suits which visitor.
+
+    Create loops with :meth:`Engine.loop`, not directly.
+
+    Examples
+    --------
+    >>> hero = engine.loop("homepage-hero", actions=["minimal", "video"])   # doctest: +SKIP
+    >>> d = hero.rank({"device": "mobile", "hour": 14})                     # doctest: +SKIP
+    >>> hero.reward(d.event_id, 1.0)                                        # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, actions: Iterable[Any], settings: LoopSettings, *,
+                 encoder: FeatureEncoder, store: Store, seed: int,
+                 clock: Callable[[], float] = time.time,
+                 wake: Callable[[], None] = lambda: None) -> None:
+        self.name = name
+        self.settings = settings
+        self.actions: list[Action] = to_actions(actions)
+        self.encoder = encoder
+        self.store = store
+        self.clock = clock
+        self._wake = wake
+        self.policy: Policy = make_policy(settings.strategy, dict(settings.strategy_options))
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()
+        self.trainer = Trainer(name, settings, encoder, store, seed)
+        self.restored = self.trainer.restore()
+        self._serving: ServingState = self.trainer.publish(self.actions)
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._pending_lock = threading.Lock()
+        self._to_persist: deque[DecisionRecord] = deque()
+        self._ready: deque[Sample] = deque()
+        self._progress = threading.Condition()
+        self._train_lock = threading.Lock()
+        self.enqueued = 0  # samples handed to learning
+        self.learned = 0  # samples learned
+        self.decisions = 0
+        self.rewards = 0
+
+    # -- ranking ---------------------------------------------------------------------------
+    @property
+    def model_version(self) -> int:
+        return self._serving.version
+
+    def rank(self, context: Context, actions: Sequence[Any] | None = None, *,
+             exclude: Iterable[str] = (), event_id: str | None = None) -> Decision:
+        """Rank the actions for ``context`` and choose one by the loop's policy.
+
+        Parameters
+        ----------
+        context
+            Visitor features: str values are embedded as text, numbers stay numbers (``hour``
+            and ``weekday`` become sin/cos), booleans become 0/1, lists of str are multi-valued.
+        actions
+            This call's candidates instead of the loop's own (ids and features).
+        exclude
+            Action ids not to consider for this call.
+        event_id
+            Use this id for the logged decision instead of a fresh random one.
+
+        Returns
+        -------
+        Decision
+            The chosen action, its propensity and every candidate ranked.
+        """
+        encoded = self.encoder.context(context)
+        state = self._serving
+        candidates, rows, counts, successes = self._candidates(state, actions, exclude)
+        model = state.model
+        numeric = self.encoder.numeric.standardise(encoded.numeric_raw, encoded.numeric_mask)
+        hidden = model.last_hidden(model.project_context(encoded.text, numeric), rows)
+        mean = model.head(hidden)
+        view = Candidates(mean, hidden, counts, successes, model, state.posterior)
+        with self._rng_lock:
+            choice = self.policy.choose(view, self._rng)
+        order = np.lexsort((-mean, -choice.probabilities))
+        ranking = tuple(
+            RankedAction(candidates[i].id, float(choice.probabilities[i]),
+                         self.settings.denormalise(float(mean[i])))
+            for i in order
+        )
+        chosen = candidates[choice.index]
+        record = DecisionRecord(
+            event_id=event_id or uuid.uuid4().hex,
+            time=self.clock(),
+            context=dict(context),
+            action_ids=[a.id for a in candidates],
+            chosen=choice.index,
+            probabilities=[float(p) for p in choice.probabilities],
+            model_version=state.version,
+            action=chosen,
+            inputs=encoded,
+        )
+        with self._pending_lock:
+            self._pending[record.event_id] = _Pending(record)
+            self._to_persist.append(record)
+            self.decisions += 1
+        return Decision(self.name, record.event_id, chosen, float(choice.probabilities[choice.index]),
+                        ranking, state.version, logged=True, exact=choice.exact)
+
+    def _candidates(self, state: ServingState, actions: Sequence[Any] | None,
+                    exclude: Iterable[str]) -> tuple[list[Action], FloatArray, FloatArray, FloatArray]:
+        if isinstance(exclude, str):
+            raise InvalidInputError("exclude takes a list of action ids, not one string")
+        excluded = set(exclude)
+        if actions is None and not excluded:
+            return list(state.actions), state.rows, state.counts, state.successes
+        pool = list(state.actions) if actions is None else to_actions(actions)
+        chosen = [a for a in pool if a.id not in excluded]
+        if not chosen:
+            raise InvalidInputError(f"loop {self.name!r}: every action is excluded")
+        index = [state.index.get(a.id, -1) for a in chosen]
+        known = [i >= 0 and state.actions[i] == a for i, a in zip(index, chosen, strict=True)]
+        if all(known):
+            pick = np.asarray(index)
+            return chosen, state.rows[pick], state.counts[pick], state.successes[pick]
+        rows = np.empty((len(chosen), state.rows.shape[1]), dtype=np.float32)
+        counts = np.empty(len(chosen), dtype=np.float32)
+        successes = np.empty(len(chosen), dtype=np.float32)
+        for j, (a, i, ok) in enumerate(zip(chosen, index, known, strict=True)):
+            if ok:
+                rows[j], counts[j], successes[j] = state.rows[i], state.counts[i], state.successes[i]
+                continue
+            cached = state.model.action_rows.get(action_key(a))
+            if cached is None:
+                cached = state.model.project_actions(self.trainer.action_vectors([a]))[0]
+                state.model.action_rows[action_key(a)] = cached
+            stat = self.trainer.stats.get(a.id, (0.0, 0.0))
+            rows[j], counts[j], successes[j] = cached, stat[0], stat[1]
+        return chosen, rows, counts, successes
+
+    def default_decision(self) -> Decision:
+        """The first (default) action, not logged: for bots and for failures."""
+        first = self.actions[0]
+        ranking = tuple(RankedAction(a.id, 1.0 if i == 0 else 0.0, math.nan)
+                        for i, a in enumerate(self.actions))
+        return Decision(self.name, "", first, 1.0, ranking, self.model_version, logged=False)
+
+    # -- rewards ---------------------------------------------------------------------------
+    def reward(self, event_id: str, value: float | None = None) -> None:
+        """Record a reward for a logged decision; learning happens on the learner thread.
+
+        ``value`` defaults to the top of ``reward_range`` (a conversion). Under ``earliest``
+        aggregation the first reward is final; under ``sum`` rewards add up until the wait
+        time is over. The reward is written to the store before this returns.
+
+        Raises
+        ------
+        UnknownEventError
+            No open decision has this id (never logged, or already finalised and forgotten).
+        DuplicateRewardError
+            ``earliest`` aggregation and the event already has its reward.
+        RewardOutOfRangeError
+            ``value`` is not a finite number within ``reward_range``.
+        """
+        if not isinstance(event_id, str) or not event_id:
+            raise InvalidInputError(f"event_id must be a non-empty string, not {event_id!r}")
+        low, high = self.settings.reward_range
+        if value is None:
+            value = high
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RewardOutOfRangeError(f"a reward is a number, not {type(value).__name__}",
+                                        loop=self.name, event_id=event_id)
+        value = float(value)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise RewardOutOfRangeError(
+                f"reward {value!r} is outside the loop's range {low}..{high}",
+                loop=self.name, event_id=event_id)
+        earliest = self.settings.aggregation == "earliest"
+        with self._pending_lock:
+            pending = self._pending.get(event_id)
+            if pending is None:
+                if self.store.get(f"reward:{self.name}:{event_id}") is not None:
+                    raise DuplicateRewardError(f"event {event_id!r} was already rewarded",
+                                               loop=self.name, event_id=event_id)
+                raise UnknownEventError(self.name, event_id)
+            if earliest and pending.rewarded:
+                raise DuplicateRewardError(f"event {event_id!r} already has its reward "
+                                           "(aggregation 'earliest')",
+                                           loop=self.name, event_id=event_id)
+            total = min(high, pending.total + value) if pending.rewarded else value
+            pending.total, pending.rewarded = total, True
+            self.rewards += 1
+            if earliest:
+                del self._pending[event_id]
+        # Durable before we answer; outside the lock so ranking never waits on the disk.
+        self.store.set(f"reward:{self.name}:{event_id}",
+                       json.dumps({"value": total, "time": self.clock()}).encode(),
+                       expire=self.settings.reward_wait * 2 + 86_400)
+        if earliest:
+            with self._pending_lock:
+                self._enqueue(pending)
+            self._wake()
+
+    def _enqueue(self, pending: _Pending) -> None:
+        value = pending.total if pending.rewarded else float(self.settings.default_reward or 0.0)
+        record = pending.record
+        self._ready.append(Sample(record.inputs, record.action, self.settings.normalise(value)))
+        self.enqueued += 1
+
+    def expire(self, now: float | None = None) -> int:
+        """Finalise decisions whose wait time is over (default reward if none came)."""
+        deadline = (self.clock() if now is None else now) - self.settings.reward_wait
+        count = 0
+        with self._pending_lock:
+            while self._pending:
+                event_id, pending = next(iter(self._pending.items()))
+                if pending.record.time > deadline:
+                    break
+                del self._pending[event_id]
+                self._enqueue(pending)
+                count += 1
+        return count
+
+    # -- learning (learner thread) ---------------------------------------------------------
+    def learn_pending(self) -> int:
+        """Persist new decisions, finalise due ones and train on what is ready; returns the
+        number of samples learned. Called by the learner thread (or by :meth:`flush`)."""
+        with self._train_lock:
+            self._persist()
+            self.expire()
+            learned = 0
+            size = self.settings.batch_size
+            while self._ready:
+                batch = [self._ready.popleft() for _ in range(min(size, len(self._ready)))]
+                if self.settings.learning:
+                    self.trainer.learn(batch)
+                learned += len(batch)
+            if learned:
+                self._serving = self.trainer.publish(self.actions)
+            with self._progress:
+                self.learned += learned
+                self._progress.notify_all()
+            return learned
+
+    def _persist(self) -> None:
+        items: dict[str, bytes] = {}
+        while self._to_persist:
+            record = self._to_persist.popleft()
+            items[f"decision:{self.name}:{record.event_id}"] = json.dumps(record.to_json()).encode()
+        if items:
+            self.store.set_many(items, expire=self.settings.reward_wait * 2 + 86_400)
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Block until every reward handed to learning so far has been learned.
+
+        Raises ``TimeoutError`` if the learner does not get there within ``timeout`` seconds.
+        """
+        target = self.enqueued
+        self._wake()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._progress:
+            while self.learned < target:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"loop {self.name!r}: learner did not catch up")
+                self._progress.wait(timeout=0.05 if left is None else min(left, 0.05))
+
+    def save(self) -> None:
+        """Write a model snapshot now."""
+        with self._train_lock:
+            self._persist()
+            self.trainer.save()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for dashboards and health checks."""
+        with self._pending_lock:
+            pending = len(self._pending)
+        return {"loop": self.name, "strategy": self.settings.strategy,
+                "decisions": self.decisions, "rewards": self.rewards, "pending": pending,
+                "learned": self.learned, "updates": self.trainer.net.step,
+                "model_version": self.model_version}

@@ -1,0 +1,281 @@
+"""The reward model: a small numpy MLP that predicts the expected reward of (context, action).
+
+Input ``[context text (384) | action text (384) | numeric]`` -> Dense 256 ReLU -> 128 ReLU -> 64
+ReLU -> 1 sigmoid. Weights live in one flat contiguous array (views per layer) so that Adam,
+clipping, snapshots and copies are single vector operations. Training minimises the binary cross
+entropy between the sigmoid output and the reward normalised to [0, 1]; its minimiser is the
+expected reward, so soft targets are fine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._types import FloatArray
+
+Array = npt.NDArray[np.floating[Any]]
+DENORMAL_EVERY = 32
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and optimiser settings of a :class:`RewardNet`."""
+
+    text_dim: int = 384
+    numeric_dim: int = 16
+    hidden: tuple[int, ...] = (256, 128, 64)
+    learning_rate: float = 2e-3
+    min_learning_rate: float = 2e-4
+    warmup_steps: int = 50
+    decay_steps: int = 5_000
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    dropout: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    @property
+    def input_dim(self) -> int:
+        return 2 * self.text_dim + self.numeric_dim
+
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        sizes = [self.input_dim, *self.hidden, 1]
+        return list(zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def learning_rate(config: ModelConfig, step: int) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_learning_rate``.
+
+    ``step`` counts from 1. After ``warmup_steps + decay_steps`` the rate stays at the minimum,
+    which keeps the model able to follow a drifting population.
+    """
+    top, low = config.learning_rate, config.min_learning_rate
+    if step <= config.warmup_steps:
+        return top * step / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / config.decay_steps)
+    return low + 0.5 * (top - low) * (1.0 + math.cos(math.pi * progress))
+
+
+class RewardNet:
+    """The trainable network with its Adam state.
+
+    Parameters
+    ----------
+    config
+        Layer sizes and optimiser settings.
+    seed
+        Seeds Xavier initialisation and dropout masks.
+    dtype
+        ``float32`` in production; the gradient check uses ``float64``.
+    """
+
+    def __init__(self, config: ModelConfig, seed: int = 0, dtype: type = np.float32) -> None:
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.rng = np.random.default_rng(seed)
+        shapes = config.layer_sizes()
+        total = sum(i * o + o for i, o in shapes)
+        self.params: Array = np.zeros(total, dtype=self.dtype)
+        self.layers: list[tuple[Array, Array]] = []
+        decay = np.zeros(total, dtype=self.dtype)  # weight decay on weights, not biases
+        offset = 0
+        for fan_in, fan_out in shapes:
+            w = self.params[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
+            decay[offset : offset + fan_in * fan_out] = 1.0
+            offset += fan_in * fan_out
+            b = self.params[offset : offset + fan_out]
+            offset += fan_out
+            # Xavier/Glorot uniform (Glorot & Bengio 2010): U(+-sqrt(6 / (fan_in + fan_out)))
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            w[...] = self.rng.uniform(-limit, limit, size=w.shape)
+            self.layers.append((w, b))
+        self.decay_mask = decay
+        self.m: Array = np.zeros_like(self.params)
+        self.v: Array = np.zeros_like(self.params)
+        self._tmp: Array = np.zeros_like(self.params)
+        self.step = 0
+
+    # -- forward / backward -------------------------------------------------------------------
+    def forward(self, x: Array, *, train: bool = False) -> tuple[Array, list[Array]]:
+        """Return the logits ``(B,)`` and the activations needed by :meth:`backward`."""
+        acts: list[Array] = [x]
+        h = x
+        last = len(self.layers) - 1
+        for i, (w, b) in enumerate(self.layers):
+            z = h @ w + b
+            if i == last:
+                return z[:, 0], acts
+            h = np.maximum(z, 0.0)
+            if train and i == last - 1 and self.config.dropout > 0:
+                keep = 1.0 - self.config.dropout
+                mask = (self.rng.random(h.shape) < keep).astype(self.dtype) / keep
+                h = h * mask
+                acts.append(mask)  # inverted dropout on the last hidden layer
+            else:
+                acts.append(np.ones(0, dtype=self.dtype))
+            acts.append(h)
+        raise AssertionError("unreachable")
+
+    def backward(self, acts: list[Array], dlogits: Array) -> Array:
+        """Gradient of the loss w.r.t. the flat parameters, given d loss / d logits."""
+        grads = np.empty_like(self.params)
+        offset_end = grads.size
+        delta = dlogits[:, None].astype(self.dtype)
+        for i in range(len(self.layers) - 1, -1, -1):
+            w, b = self.layers[i]
+            h_in = acts[2 * i] if i > 0 else acts[0]
+            gw = h_in.T @ delta
+            gb = delta.sum(axis=0)
+            grads[offset_end - b.size : offset_end] = gb
+            offset_end -= b.size
+            grads[offset_end - w.size : offset_end] = gw.ravel()
+            offset_end -= w.size
+            if i == 0:
+                break
+            delta = delta @ w.T
+            mask = acts[2 * i - 1]
+            if mask.size:
+                delta = delta * mask
+            delta = delta * (acts[2 * i] > 0)
+        return grads
+
+    def loss_and_grad(self, x: Array, y: Array, *, train: bool = True) -> tuple[float, Array]:
+        """Mean binary cross entropy of ``sigmoid(logits)`` against targets ``y`` in [0, 1]."""
+        logits, acts = self.forward(x, train=train)
+        # log(1 + e^z) - y z, computed stably
+        loss = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
+        dlogits = (_sigmoid(logits) - y) / len(y)
+        return loss, self.backward(acts, dlogits)
+
+    # -- optimiser ----------------------------------------------------------------------------
+    def apply(self, grads: Array) -> float:
+        """One Adam step (Kingma & Ba 2015, Algorithm 1) with global-norm clipping and
+        decoupled weight decay (AdamW, Loshchilov & Hutter 2019). Returns the learning rate.
+
+        Works in place on preallocated buffers. Moments of parameters whose gradient stays zero
+        decay geometrically into float32 denormals, which made each step ten times slower, so
+        they are flushed to zero every ``DENORMAL_EVERY`` steps (numpy has no flush-to-zero).
+        """
+        cfg = self.config
+        tmp = self._tmp
+        norm = float(np.sqrt(np.dot(grads, grads)))
+        if norm > cfg.clip_norm:
+            grads *= cfg.clip_norm / norm
+        self.step += 1
+        lr = learning_rate(cfg, self.step)
+        self.m *= cfg.beta1
+        np.multiply(grads, 1.0 - cfg.beta1, out=tmp)
+        self.m += tmp
+        self.v *= cfg.beta2
+        np.multiply(grads, grads, out=tmp)
+        tmp *= 1.0 - cfg.beta2
+        self.v += tmp
+        # m_hat / (sqrt(v_hat) + eps) with m_hat = m / c1, v_hat = v / c2
+        c1 = 1.0 - cfg.beta1**self.step
+        c2 = 1.0 - cfg.beta2**self.step
+        np.sqrt(self.v, out=tmp)
+        tmp *= 1.0 / math.sqrt(c2)
+        tmp += cfg.eps
+        np.divide(self.m, tmp, out=tmp)
+        tmp *= lr / c1
+        self.params -= tmp
+        np.multiply(self.params, self.decay_mask, out=tmp)
+        tmp *= lr * cfg.weight_decay
+        self.params -= tmp
+        if self.step % DENORMAL_EVERY == 0:
+            tiny = np.finfo(self.dtype).tiny * 1e6
+            self.m[np.abs(self.m) < tiny] = 0.0
+            self.v[self.v < tiny] = 0.0
+        return lr
+
+    def train_batch(self, x: Array, y: Array) -> float:
+        """Forward, backward and one optimiser step on a batch; returns the loss."""
+        loss, grads = self.loss_and_grad(x, y)
+        self.apply(grads)
+        return loss
+
+    def predict(self, x: Array) -> Array:
+        """Expected normalised reward of each row (no dropout)."""
+        logits, _ = self.forward(x)
+        return _sigmoid(logits)
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        meta = json.dumps({"config": asdict(self.config), "step": self.step})
+        np.savez(buf, params=self.params, m=self.m, v=self.v, meta=np.frombuffer(
+            meta.encode(), dtype=np.uint8))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RewardNet:
+        with np.load(io.BytesIO(data)) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode())
+            cfg = meta["config"]
+            cfg["hidden"] = tuple(cfg["hidden"])
+            net = cls(ModelConfig(**cfg), dtype=npz["params"].dtype.type)
+            net.params[...] = npz["params"]
+            net.m[...] = npz["m"]
+            net.v[...] = npz["v"]
+        net.step = int(meta["step"])
+        return net
+
+
+def _sigmoid(z: Array) -> Array:
+    out: Array = 0.5 * (1.0 + np.tanh(0.5 * z))  # exact identity, no overflow warnings
+    return out
+
+
+class ServingModel:
+    """A frozen copy of the weights for ranking, built by the learner for each model version.
+
+    The first layer is split by input block, so ranking K actions costs one context projection
+    plus K precomputed action rows (cached per action here, per version).
+    """
+
+    def __init__(self, net: RewardNet, version: int) -> None:
+        cfg = net.config
+        self.version = version
+        self.config = cfg
+        w1, b1 = net.layers[0]
+        t = cfg.text_dim
+        self.w1_context = np.ascontiguousarray(w1[:t], dtype=np.float32)
+        self.w1_action = np.ascontiguousarray(w1[t : 2 * t], dtype=np.float32)
+        self.w1_numeric = np.ascontiguousarray(w1[2 * t :], dtype=np.float32)
+        self.b1 = b1.astype(np.float32)
+        self.hidden = [
+            (np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32))
+            for w, b in net.layers[1:-1]
+        ]
+        w_out, b_out = net.layers[-1]
+        self.w_out = np.ascontiguousarray(w_out[:, 0], dtype=np.float32)
+        self.b_out = np.float32(b_out[0])
+        self.action_rows: dict[str, FloatArray] = {}
+
+    def project_context(self, text: FloatArray, numeric: FloatArray) -> FloatArray:
+        out: FloatArray = text @ self.w1_context + numeric @ self.w1_numeric + self.b1
+        return out
+
+    def project_actions(self, vectors: FloatArray) -> FloatArray:
+        out: FloatArray = vectors @ self.w1_action
+        return out
+
+    def last_hidden(self, context_row: FloatArray, action_rows: FloatArray) -> FloatArray:
+        """Activations of the last hidden layer for every action, shape ``(K, hidden[-1])``."""
+        h = np.maximum(action_rows + context_row, 0.0)
+        for w, b in self.hidden:
+            h = np.maximum(h @ w + b, 0.0)
+        return h
+
+    def head(self, last_hidden: FloatArray) -> FloatArray:
+        """Predicted reward in [0, 1] from last-hidden activations (any leading shape)."""
+        out: FloatArray = _sigmoid(last_hidden @ self.w_out + self.b_out)
+        return out

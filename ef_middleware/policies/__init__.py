@@ -1,0 +1,53 @@
+"""Exploration policies, one per file; :func:`make_policy` builds one from a strategy name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._types import STRATEGIES, Strategy
+from ..errors import ConfigurationError
+from .base import Candidates, Choice, Policy
+from .bernoulli import BernoulliThompson
+from .dropout import DropoutThompson
+from .epsilon_greedy import EpsilonGreedy
+from .neural_linear import NeuralLinear
+from .thompson import Thompson
+from .ucb import UCB
+from .uniform import Uniform
+
+POLICIES: dict[str, type[Policy]] = {
+    "thompson": Thompson,
+    "thompson-dropout": DropoutThompson,
+    "neural-linear": NeuralLinear,
+    "ucb": UCB,
+    "epsilon-greedy": EpsilonGreedy,
+    "uniform": Uniform,
+    "bernoulli-ts": BernoulliThompson,
+}
+
+
+def make_policy(strategy: Strategy | str, options: dict[str, Any] | None = None) -> Policy:
+    """Build the policy for ``strategy`` with its keyword ``options`` (e.g. ``epsilon``)."""
+    cls = POLICIES.get(strategy)
+    if cls is None:
+        raise ConfigurationError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    try:
+        return cls(**(options or {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"strategy {strategy!r}: bad options {options}: {exc}") from exc
+
+
+__all__ = [
+    "POLICIES",
+    "BernoulliThompson",
+    "Candidates",
+    "Choice",
+    "DropoutThompson",
+    "EpsilonGreedy",
+    "NeuralLinear",
+    "Policy",
+    "Thompson",
+    "UCB",
+    "Uniform",
+    "make_policy",
+]

@@ -1,0 +1,87 @@
+"""A loop's settings, validated when the loop is created (with messages that say the fix)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._types import STRATEGIES, Aggregation, Strategy
+from .errors import ConfigurationError
+from .model import ModelConfig
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How one personalization loop explores, when it considers a decision final, and learns.
+
+    Parameters
+    ----------
+    strategy
+        Exploration policy: ``thompson`` (default), ``thompson-dropout``, ``neural-linear``,
+        ``ucb``, ``epsilon-greedy``, ``uniform`` (A/B split) or ``bernoulli-ts`` (no context).
+    strategy_options
+        Keyword options of the policy, e.g. ``{"epsilon": 0.1}`` or ``{"noise": 0.2}``.
+    reward_range
+        ``(low, high)``: rewards outside are refused; inside they are mapped to [0, 1].
+    default_reward
+        Reward of a decision that got none within ``reward_wait`` seconds (a non-conversion).
+    reward_wait
+        Seconds a decision waits for rewards before it is learned.
+    aggregation
+        ``earliest``: the first reward is final and learned at once; ``sum``: rewards add up
+        (clipped to the range) until ``reward_wait`` is over.
+    learning
+        ``False`` freezes the model: decisions are logged, nothing is trained.
+    """
+
+    strategy: Strategy = "thompson"
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    reward_range: tuple[float, float] = (0.0, 1.0)
+    default_reward: float | None = None
+    reward_wait: float = 600.0
+    aggregation: Aggregation = "earliest"
+    learning: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embedding_scale: float = 8.0
+    batch_size: int = 64
+    replay_size: int = 4096
+    replay_batch: int = 32
+    snapshot_every: int = 100
+    posterior_every: int = 25
+    posterior_window: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigurationError(f"strategy {self.strategy!r} is unknown; use one of "
+                                     f"{', '.join(STRATEGIES)}")
+        low, high = self.reward_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ConfigurationError(
+                f"reward_range must be two finite numbers (low, high) with low < high, "
+                f"got {self.reward_range!r}"
+            )
+        if self.default_reward is None:
+            object.__setattr__(self, "default_reward", float(low))
+        elif not low <= self.default_reward <= high:
+            raise ConfigurationError(
+                f"default_reward {self.default_reward} lies outside reward_range {low}..{high}"
+            )
+        if not self.reward_wait > 0:
+            raise ConfigurationError("reward_wait is in seconds and must be positive, e.g. 600")
+        if self.aggregation not in ("earliest", "sum"):
+            raise ConfigurationError("aggregation must be 'earliest' or 'sum'")
+        for name in ("batch_size", "replay_size", "replay_batch", "snapshot_every",
+                     "posterior_every", "posterior_window"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1")
+
+    def normalise(self, value: float) -> float:
+        """Map a reward in ``reward_range`` to [0, 1]."""
+        low, high = self.reward_range
+        return (value - low) / (high - low)
+
+    def denormalise(self, value: float) -> float:
+        low, high = self.reward_range
+        return low + value * (high - low)
