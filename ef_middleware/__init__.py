@@ -45,6 +45,7 @@ __all__ = [
     "RewardError",
     "RewardOutOfRangeError",
     "SentenceTransformerEmbedder",
+    "Store",
     "StoreError",
     "UnknownEventError",
     "UnknownLoopError",

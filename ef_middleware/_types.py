@@ -29,7 +29,7 @@ STRATEGIES: tuple[Strategy, ...] = (
 
 Aggregation: TypeAlias = Literal["earliest", "sum"]
 
-FeatureValue: TypeAlias = str | int | float | bool | None | Sequence[str]
+FeatureValue: TypeAlias = str | int | float | bool | Sequence[str] | None
 Context: TypeAlias = Mapping[str, FeatureValue]
 
 FloatArray: TypeAlias = npt.NDArray[np.float32]

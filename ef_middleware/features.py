@@ -139,7 +139,8 @@ class NumericSpace:
 
     def standardise(self, values: FloatArray, mask: FloatArray) -> FloatArray:
         mean, inv_std = self.scale
-        return np.clip((values - mean) * inv_std, -5.0, 5.0) * mask
+        out: FloatArray = np.clip((values - mean) * inv_std, -5.0, 5.0) * mask
+        return out
 
     def update(self, values: FloatArray, mask: FloatArray) -> None:
         """Fold a batch of raw rows into the running statistics (Welford, per slot)."""
@@ -195,7 +196,7 @@ class FeatureEncoder:
         if not texts:
             return np.zeros(self.dim, dtype=np.float32)
         vectors = self.cache.get_many(texts)
-        pooled: FloatArray = vectors.mean(axis=0) * self.scale
+        pooled: FloatArray = (vectors.mean(axis=0) * self.scale).astype(np.float32)
         return pooled
 
     def context(self, context: Context) -> EncodedContext:

@@ -22,7 +22,12 @@ import numpy as np
 
 from ._types import Context, FloatArray
 from .decision import Decision, DecisionRecord, RankedAction
-from .errors import DuplicateRewardError, InvalidInputError, RewardOutOfRangeError, UnknownEventError
+from .errors import (
+    DuplicateRewardError,
+    InvalidInputError,
+    RewardOutOfRangeError,
+    UnknownEventError,
+)
 from .features import Action, FeatureEncoder, to_actions
 from .policies import Candidates, Policy, make_policy
 from .settings import LoopSettings
@@ -137,11 +142,13 @@ class Loop:
             self._pending[record.event_id] = _Pending(record)
             self._to_persist.append(record)
             self.decisions += 1
-        return Decision(self.name, record.event_id, chosen, float(choice.probabilities[choice.index]),
-                        ranking, state.version, logged=True, exact=choice.exact)
+        propensity = float(choice.probabilities[choice.index])
+        return Decision(self.name, record.event_id, chosen, propensity, ranking, state.version,
+                        logged=True, exact=choice.exact)
 
-    def _candidates(self, state: ServingState, actions: Sequence[Any] | None,
-                    exclude: Iterable[str]) -> tuple[list[Action], FloatArray, FloatArray, FloatArray]:
+    def _candidates(
+        self, state: ServingState, actions: Sequence[Any] | None, exclude: Iterable[str]
+    ) -> tuple[list[Action], FloatArray, FloatArray, FloatArray]:
         if isinstance(exclude, str):
             raise InvalidInputError("exclude takes a list of action ids, not one string")
         excluded = set(exclude)
@@ -161,7 +168,8 @@ class Loop:
         successes = np.empty(len(chosen), dtype=np.float32)
         for j, (a, i, ok) in enumerate(zip(chosen, index, known, strict=True)):
             if ok:
-                rows[j], counts[j], successes[j] = state.rows[i], state.counts[i], state.successes[i]
+                rows[j], counts[j] = state.rows[i], state.counts[i]
+                successes[j] = state.successes[i]
                 continue
             cached = state.model.action_rows.get(action_key(a))
             if cached is None:

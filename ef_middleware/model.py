@@ -10,6 +10,7 @@ expected reward, so soft targets are fine.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -48,7 +49,7 @@ class ModelConfig:
 
     def layer_sizes(self) -> list[tuple[int, int]]:
         sizes = [self.input_dim, *self.hidden, 1]
-        return list(zip(sizes[:-1], sizes[1:], strict=True))
+        return list(itertools.pairwise(sizes))
 
 
 def learning_rate(config: ModelConfig, step: int) -> float:
@@ -101,6 +102,7 @@ class RewardNet:
         self.m: Array = np.zeros_like(self.params)
         self.v: Array = np.zeros_like(self.params)
         self._tmp: Array = np.zeros_like(self.params)
+        self._decay: Array = np.zeros_like(self.params)
         self.step = 0
 
     # -- forward / backward -------------------------------------------------------------------
@@ -166,9 +168,7 @@ class RewardNet:
         """
         cfg = self.config
         tmp = self._tmp
-        norm = float(np.sqrt(np.dot(grads, grads)))
-        if norm > cfg.clip_norm:
-            grads *= cfg.clip_norm / norm
+        clip_by_norm(grads, cfg.clip_norm)
         self.step += 1
         lr = learning_rate(cfg, self.step)
         self.m *= cfg.beta1
@@ -181,15 +181,16 @@ class RewardNet:
         # m_hat / (sqrt(v_hat) + eps) with m_hat = m / c1, v_hat = v / c2
         c1 = 1.0 - cfg.beta1**self.step
         c2 = 1.0 - cfg.beta2**self.step
+        decay = self._decay
+        np.multiply(self.params, self.decay_mask, out=decay)  # decay uses the weights before
+        decay *= lr * cfg.weight_decay  # this step, as in AdamW
         np.sqrt(self.v, out=tmp)
         tmp *= 1.0 / math.sqrt(c2)
         tmp += cfg.eps
         np.divide(self.m, tmp, out=tmp)
         tmp *= lr / c1
         self.params -= tmp
-        np.multiply(self.params, self.decay_mask, out=tmp)
-        tmp *= lr * cfg.weight_decay
-        self.params -= tmp
+        self.params -= decay
         if self.step % DENORMAL_EVERY == 0:
             tiny = np.finfo(self.dtype).tiny * 1e6
             self.m[np.abs(self.m) < tiny] = 0.0
@@ -229,6 +230,15 @@ class RewardNet:
         return net
 
 
+def clip_by_norm(grads: Array, max_norm: float) -> float:
+    """Scale ``grads`` in place so their global L2 norm is at most ``max_norm`` (Pascanu et
+    al. 2013); returns the norm before clipping."""
+    norm = float(np.sqrt(np.dot(grads, grads)))
+    if norm > max_norm:
+        grads *= max_norm / norm
+    return norm
+
+
 def _sigmoid(z: Array) -> Array:
     out: Array = 0.5 * (1.0 + np.tanh(0.5 * z))  # exact identity, no overflow warnings
     return out
@@ -258,7 +268,7 @@ class ServingModel:
         w_out, b_out = net.layers[-1]
         self.w_out = np.ascontiguousarray(w_out[:, 0], dtype=np.float32)
         self.b_out = np.float32(b_out[0])
-        self.action_rows: dict[str, FloatArray] = {}
+        self.action_rows: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray] = {}
 
     def project_context(self, text: FloatArray, numeric: FloatArray) -> FloatArray:
         out: FloatArray = text @ self.w1_context + numeric @ self.w1_numeric + self.b1
@@ -270,12 +280,12 @@ class ServingModel:
 
     def last_hidden(self, context_row: FloatArray, action_rows: FloatArray) -> FloatArray:
         """Activations of the last hidden layer for every action, shape ``(K, hidden[-1])``."""
-        h = np.maximum(action_rows + context_row, 0.0)
+        h: FloatArray = np.maximum(action_rows + context_row, 0.0)
         for w, b in self.hidden:
             h = np.maximum(h @ w + b, 0.0)
         return h
 
     def head(self, last_hidden: FloatArray) -> FloatArray:
         """Predicted reward in [0, 1] from last-hidden activations (any leading shape)."""
-        out: FloatArray = _sigmoid(last_hidden @ self.w_out + self.b_out)
+        out: FloatArray = _sigmoid(last_hidden @ self.w_out + self.b_out).astype(np.float32)
         return out

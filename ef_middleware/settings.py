@@ -44,10 +44,10 @@ class LoopSettings:
     aggregation: Aggregation = "earliest"
     learning: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
-    embedding_scale: float = 8.0
+    embedding_scale: float = 20.0
     batch_size: int = 64
     replay_size: int = 4096
-    replay_batch: int = 32
+    replay_batch: int = 128
     snapshot_every: int = 100
     posterior_every: int = 25
     posterior_window: int = 1024

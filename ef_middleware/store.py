@@ -61,7 +61,8 @@ class DiskcacheStore:
     def __init__(self, directory: str | os.PathLike[str], *, size_limit: int = 4 << 30) -> None:
         path = os.fspath(directory)
         if not path:
-            raise ConfigurationError("DiskcacheStore needs a directory, e.g. DiskcacheStore('var/ef')")
+            raise ConfigurationError(
+                "DiskcacheStore needs a directory, e.g. DiskcacheStore('var/ef')")
         self.directory = path
         # No eviction by recency for model snapshots: "none" would grow forever, so keep the
         # default least-recently-stored policy with a generous limit.

@@ -66,7 +66,8 @@ class Replay:
     def add(self, text: FloatArray, raw: FloatArray, mask: FloatArray, y: FloatArray) -> None:
         cap = self.y.shape[0]
         for i in range(y.shape[0]):
-            self.text[self.head], self.raw[self.head], self.mask[self.head] = text[i], raw[i], mask[i]
+            self.text[self.head], self.raw[self.head] = text[i], raw[i]
+            self.mask[self.head] = mask[i]
             self.y[self.head] = y[i]
             self.head = (self.head + 1) % cap
             self.size = min(self.size + 1, cap)

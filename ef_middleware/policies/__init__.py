@@ -39,6 +39,7 @@ def make_policy(strategy: Strategy | str, options: dict[str, Any] | None = None)
 
 __all__ = [
     "POLICIES",
+    "UCB",
     "BernoulliThompson",
     "Candidates",
     "Choice",
@@ -47,7 +48,6 @@ __all__ = [
     "NeuralLinear",
     "Policy",
     "Thompson",
-    "UCB",
     "Uniform",
     "make_policy",
 ]

@@ -28,5 +28,5 @@ class DropoutThompson(Policy):
         keep = 1.0 - self.rate
         masks = (rng.random((m, h), dtype=np.float32) < keep).astype(np.float32) / keep
         # logits[m, k] = sum_h hidden[k, h] * mask[m, h] * w[h]
-        logits = (masks * c.model.w_out) @ c.hidden.T + c.model.b_out
+        logits = ((masks * c.model.w_out) @ c.hidden.T + c.model.b_out).astype(np.float32)
         return self.monte_carlo(logits)

@@ -24,7 +24,6 @@ class UCB(Policy):
         post = c.posterior
         if post is None:  # before the first posterior: prefer the least tried action
             return self.greedy(c.mean + self.alpha / np.sqrt(c.counts + 1.0))
-        k = c.mean.shape[0]
         phi = with_bias(c.hidden)
         width = np.linalg.norm(phi @ post.chol, axis=1)  # sqrt(phi' L L' phi)
         return self.greedy(c.mean + self.alpha * width)

@@ -1,0 +1,250 @@
+"""Loops end to end with the real embedding model and a real diskcache folder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ef_middleware
+from ef_middleware import (
+    ConfigurationError,
+    DuplicateRewardError,
+    Engine,
+    InvalidInputError,
+    RewardOutOfRangeError,
+    SentenceTransformerEmbedder,
+    UnknownEventError,
+    UnknownLoopError,
+)
+
+HERO = [
+    {"id": "minimal", "features": {"layout": "minimal", "cta": "Start free trial"}},
+    {"id": "video", "features": {"layout": "video", "cta": "Watch demo"}},
+]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def engine(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> Any:
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1)
+    yield eng
+    eng.close()
+
+
+def test_the_documented_api(engine: Engine) -> None:
+    hero = engine.loop("homepage-hero", actions=HERO, strategy="thompson")
+    d = hero.rank({"device": "mobile", "referrer": "google", "hour": 14, "returning": True})
+    assert d.action_id in {"minimal", "video"}
+    assert {r.action_id for r in d.ranking} == {"minimal", "video"}
+    assert d.probability == next(r.probability for r in d.ranking if r.action_id == d.action_id)
+    assert sum(r.probability for r in d.ranking) == pytest.approx(1.0, abs=1e-5)
+    assert d.ranking[0].probability >= d.ranking[1].probability
+    hero.reward(d.event_id, 1.0)
+    hero.flush()
+    assert hero.stats()["learned"] == 1 and hero.model_version == 1
+    assert set(ef_middleware.__all__) >= {"Engine", "Loop", "Decision", "EFError"}
+
+
+def two_segment_reward(context: dict[str, Any], action: str) -> float:
+    likes = "video" if context["device"] == "mobile" else "minimal"
+    return 1.0 if action == likes else 0.0
+
+
+def test_a_loop_learns_a_two_segment_problem(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO, strategy="thompson")
+    rng = np.random.default_rng(0)
+    devices = ["mobile", "desktop"]
+    for _ in range(300):
+        ctx = {"device": devices[int(rng.integers(2))], "hour": int(rng.integers(24))}
+        d = hero.rank(ctx)
+        hero.reward(d.event_id, two_segment_reward(ctx, d.action_id))
+        hero.flush()
+    wins = 0
+    for device, best in (("mobile", "video"), ("desktop", "minimal")):
+        d = hero.rank({"device": device, "hour": 12})
+        assert d.ranking[0].action_id == best
+        wins += d.ranking[0].predicted_reward > d.ranking[1].predicted_reward
+    assert wins == 2
+
+
+def test_unseen_values_generalise_from_their_neighbours(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO, strategy="epsilon-greedy")
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        device = ["mobile phone", "desktop computer"][int(rng.integers(2))]
+        ctx = {"device": device}
+        d = hero.rank(ctx)
+        likes = "video" if device == "mobile phone" else "minimal"
+        hero.reward(d.event_id, 1.0 if d.action_id == likes else 0.0)
+        hero.flush()
+    misses = engine.embeddings.misses
+    phone = {r.action_id: r.predicted_reward for r in hero.rank({"device": "smartphone"}).ranking}
+    pc = {r.action_id: r.predicted_reward for r in hero.rank({"device": "laptop"}).ranking}
+    assert engine.embeddings.misses == misses + 2  # the unseen values were embedded once each
+    assert phone["video"] > phone["minimal"]
+    assert pc["minimal"] > pc["video"]
+
+
+def test_snapshot_round_trip_restores_the_model(tmp_path: Path,
+                                                embedder: SentenceTransformerEmbedder) -> None:
+    ctx = {"device": "tablet", "visits": 3}
+    first = Engine(tmp_path / "ef", embedder=embedder, seed=5)
+    hero = first.loop("hero", actions=HERO)
+    for _ in range(20):
+        d = hero.rank(ctx)
+        hero.reward(d.event_id, 1.0 if d.action_id == "video" else 0.0)
+    hero.flush()
+    before = {r.action_id: r.predicted_reward for r in hero.rank(ctx).ranking}
+    version = hero.model_version
+    first.close()
+    second = Engine(tmp_path / "ef", embedder=embedder, seed=99)
+    again = second.loop("hero", actions=HERO)
+    assert again.restored and again.model_version == version
+    after = {r.action_id: r.predicted_reward for r in again.rank(ctx).ranking}
+    assert after == pytest.approx(before, rel=1e-6)
+    second.close()
+
+
+def test_embeddings_persist_in_the_store(tmp_path: Path,
+                                         embedder: SentenceTransformerEmbedder) -> None:
+    first = Engine(tmp_path / "ef", embedder=embedder)
+    first.loop("hero", actions=HERO).rank({"campaign": "winter sale 2026"})
+    assert first.embeddings.misses > 0
+    first.close()
+    second = Engine(tmp_path / "ef", embedder=embedder)
+    second.loop("hero", actions=HERO).rank({"campaign": "winter sale 2026"})
+    assert second.embeddings.misses == 0  # every text came from the store
+    second.close()
+
+
+def test_per_call_actions_and_exclusions(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"}, exclude=["video"])
+    assert d.action_id == "minimal" and len(d.ranking) == 1 and d.probability == 1.0
+    extra = [*HERO, {"id": "quiz", "features": {"layout": "quiz", "cta": "Take the quiz"}}]
+    d = hero.rank({"device": "mobile"}, actions=extra)
+    assert {r.action_id for r in d.ranking} == {"minimal", "video", "quiz"}
+    hero.reward(d.event_id, 1.0)
+    hero.flush()
+    with pytest.raises(InvalidInputError, match="every action is excluded"):
+        hero.rank({}, exclude=["minimal", "video"])
+
+
+def test_earliest_aggregation_takes_one_reward(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"})
+    hero.reward(d.event_id, 1.0)
+    with pytest.raises(DuplicateRewardError):
+        hero.reward(d.event_id, 1.0)
+    hero.flush()
+    with pytest.raises(DuplicateRewardError):
+        hero.reward(d.event_id, 0.5)
+    assert hero.stats()["learned"] == 1
+
+
+def test_sum_aggregation_and_default_reward_after_the_wait(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    clock = Clock()
+    engine = Engine(tmp_path / "ef", embedder=embedder, clock=clock, learner=False)
+    hero = engine.loop("hero", actions=HERO, aggregation="sum", reward_range=(0, 10),
+                       reward_wait=60)
+    paid = hero.rank({"device": "mobile"})
+    silent = hero.rank({"device": "desktop"})
+    hero.reward(paid.event_id, 4)
+    hero.reward(paid.event_id, 9)  # 13, clipped to the top of the range
+    assert hero.learn_pending() == 0  # nothing is final before the wait is over
+    clock.now += 61
+    samples = list(hero._ready)
+    assert samples == []
+    hero.expire()
+    values = sorted(s.reward for s in hero._ready)
+    assert values == [0.0, 1.0]  # silent -> default reward 0; paid -> 10 / 10
+    assert hero.learn_pending() == 2
+    with pytest.raises(DuplicateRewardError):
+        hero.reward(paid.event_id, 1)
+    with pytest.raises(UnknownEventError):
+        hero.reward(silent.event_id, 1)  # its wait is over and it had no reward
+    engine.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(11.0, RewardOutOfRangeError), (-0.1, RewardOutOfRangeError),
+     (math.nan, RewardOutOfRangeError), (math.inf, RewardOutOfRangeError),
+     ("1", RewardOutOfRangeError), (True, RewardOutOfRangeError)],
+)
+def test_bad_rewards_raise_and_change_nothing(engine: Engine, value: Any,
+                                              error: type[Exception]) -> None:
+    hero = engine.loop("hero", actions=HERO, reward_range=(0, 10))
+    d = hero.rank({"device": "mobile"})
+    with pytest.raises(error) as info:
+        hero.reward(d.event_id, value)
+    assert info.value.code == "reward_out_of_range"  # type: ignore[attr-defined]
+    hero.flush()
+    assert hero.stats()["rewards"] == 0 and hero.stats()["learned"] == 0
+    hero.reward(d.event_id, 10)  # the event is still open for a good reward
+
+
+def test_unknown_events_and_bad_ids(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    with pytest.raises(UnknownEventError, match="no open decision"):
+        hero.reward("nope", 1.0)
+    with pytest.raises(InvalidInputError):
+        hero.reward(123, 1.0)  # type: ignore[arg-type]
+    assert hero.stats()["rewards"] == 0
+
+
+@pytest.mark.parametrize(
+    "context",
+    [["device", "mobile"], {"device": {"nested": 1}}, {"visits": math.nan}, {3: "x"},
+     {"tags": ["a", 3]}],
+)
+def test_bad_contexts_raise_and_log_nothing(engine: Engine, context: Any) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    with pytest.raises(InvalidInputError):
+        hero.rank(context)
+    assert hero.stats()["decisions"] == 0
+
+
+def test_configuration_is_checked_when_the_loop_is_made(engine: Engine) -> None:
+    with pytest.raises(ConfigurationError, match="low < high"):
+        engine.loop("a", actions=HERO, reward_range=(1, 0))
+    with pytest.raises(ConfigurationError, match="unknown loop settings"):
+        engine.loop("b", actions=HERO, rewardrange=(0, 1))
+    with pytest.raises(ConfigurationError, match="strategy"):
+        engine.loop("c", actions=HERO, strategy="softmax")
+    with pytest.raises(InvalidInputError, match="unique"):
+        engine.loop("d", actions=["x", "x"])
+    with pytest.raises(UnknownLoopError):
+        engine.get_loop("missing")
+
+
+def test_default_decision_is_the_first_action_and_not_logged(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    d = hero.default_decision()
+    assert d.action_id == "minimal" and not d.logged and d.probability == 1.0
+    assert hero.stats()["decisions"] == 0
+
+
+@pytest.mark.parametrize("strategy", ef_middleware.settings.STRATEGIES)
+def test_every_strategy_ranks_and_learns(engine: Engine, strategy: str) -> None:
+    hero = engine.loop("hero", actions=HERO, strategy=strategy)
+    for i in range(30):
+        d = hero.rank({"device": "mobile", "hour": i % 24})
+        assert 0 < d.probability <= 1
+        hero.reward(d.event_id, 1.0 if d.action_id == "video" else 0.0)
+    hero.flush()
+    assert hero.stats()["learned"] == 30

@@ -1,0 +1,155 @@
+"""The reward network: gradients, optimiser, schedule and serialisation, checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ef_middleware.model import ModelConfig, RewardNet, ServingModel, clip_by_norm, learning_rate
+
+SMALL = ModelConfig(text_dim=4, numeric_dim=3, hidden=(6, 5, 4), dropout=0.0)
+
+
+def test_gradient_matches_finite_differences() -> None:
+    net = RewardNet(SMALL, seed=3, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, SMALL.input_dim))
+    y = rng.random(7)
+    _, grad = net.loss_and_grad(x, y, train=False)
+    eps = 1e-6
+    numeric = np.empty_like(grad)
+    for i in range(net.params.size):
+        old = net.params[i]
+        net.params[i] = old + eps
+        up, _ = net.loss_and_grad(x, y, train=False)
+        net.params[i] = old - eps
+        down, _ = net.loss_and_grad(x, y, train=False)
+        net.params[i] = old
+        numeric[i] = (up - down) / (2 * eps)
+    assert np.max(np.abs(numeric - grad)) < 1e-7
+    assert np.abs(grad).max() > 1e-4  # the check is not vacuous
+
+
+def test_gradient_with_dropout_mask_matches_finite_differences() -> None:
+    cfg = ModelConfig(text_dim=4, numeric_dim=3, hidden=(6, 5, 4), dropout=0.5)
+    net = RewardNet(cfg, seed=1, dtype=np.float64)
+    x = np.random.default_rng(2).normal(size=(5, cfg.input_dim))
+    y = np.linspace(0, 1, 5)
+    state = net.rng.bit_generator.state
+    _, grad = net.loss_and_grad(x, y, train=True)
+    i = int(np.argmax(np.abs(grad)))
+    eps = 1e-6
+    old = net.params[i]
+    net.params[i] = old + eps
+    net.rng.bit_generator.state = state  # the same dropout mask
+    up, _ = net.loss_and_grad(x, y, train=True)
+    net.params[i] = old - eps
+    net.rng.bit_generator.state = state
+    down, _ = net.loss_and_grad(x, y, train=True)
+    assert (up - down) / (2 * eps) == pytest.approx(grad[i], rel=1e-5)
+
+
+def test_schedule_warmup_then_cosine_then_floor() -> None:
+    cfg = ModelConfig(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=50,
+                      decay_steps=1000)
+    assert learning_rate(cfg, 1) == pytest.approx(1e-3 / 50)
+    assert learning_rate(cfg, 25) == pytest.approx(0.5e-3)
+    assert learning_rate(cfg, 50) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 550) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way: cos = 0
+    assert learning_rate(cfg, 1050) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 99_999) == pytest.approx(1e-4)
+
+
+def test_adam_step_matches_hand_computation() -> None:
+    cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
+                      learning_rate=0.1, min_learning_rate=0.1, weight_decay=0.01,
+                      clip_norm=1e9, dropout=0.0)
+    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    p0 = net.params.copy()
+    g = np.linspace(-0.3, 0.5, p0.size)
+    net.apply(g.copy())
+    # step 1: m = 0.1 g, v = 0.001 g^2, m_hat = g, v_hat = g^2 -> update = g / (|g| + eps)
+    expected = p0 - 0.1 * (g / (np.abs(g) + 1e-8) + 0.01 * net.decay_mask * p0)
+    np.testing.assert_allclose(net.params, expected, rtol=1e-12, atol=1e-12)
+    g2 = np.full(p0.size, 0.2)
+    p1 = net.params.copy()
+    net.apply(g2.copy())
+    m = 0.9 * 0.1 * g + 0.1 * g2
+    v = 0.999 * 0.001 * g**2 + 0.001 * g2**2
+    m_hat, v_hat = m / (1 - 0.9**2), v / (1 - 0.999**2)
+    expected2 = p1 - 0.1 * (m_hat / (np.sqrt(v_hat) + 1e-8) + 0.01 * net.decay_mask * p1)
+    np.testing.assert_allclose(net.params, expected2, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_clipping_scales_to_the_norm() -> None:
+    g = np.zeros(10)
+    g[0], g[1] = 30.0, 40.0
+    assert clip_by_norm(g, 1.0) == pytest.approx(50.0)
+    np.testing.assert_allclose(g[:2], [0.6, 0.8])
+    small = np.array([0.3, 0.4])
+    clip_by_norm(small, 1.0)
+    np.testing.assert_allclose(small, [0.3, 0.4])  # under the limit: untouched
+
+
+def test_adam_clips_before_the_moments() -> None:
+    cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
+                      clip_norm=1.0, dropout=0.0)
+    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    g = np.full(net.params.size, 10.0)
+    net.apply(g)
+    expected_m = 0.1 * np.full(net.params.size, 10.0 / np.sqrt(net.params.size * 100.0))
+    np.testing.assert_allclose(net.m, expected_m, rtol=1e-12)
+
+
+def test_weight_decay_spares_biases() -> None:
+    net = RewardNet(SMALL, seed=0)
+    w, b = net.layers[0]
+    offset = w.size
+    assert net.decay_mask[:offset].all()
+    assert not net.decay_mask[offset : offset + b.size].any()
+
+
+def test_xavier_initialisation_bounds() -> None:
+    net = RewardNet(ModelConfig(), seed=0)
+    w, b = net.layers[0]
+    limit = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
+    assert np.abs(w).max() <= limit
+    assert np.abs(w).max() > 0.9 * limit
+    assert not b.any()
+    assert net.params.dtype == np.float32 and net.params.flags.c_contiguous
+
+
+def test_snapshot_round_trip_keeps_weights_and_optimiser() -> None:
+    net = RewardNet(SMALL, seed=5)
+    x = np.random.default_rng(0).normal(size=(8, SMALL.input_dim)).astype(np.float32)
+    net.train_batch(x, np.ones(8, np.float32))
+    back = RewardNet.from_bytes(net.to_bytes())
+    assert back.step == 1
+    np.testing.assert_array_equal(back.params, net.params)
+    np.testing.assert_array_equal(back.m, net.m)
+    np.testing.assert_array_equal(back.predict(x), net.predict(x))
+
+
+def test_serving_model_matches_training_forward() -> None:
+    net = RewardNet(ModelConfig(dropout=0.0), seed=2)
+    rng = np.random.default_rng(1)
+    ctx = rng.normal(size=384).astype(np.float32)
+    num = rng.normal(size=16).astype(np.float32)
+    acts = rng.normal(size=(5, 384)).astype(np.float32)
+    x = np.hstack([np.tile(ctx, (5, 1)), acts, np.tile(num, (5, 1))])
+    serving = ServingModel(net, version=0)
+    hidden = serving.last_hidden(serving.project_context(ctx, num), serving.project_actions(acts))
+    np.testing.assert_allclose(serving.head(hidden), net.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_training_reduces_loss() -> None:
+    net = RewardNet(SMALL, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, SMALL.input_dim)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    first = net.train_batch(x, y)
+    for _ in range(300):
+        last = net.train_batch(x, y)
+    assert last < 0.5 * first
