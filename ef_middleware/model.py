@@ -38,7 +38,7 @@ class ModelConfig:
     decay_steps: int = 5_000
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
-    dropout: float = 0.1
+    dropout: float = 0.0  # the thompson-dropout strategy trains with 0.1 unless set
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8

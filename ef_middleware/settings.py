@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._types import STRATEGIES, Aggregation, Strategy
@@ -47,7 +47,7 @@ class LoopSettings:
     embedding_scale: float = 20.0
     batch_size: int = 64
     replay_size: int = 4096
-    replay_batch: int = 128
+    replay_batch: int = 256
     snapshot_every: int = 100
     posterior_every: int = 25
     posterior_window: int = 1024
@@ -56,6 +56,12 @@ class LoopSettings:
         if self.strategy not in STRATEGIES:
             raise ConfigurationError(f"strategy {self.strategy!r} is unknown; use one of "
                                      f"{', '.join(STRATEGIES)}")
+        if self.strategy == "thompson-dropout":
+            # MC dropout samples the posterior only if the network trains with the same dropout
+            # (Gal & Ghahramani 2016): the policy's rate and the model's are one setting.
+            rate = float(self.strategy_options.get("rate", self.model.dropout or 0.1))
+            object.__setattr__(self, "model", replace(self.model, dropout=rate))
+            object.__setattr__(self, "strategy_options", {**self.strategy_options, "rate": rate})
         low, high = self.reward_range
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ConfigurationError(

@@ -18,7 +18,7 @@ class Thompson(Policy):
 
     name = "thompson"
 
-    def __init__(self, *, noise: float = 0.3, samples: int = 1000) -> None:
+    def __init__(self, *, noise: float = 0.5, samples: int = 1000) -> None:
         super().__init__(samples=samples)
         self.noise = noise
 
