@@ -1,0 +1,1 @@
+"""Learning and speed benchmarks for ef_middleware (run with ``python -m benchmarks``)."""

@@ -1,0 +1,121 @@
+"""Command line: ``python -m benchmarks speed|mushroom|magic|web|all [--quick] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.agents.engine import engine_strategies
+from benchmarks.agents.vw import DEFAULT_ARGS
+
+BENCHMARKS = ("speed", "mushroom", "magic", "web")
+
+
+def _strategies(text: str) -> list[str]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    if text.strip().lower() == "all":
+        return list(engine_strategies())
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("benchmark", choices=(*BENCHMARKS, "all"))
+    p.add_argument("--quick", action="store_true", help="small horizons and 2-3 seeds")
+    p.add_argument("--seeds", type=int, default=0, help="number of seeds (default per benchmark)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+N-1")
+    p.add_argument("--horizon", type=int, default=0, help="steps per run (default per benchmark)")
+    p.add_argument(
+        "--strategies",
+        type=_strategies,
+        default=None,
+        help="engine strategies, comma-separated, 'all' (default) or 'none'",
+    )
+    p.add_argument(
+        "--flush-every",
+        type=int,
+        default=1,
+        help="call loop.flush() after this many rewards (1 = learn every step)",
+    )
+    p.add_argument(
+        "--sync-learner",
+        action="store_true",
+        help="Engine(learner=False): learn inside flush() instead of the thread",
+    )
+    p.add_argument("--no-vw", action="store_true", help="skip the Vowpal Wabbit peer")
+    p.add_argument("--vw-args", default=DEFAULT_ARGS, help=f"VW arguments ({DEFAULT_ARGS!r})")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar on stderr")
+    p.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results")
+    web = p.add_argument_group("web simulator")
+    web.add_argument(
+        "--shift-at",
+        type=float,
+        default=0.5,
+        help="population shift at this fraction of the horizon (or visitor if > 1)",
+    )
+    web.add_argument("--shift-kind", default="both", choices=("both", "preferences", "mix", "none"))
+    web.add_argument(
+        "--recovery-window",
+        type=int,
+        default=0,
+        help="visitors after the shift to sum regret over (default min(1000, T/3))",
+    )
+    web.add_argument("--ma-window", type=int, default=200, help="moving-average window")
+    web.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.2,
+        help="recovered when the MA reward is within this fraction of the oracle",
+    )
+    web.add_argument(
+        "--early-seeds", type=int, default=20, help="seeds for the first-visitors check"
+    )
+    web.add_argument(
+        "--early-horizon", type=int, default=200, help="visitors in the first-visitors check"
+    )
+    speed = p.add_argument_group("speed")
+    speed.add_argument("--ks", default="10,100,1000", help="action counts for rank latency")
+    speed.add_argument(
+        "--calls", type=int, default=0, help="timed calls per measurement (default 1000, quick 200)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # The engine loads its sentence-transformer once per process: keep its log chatter quiet.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    args = parser().parse_args(argv)
+    import benchmarks.report  # noqa: F401  (records the engine's source digest at start)
+
+    if args.strategies is None:
+        args.strategies = list(engine_strategies())
+    chosen = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
+    walls: dict[str, float] = {}
+    for name in chosen:
+        start = time.perf_counter()
+        if name == "speed":
+            from benchmarks.speed import run_speed
+
+            run_speed(args)
+        elif name == "web":
+            from benchmarks.websuite import run_web
+
+            run_web(args)
+        else:
+            from benchmarks.suites import run_uci
+
+            run_uci(args, name)
+        walls[name] = time.perf_counter() - start
+    if len(walls) > 1:
+        print("wall-clock: " + ", ".join(f"{k} {v:.0f}s" for k, v in walls.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

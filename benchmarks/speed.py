@@ -1,0 +1,143 @@
+"""Speed benchmark: the engine against Vowpal Wabbit, each in its own subprocess.
+
+Latencies are per call with warm caches (after a warm-up of 256 visitors ranked and rewarded),
+p50 and p99 of ``time.perf_counter_ns`` deltas. "unseen" puts a never-seen campaign string in
+every context (the engine must embed it). Throughput: the engine ranks N visitors, then times N
+``loop.reward`` calls plus ``loop.flush()``; VW times N ``learn`` calls. Ratios are engine / VW.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from typing import Any
+
+from benchmarks.agents.engine import engine_unavailable
+from benchmarks.paths import REPO_ROOT
+from benchmarks.report import table, write_json
+
+
+def _worker(peer: str, ks: str, calls: int) -> dict[str, Any]:
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.speed_worker", peer, "--ks", ks, "--calls", str(calls)]
+    print(f"[bench] speed: {peer} (K={ks}, {calls} calls)...", file=sys.stderr)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"speed worker {peer} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.1f}x" if a and b else "-"
+
+
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.3f}"
+
+
+def speed_table(engine: dict[str, Any] | None, vw: dict[str, Any]) -> str:
+    headers = [
+        "measure",
+        "K",
+        "engine p50 ms",
+        "engine p99 ms",
+        "VW p50 ms",
+        "VW p99 ms",
+        "engine/VW p50",
+        "engine/VW p99",
+    ]
+    rows: list[list[str]] = []
+    for key, label in (("rank", "rank, warm"), ("rank_unseen", "rank, 1 unseen value")):
+        for k, v in vw["by_k"].items():
+            e = engine["by_k"].get(k, {}).get(key) if engine else None
+            w = v[key]
+            rows.append(
+                [
+                    label,
+                    k,
+                    _ms(e and e["p50_us"]),
+                    _ms(e and e["p99_us"]),
+                    _ms(w["p50_us"]),
+                    _ms(w["p99_us"]),
+                    _ratio(e and e["p50_us"], w["p50_us"]),
+                    _ratio(e and e["p99_us"], w["p99_us"]),
+                ]
+            )
+    text = table(headers, rows)
+    headers2 = ["measure", "K", "engine", "VW", "engine/VW"]
+    rows2: list[list[str]] = []
+    for k, v in vw["by_k"].items():
+        e = engine["by_k"].get(k, {}).get("learn") if engine else None
+        rows2.append(
+            [
+                "rewards learned /s (reward+flush vs VW learn)",
+                k,
+                f"{e['per_s']:.0f}" if e else "-",
+                f"{v['learn']['per_s']:.0f}",
+                _ratio(e and e["per_s"], v["learn"]["per_s"]),
+            ]
+        )
+    eng = engine or {}
+    rows2.append(
+        [
+            "peak RSS MB (own process)",
+            "all",
+            f"{eng['peak_rss_mb']:.0f}" if eng else "-",
+            f"{vw['peak_rss_mb']:.0f}",
+            _ratio(eng.get("peak_rss_mb"), vw["peak_rss_mb"]),
+        ]
+    )
+    rows2.append(
+        [
+            "startup to first decision, s",
+            "-",
+            f"{eng['startup_s']:.2f}" if eng else "-",
+            f"{vw['startup_s']:.3f}",
+            _ratio(eng.get("startup_s"), vw["startup_s"]),
+        ]
+    )
+    for k, v in vw["by_k"].items():
+        e = eng.get("by_k", {}).get(k)
+        rows2.append(
+            [
+                "create loop / action lines, s",
+                k,
+                f"{e['setup_s']:.3f}" if e else "-",
+                f"{v['setup_s']:.4f}",
+                _ratio(e and e["setup_s"], v["setup_s"]),
+            ]
+        )
+    return text + "\n\n" + table(headers2, rows2)
+
+
+def run_speed(args: Namespace) -> dict[str, Any]:
+    calls = args.calls or (200 if args.quick else 1000)
+    start = time.perf_counter()
+    vw = _worker("vw", args.ks, calls)
+    reason = engine_unavailable() if args.strategies else "engine disabled (--strategies none)"
+    engine = _worker("engine", args.ks, calls) if reason is None else None
+    if reason:
+        print(f"[bench] speed: engine skipped ({reason})", file=sys.stderr)
+    wall = time.perf_counter() - start
+    text = speed_table(engine, vw)
+    print(f"\n## speed: {calls} timed calls per cell; wall {wall:.0f}s\n\n{text}\n")
+    payload = {
+        "config": {
+            "quick": args.quick,
+            "ks": args.ks,
+            "calls": calls,
+            "engine_strategy": "thompson",
+        },
+        "wall_seconds": wall,
+        "engine": engine,
+        "vw": vw,
+        "table": text,
+    }
+    path = write_json("speed" + ("-quick" if args.quick else ""), payload, args.results_dir)
+    print(f"[bench] wrote {path}", file=sys.stderr)
+    return payload

@@ -1,0 +1,183 @@
+"""Speed measurements of one peer, run in its own process so its peak RSS is its own.
+
+``python -m benchmarks.speed_worker engine|vw --ks 10,100,1000 --calls 1000`` prints one JSON
+object on stdout: per K the rank/predict latency (warm caches, and with one unseen feature value
+per call), the reward-to-learned throughput, setup time, and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks.problems.websim import _Sampler, sample_visitor
+from benchmarks.stats import percentile
+
+LAYOUTS = ("minimal", "detailed", "video", "testimonial")
+WARMUP = 256
+
+
+def actions(k: int) -> list[dict[str, Any]]:
+    """K hero variants with distinct text features."""
+    return [
+        {"id": f"v{i}", "features": {"layout": LAYOUTS[i % 4], "cta": f"Call to action {i}"}}
+        for i in range(k)
+    ]
+
+
+def visitors(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    sampler = _Sampler(np.random.default_rng([seed, 7]))
+    return [sample_visitor(sampler, 0) for _ in range(n)]
+
+
+def latency(call: Callable[[int], object], calls: int) -> dict[str, float]:
+    """Per-call wall time in microseconds: p50, p99, mean over ``calls`` calls."""
+    times: list[float] = []
+    for i in range(calls):
+        t0 = time.perf_counter_ns()
+        call(i)
+        times.append((time.perf_counter_ns() - t0) / 1000.0)
+    times.sort()
+    return {
+        "p50_us": percentile(times, 50),
+        "p99_us": percentile(times, 99),
+        "mean_us": sum(times) / len(times),
+        "calls": float(calls),
+    }
+
+
+def unseen(context: dict[str, Any], i: int) -> dict[str, Any]:
+    """The context with a never-seen campaign string (a fresh text to embed)."""
+    return {**context, "utm_campaign": f"spring-campaign-{i}-{time.perf_counter_ns()}"}
+
+
+def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    from benchmarks.agents.engine import make_engine
+
+    folder = tempfile.mkdtemp(prefix="ef-speed-")
+    engine = make_engine(folder, seed)
+    try:
+        t0 = time.perf_counter()
+        loop = engine.loop(f"speed-{k}", actions=actions(k), strategy="thompson")
+        setup = time.perf_counter() - t0
+        for c in pool:  # warm-up: every context embedded, the model trained a little
+            loop.reward(loop.rank(c).event_id, 1.0 if c["device"] == "mobile" else 0.0)
+        loop.flush()
+        n = len(pool)
+        warm = latency(lambda i: loop.rank(pool[i % n]), calls)
+        fresh = latency(lambda i: loop.rank(unseen(pool[i % n], i)), calls)
+        events = [loop.rank(pool[i % n]).event_id for i in range(calls)]
+        t0 = time.perf_counter()
+        for i, event in enumerate(events):
+            loop.reward(event, float(i % 2))
+        enqueued = time.perf_counter() - t0
+        loop.flush()
+        learned = time.perf_counter() - t0
+    finally:
+        engine.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "setup_s": setup,
+        "rank": warm,
+        "rank_unseen": fresh,
+        "learn": {"n": calls, "per_s": calls / learned, "enqueue_per_s": calls / enqueued},
+    }
+
+
+def vw_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    import vowpalwabbit
+
+    from benchmarks.agents.vw import DEFAULT_ARGS, action_lines, vw_features
+
+    t0 = time.perf_counter()
+    vw = vowpalwabbit.Workspace(f"{DEFAULT_ARGS} --random_seed {seed}")
+    lines = action_lines([a["features"] for a in actions(k)])
+    setup = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+
+    def predict(c: dict[str, Any]) -> list[float]:
+        return list(vw.predict([f"shared |U {vw_features(c)}", *lines]))
+
+    def learn(c: dict[str, Any], reward: float, i: int) -> None:
+        arm = i % k
+        labelled = [*lines]
+        labelled[arm] = f"{arm}:{-reward:.3g}:{1.0 / k:.6g} {lines[arm]}"
+        vw.learn([f"shared |U {vw_features(c)}", *labelled])
+
+    try:
+        for i, c in enumerate(pool):
+            pmf = predict(c)
+            rng.choice(k, p=np.asarray(pmf) / sum(pmf))
+            learn(c, 1.0 if c["device"] == "mobile" else 0.0, i)
+        n = len(pool)
+        warm = latency(lambda i: predict(pool[i % n]), calls)
+        fresh = latency(lambda i: predict(unseen(pool[i % n], i)), calls)
+        t0 = time.perf_counter()
+        for i in range(calls):
+            learn(pool[i % n], float(i % 2), i)
+        learned = time.perf_counter() - t0
+    finally:
+        vw.finish()
+    return {
+        "setup_s": setup,
+        "rank": warm,
+        "rank_unseen": fresh,
+        "learn": {"n": calls, "per_s": calls / learned, "enqueue_per_s": calls / learned},
+    }
+
+
+def startup(peer: str, seed: int) -> float:
+    """Seconds to a first decision on a fresh engine (model load) or VW workspace."""
+    t0 = time.perf_counter()
+    if peer == "vw":
+        import vowpalwabbit
+
+        vw = vowpalwabbit.Workspace(f"--cb_explore_adf --quiet --random_seed {seed}")
+        vw.predict(["shared |U a=1", "|A b=1", "|A b=2"])
+        vw.finish()
+        return time.perf_counter() - t0
+    from benchmarks.agents.engine import make_engine
+
+    folder = tempfile.mkdtemp(prefix="ef-speed-")
+    engine = make_engine(folder, seed)
+    try:
+        engine.loop("startup", actions=actions(2)).rank({"device": "mobile"})
+    finally:
+        engine.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return time.perf_counter() - t0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed_worker")
+    p.add_argument("peer", choices=("engine", "vw"))
+    p.add_argument("--ks", default="10,100,1000")
+    p.add_argument("--calls", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    measure = engine_k if args.peer == "engine" else vw_k
+    pool = visitors(WARMUP, args.seed)
+    out: dict[str, Any] = {"peer": args.peer, "calls": args.calls, "by_k": {}}
+    start = time.perf_counter()
+    out["startup_s"] = startup(args.peer, args.seed)
+    for k in (int(x) for x in args.ks.split(",")):
+        out["by_k"][str(k)] = measure(k, args.calls, pool, args.seed)
+    out["seconds"] = time.perf_counter() - start
+    # Linux reports ru_maxrss in KiB (macOS in bytes).
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["peak_rss_mb"] = rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

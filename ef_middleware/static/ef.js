@@ -1,0 +1,95 @@
+/*! ef.js: ef_middleware's client. Reports conversions and the visitor's time zone. */
+(function (w, d) {
+  'use strict';
+  try {
+    var script = d.currentScript || d.querySelector('script[data-endpoint]') || {};
+    var data = script.dataset || {};
+    var base = data.endpoint || '/_ef/';
+    var tzCookie = data.tzCookie || 'ef_tz';
+    var nav = w.navigator || {};
+    var off = data.gpc === 'true' && nav.globalPrivacyControl === true;
+    // Keep a page's early `window.ef = window.ef || {q: []}` object and its queue.
+    var ef = (w.ef = w.ef || {});
+    var q = (ef.q = ef.q || []);
+    if (ef.loaded) return;
+    ef.loaded = true;
+    ef.optedOut = off;
+
+    var send = function (loop, value) {
+      if (off || typeof loop !== 'string' || !loop) return false;
+      var body = { loop: loop };
+      if (value != null && value !== '') {
+        value = +value;
+        if (!isFinite(value)) return false; // a typo must not record the top reward
+        body.value = value;
+      }
+      body = JSON.stringify(body);
+      var url = base + 'reward';
+      if (w.fetch) {
+        try {
+          w.fetch(url, {
+            method: 'POST',
+            headers: { 'Content-Type': 'application/json' },
+            body: body,
+            keepalive: true,
+            credentials: 'same-origin'
+          })['catch'](function () {});
+          return true;
+        } catch (e) { /* fall back to a beacon */ }
+      }
+      try {
+        return nav.sendBeacon(url, new Blob([body], { type: 'application/json' }));
+      } catch (e) {
+        return false;
+      }
+    };
+
+    // ef.convert("homepage-hero") or ef.convert("homepage-hero", 25)
+    ef.convert = function (loop, value) {
+      try {
+        return send(loop, value);
+      } catch (e) {
+        return false;
+      }
+    };
+
+    var run = function (command) {
+      try {
+        command = [].slice.call(command);
+        if (command[0] === 'convert') ef.convert(command[1], command[2]);
+      } catch (e) { /* never throw into the page */ }
+    };
+    while (q.length) run(q.shift());
+    q.push = function () {
+      for (var i = 0; i < arguments.length; i++) run(arguments[i]);
+      return 0;
+    };
+
+    // <a data-ef-convert="homepage-hero" data-ef-value="1">: clicks (forms: submits) convert.
+    var auto = function (event) {
+      try {
+        var target = event.target;
+        var el = target && target.closest && target.closest('[data-ef-convert]');
+        if (!el || (event.type === 'submit') !== (el.tagName === 'FORM')) return;
+        var loops = (el.getAttribute('data-ef-convert') || '').split(/[\s,]+/);
+        for (var i = 0; i < loops.length; i++) {
+          if (loops[i]) send(loops[i], el.getAttribute('data-ef-value'));
+        }
+      } catch (e) { /* never throw into the page */ }
+    };
+    d.addEventListener('click', auto, true);
+    d.addEventListener('submit', auto, true);
+
+    // The visitor's IANA time zone, so the server knows their local hour and weekday.
+    var attrs = ';path=/;samesite=lax' + (w.location.protocol === 'https:' ? ';secure' : '');
+    if (off) {
+      if (d.cookie.indexOf(tzCookie + '=') >= 0) d.cookie = tzCookie + '=' + attrs + ';max-age=0';
+    } else {
+      var tz = w.Intl && Intl.DateTimeFormat().resolvedOptions().timeZone;
+      var cookies = ';' + d.cookie.replace(/\s/g, '') + ';';
+      if (tz && /^[\w+\-\/]{1,64}$/.test(tz) && cookies.indexOf(';' + tzCookie + '=' + tz + ';') < 0) {
+        d.cookie = tzCookie + '=' + tz + attrs + ';max-age=31536000';
+      }
+    }
+  } catch (e) { /* never throw into the page */ }
+})(window, document);

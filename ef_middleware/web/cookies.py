@@ -1,0 +1,246 @@
+"""Signed cookies: the request's decisions and the first-party visitor id.
+
+Both are signed with :mod:`itsdangerous` (one salt per purpose, a list of keys for rotation, a
+maximum age). A cookie that is tampered with, signed by an unknown key, too old or malformed reads
+as "no data" in the page path; the reward route tells those cases apart with
+:func:`load_decisions_strict`.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode, bytes_to_int
+
+__all__ = [
+    "DECISIONS_SALT",
+    "VISITOR_SALT",
+    "BadDecisionCookie",
+    "DecisionEntry",
+    "ExpiredDecisionCookie",
+    "VisitorState",
+    "dump_decisions",
+    "dump_visitor",
+    "entry_expired",
+    "load_decisions",
+    "load_decisions_strict",
+    "load_visitor",
+    "make_serializer",
+    "new_visitor_id",
+    "set_cookie",
+    "signed_age",
+]
+
+DECISIONS_SALT = "ef_middleware.web.decisions"
+VISITOR_SALT = "ef_middleware.web.visitor"
+MAX_ENTRIES = 16  # loops remembered in one decision cookie (oldest dropped first)
+MAX_ID = 128  # characters of an event id, action id or loop name we accept from a cookie
+
+
+class DecisionEntry(NamedTuple):
+    """One loop's decision as stored in the cookie: ids and the time it was made."""
+
+    event_id: str
+    action_id: str
+    issued_at: int
+
+
+@dataclass(frozen=True)
+class VisitorState:
+    """The first-party visitor cookie: a random id, the visit count and when we last saw it."""
+
+    id: str
+    visits: int
+    last_seen: int
+    campaign: str = ""
+
+
+class BadDecisionCookie(Exception):
+    """The decision cookie is tampered with, signed by an unknown key, or malformed."""
+
+
+class ExpiredDecisionCookie(BadDecisionCookie):
+    """The decision cookie (or the entry asked for) is older than its maximum age."""
+
+
+def make_serializer(
+    secret_keys: Sequence[str], salt: str, clock: Callable[[], float]
+) -> URLSafeTimedSerializer:
+    """Build a timed serializer that signs with ``secret_keys[0]`` and verifies with all.
+
+    Parameters
+    ----------
+    secret_keys
+        Newest first: the first key signs, every key verifies (rotation).
+    salt
+        One salt per purpose, so a cookie of one kind never verifies as another.
+    clock
+        Seconds since the epoch; tests inject one to travel in time.
+    """
+
+    derived: dict[tuple[bytes, str | bytes | None], bytes] = {}
+
+    class _ClockSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock())
+
+        def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+            # The derived key depends on (salt, key) only: hash it once, not per request.
+            found = derived.get((self.salt, secret_key))
+            if found is None:
+                found = derived[(self.salt, secret_key)] = super().derive_key(secret_key)
+            return found
+
+    # itsdangerous signs with the *last* key of its list.
+    return URLSafeTimedSerializer(list(reversed(secret_keys)), salt=salt, signer=_ClockSigner)
+
+
+def signed_age(raw: str | None, now: float) -> float | None:
+    """Seconds since ``raw`` was signed, read **without** verifying it (``None`` if unreadable).
+
+    Only for deciding that nothing needs doing; never trust data on this basis.
+    """
+    if not raw:
+        return None
+    try:
+        stamp = raw.rsplit(".", 2)[-2]
+        return now - bytes_to_int(base64_decode(stamp))
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+def _valid_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID
+
+
+def _entries(payload: object) -> dict[str, DecisionEntry]:
+    if not isinstance(payload, dict):
+        raise BadDecisionCookie("decision cookie payload is not an object")
+    entries: dict[str, DecisionEntry] = {}
+    for loop, item in payload.items():
+        if not (_valid_id(loop) and isinstance(item, list) and len(item) == 3):
+            raise BadDecisionCookie("malformed decision entry")
+        event_id, action_id, issued_at = item
+        if not (_valid_id(event_id) and _valid_id(action_id)):
+            raise BadDecisionCookie("malformed decision ids")
+        if isinstance(issued_at, bool) or not isinstance(issued_at, int):
+            raise BadDecisionCookie("malformed decision time")
+        entries[loop] = DecisionEntry(event_id, action_id, issued_at)
+    return entries
+
+
+def load_decisions_strict(
+    serializer: URLSafeTimedSerializer, raw: str, *, max_age: int
+) -> dict[str, DecisionEntry]:
+    """Verify and decode a decision cookie, raising on any problem.
+
+    Entries are returned whatever their age: check each with :func:`entry_expired`.
+
+    Raises
+    ------
+    ExpiredDecisionCookie
+        The signature is older than ``max_age`` (or from the future).
+    BadDecisionCookie
+        Any other problem: bad signature, unknown key, malformed payload.
+    """
+    try:
+        payload = serializer.loads(raw, max_age=max_age)
+    except SignatureExpired as exc:
+        raise ExpiredDecisionCookie("decision cookie expired") from exc
+    except BadData as exc:
+        raise BadDecisionCookie("decision cookie signature does not verify") from exc
+    return _entries(payload)
+
+
+def _fresh(entry: DecisionEntry, max_age: int, now: float) -> bool:
+    return 0 <= now - entry.issued_at <= max_age
+
+
+def load_decisions(
+    serializer: URLSafeTimedSerializer, raw: str | None, *, max_age: int, now: float
+) -> dict[str, DecisionEntry]:
+    """Decode a decision cookie; anything wrong (or too old) quietly reads as no decisions."""
+    if not raw:
+        return {}
+    try:
+        entries = load_decisions_strict(serializer, raw, max_age=max_age)
+    except BadDecisionCookie:
+        return {}
+    return {loop: entry for loop, entry in entries.items() if _fresh(entry, max_age, now)}
+
+
+def entry_expired(entry: DecisionEntry, *, max_age: int, now: float) -> bool:
+    """Whether one decision entry is older than ``max_age`` seconds (or from the future)."""
+    return not _fresh(entry, max_age, now)
+
+
+def dump_decisions(
+    serializer: URLSafeTimedSerializer, entries: Mapping[str, DecisionEntry]
+) -> str:
+    """Sign the decisions (ids only); keeps the newest :data:`MAX_ENTRIES` loops."""
+    newest = sorted(entries.items(), key=lambda kv: kv[1].issued_at)[-MAX_ENTRIES:]
+    payload = {loop: [e.event_id, e.action_id, e.issued_at] for loop, e in newest}
+    return str(serializer.dumps(payload))
+
+
+def new_visitor_id() -> str:
+    """A random visitor id (128 bits, URL-safe); it says nothing about the visitor."""
+    return secrets.token_urlsafe(16)
+
+
+def load_visitor(
+    serializer: URLSafeTimedSerializer, raw: str | None, *, max_age: int
+) -> VisitorState | None:
+    """Decode the visitor cookie, or ``None`` if it is missing, tampered with or too old."""
+    if not raw:
+        return None
+    try:
+        payload: Any = serializer.loads(raw, max_age=max_age)
+    except BadData:
+        return None
+    if not (isinstance(payload, list) and len(payload) == 4):
+        return None
+    vid, visits, last_seen, campaign = payload
+    if not (_valid_id(vid) and isinstance(campaign, str)):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (visits, last_seen)):
+        return None
+    if visits < 1:
+        return None
+    return VisitorState(vid, visits, last_seen, campaign)
+
+
+def dump_visitor(serializer: URLSafeTimedSerializer, state: VisitorState) -> str:
+    """Sign the visitor state."""
+    return str(serializer.dumps([state.id, state.visits, state.last_seen, state.campaign]))
+
+
+def set_cookie(
+    name: str,
+    value: str,
+    *,
+    max_age: float,
+    path: str = "/",
+    secure: bool = False,
+    httponly: bool = True,
+    samesite: Literal["Lax", "Strict", "None"] = "Lax",
+    domain: str | None = None,
+) -> str:
+    """Format one ``Set-Cookie`` header value.
+
+    ``value`` must already be cookie-safe (our signed values are URL-safe base64).
+    """
+    parts = [f"{name}={value}", f"Max-Age={math.floor(max_age)}", f"Path={path}"]
+    if domain:
+        parts.append(f"Domain={domain}")
+    if secure:
+        parts.append("Secure")
+    if httponly:
+        parts.append("HttpOnly")
+    parts.append(f"SameSite={samesite}")
+    return "; ".join(parts)

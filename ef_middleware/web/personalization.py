@@ -1,0 +1,287 @@
+"""The per-request object at ``scope["ef"]``: lazy context, sticky variants, cookies to set."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from markupsafe import Markup, escape
+from starlette.requests import cookie_parser
+from starlette.types import Scope
+
+from . import cookies as ck
+from .context import (
+    DeviceInfo,
+    campaign_of,
+    classify_referrer,
+    country_code,
+    header_map,
+    local_time,
+    parse_device,
+    primary_language,
+    utm_params,
+    visitor_zone,
+)
+from .settings import Runtime, logger, one_line
+from .variant import NoDecisionError, Variant
+
+if TYPE_CHECKING:
+    from ef_middleware.loop import Loop
+
+__all__ = ["NoDecisionError", "Personalization", "Variant"]
+
+MAX_VISITS = 50  # the visit count reaches the model capped (a regular is a regular)
+
+
+class Personalization:
+    """What the middleware puts at ``scope["ef"]`` for each HTTP request.
+
+    Nothing is computed until asked: the visitor context is built on the first
+    :meth:`variant` call, from headers and cookies only.
+
+    Parameters
+    ----------
+    scope
+        The request's ASGI scope.
+    runtime
+        The app's shared :class:`~ef_middleware.web.settings.Runtime`.
+    """
+
+    def __init__(self, scope: Scope, runtime: Runtime) -> None:
+        self._scope = scope
+        self._rt = runtime
+        self._now = runtime.now()
+        self._headers: dict[str, str] | None = None
+        self._cookies: dict[str, str] | None = None
+        self._device: DeviceInfo | None = None
+        self._context: dict[str, Any] | None = None
+        self._utm: dict[str, str] | None = None
+        self._incoming: dict[str, ck.DecisionEntry] | None = None
+        self._new: dict[str, ck.DecisionEntry] = {}
+        self._visitor: ck.VisitorState | None = None
+        self._visitor_changed = False
+        self.decisions: dict[str, Variant] = {}
+        """This request's variants by loop name."""
+
+    # -- request data ----------------------------------------------------------------------
+    @property
+    def headers(self) -> dict[str, str]:
+        """Request headers, lower-cased names, first value (cookies joined)."""
+        if self._headers is None:
+            self._headers = header_map(self._scope)
+        return self._headers
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """Request cookies."""
+        if self._cookies is None:
+            self._cookies = cookie_parser(self.headers.get("cookie", ""))
+        return self._cookies
+
+    @property
+    def device(self) -> DeviceInfo:
+        """Device type, browser and OS families and bot flag, from ua-parser."""
+        if self._device is None:
+            self._device = parse_device(self.headers.get("user-agent", ""))
+        return self._device
+
+    @property
+    def is_bot(self) -> bool:
+        """A crawler or a client without a user agent: default variants, never logged."""
+        return self.device.bot
+
+    @property
+    def opted_out(self) -> bool:
+        """Global Privacy Control (``Sec-GPC: 1``) when the middleware honours it."""
+        return self._rt.settings.honor_gpc and self.headers.get("sec-gpc", "").strip() == "1"
+
+    @property
+    def utm(self) -> dict[str, str]:
+        """UTM parameters of the query string."""
+        if self._utm is None:
+            self._utm = utm_params(self._scope.get("query_string", b""))
+        return self._utm
+
+    @property
+    def visitor(self) -> ck.VisitorState | None:
+        """The first-party visitor state (``None`` for bots and opted-out visitors)."""
+        if self._visitor is None and not (self.is_bot or self.opted_out):
+            self._visitor = self._visit()
+        return self._visitor
+
+    def _visit(self) -> ck.VisitorState:
+        s, now = self._rt.settings, int(self._now)
+        state = ck.load_visitor(self._rt.visitors, self.cookies.get(s.visitor_cookie),
+                                max_age=s.visitor_max_age)
+        campaign = campaign_of(self.utm)
+        if state is None:
+            state = ck.VisitorState(ck.new_visitor_id(), 1, now, campaign)
+        elif now - state.last_seen > s.visit_gap or (campaign and campaign != state.campaign):
+            state = ck.VisitorState(state.id, state.visits + 1, now, campaign or state.campaign)
+        elif now - state.last_seen >= 60:  # keep the visit alive, at most once a minute
+            state = replace(state, last_seen=now)
+        else:
+            return state
+        self._visitor_changed = True
+        return state
+
+    def _keep_visit_alive(self) -> None:
+        """Refresh the visitor cookie's ``last_seen`` (at most once a minute) on a sticky view.
+
+        A cookie signed less than a minute ago needs nothing, so its signature is not even
+        checked (none of its data is used here).
+        """
+        if self.is_bot or self.opted_out:
+            return
+        raw = self.cookies.get(self._rt.settings.visitor_cookie)
+        age = ck.signed_age(raw, self._now)
+        if age is None or not 0 <= age < 60:
+            self.visitor  # noqa: B018 - verifies, then counts or refreshes the visit
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The visitor context handed to :meth:`Loop.rank` (built once, on first use)."""
+        if self._context is None:
+            self._context = self._build_context()
+        return self._context
+
+    def _build_context(self) -> dict[str, Any]:
+        s, headers = self._rt.settings, self.headers
+        info = self.device
+        ctx: dict[str, Any] = {"device": info.device, "browser": info.browser, "os": info.os,
+                               "bot": info.bot}
+        ctx["hour"], ctx["weekday"] = local_time(
+            self._now, visitor_zone(self.cookies.get(s.tz_cookie)))
+        utm = self.utm
+        ref_class, ref_host = classify_referrer(
+            headers.get("referer"), headers.get("host"), utm.get("utm_medium"))
+        ctx["referrer"] = ref_class
+        if ref_host and ref_class != "internal":
+            ctx["referrer_host"] = ref_host
+        visitor = self.visitor
+        visits = visitor.visits if visitor else 0
+        ctx["returning"] = visits > 1
+        ctx["visits"] = min(visits, MAX_VISITS)
+        ctx.update(utm)
+        language = primary_language(headers.get("accept-language"))
+        if language:
+            ctx["language"] = language
+        if s.country_header:
+            country = country_code(headers.get(s.country_header))
+            if country:
+                ctx["country"] = country
+        if s.context_hook is not None:
+            extra = s.context_hook(self._scope)
+            ctx.update({str(k): v for k, v in extra.items()})
+        return ctx
+
+    # -- decisions -------------------------------------------------------------------------
+    def _incoming_entries(self) -> dict[str, ck.DecisionEntry]:
+        if self._incoming is None:
+            s = self._rt.settings
+            self._incoming = ck.load_decisions(
+                self._rt.decisions, self.cookies.get(s.decision_cookie),
+                max_age=s.decision_max_age, now=self._now)
+        return self._incoming
+
+    def variant(self, loop: str) -> Variant:
+        """The variant of ``loop`` for this visitor; decided on first call, then cached.
+
+        Never raises: on any failure the loop's default (first) variant is served and one line
+        is logged on the ``ef_middleware`` logger.
+        """
+        found = self.decisions.get(loop)
+        if found is None:
+            try:
+                found = self._choose(loop)
+            except Exception as exc:
+                found = self._fallback(loop, exc)
+            self.decisions[loop] = found
+        return found
+
+    def _choose(self, name: str) -> Variant:
+        loop = self._rt.engine.get_loop(name)
+        if self.is_bot or self.opted_out:
+            return Variant.from_decision(loop.default_decision(), default=True)
+        entry = self._incoming_entries().get(name)
+        if entry is not None and self._still_sticky(loop, entry):
+            for action in loop.actions:
+                if action.id == entry.action_id:
+                    self._keep_visit_alive()
+                    return Variant(name, action.id, action.features, event_id=entry.event_id,
+                                   sticky=True)
+        decision = loop.rank(self.context)
+        if decision.logged:
+            self._new[name] = ck.DecisionEntry(decision.event_id, decision.action_id,
+                                               int(self._now))
+        return Variant.from_decision(decision)
+
+    def _still_sticky(self, loop: Loop, entry: ck.DecisionEntry) -> bool:
+        s = self._rt.settings
+        window = s.decision_max_age if loop.settings.strategy == "uniform" else s.sticky_seconds
+        return 0 <= self._now - entry.issued_at < window
+
+    def _fallback(self, name: str, exc: Exception) -> Variant:
+        logger.warning("ef_middleware: loop %r serves its default variant: %s", name,
+                       one_line(exc))
+        try:
+            return Variant.from_decision(self._rt.engine.get_loop(name).default_decision(),
+                                         default=True)
+        except Exception:  # unknown loop: nothing to show, and the page still renders
+            return Variant(name, "", {}, default=True)
+
+    def entry(self, loop: str) -> ck.DecisionEntry | None:
+        """This visitor's current decision for ``loop`` (made now or read from the cookie)."""
+        return self._new.get(loop) or self._incoming_entries().get(loop)
+
+    def reward(self, loop: str, value: float | None = None) -> None:
+        """Reward this visitor's decision for ``loop`` from server code (e.g. a form handler).
+
+        Raises
+        ------
+        NoDecisionError
+            The visitor has no valid decision for ``loop``.
+        ef_middleware.errors.EFError
+            What :meth:`Loop.reward` raises (duplicate, out of range, unknown event).
+        """
+        entry = self.entry(loop)
+        if entry is None:
+            raise NoDecisionError(f"this visitor has no decision for loop {loop!r}")
+        self._rt.engine.get_loop(loop).reward(entry.event_id, value)
+
+    # -- output ----------------------------------------------------------------------------
+    def script(self, *, nonce: str | None = None) -> Markup:
+        """The ``<script>`` tag that loads ef.js from the middleware's prefix."""
+        s, root = self._rt.settings, self._scope.get("root_path", "").rstrip("/")
+        endpoint = root + s.prefix
+        version = self._rt.script_etag.strip('"')[:8]
+        attrs = [f'src="{escape(endpoint)}ef.js?v={version}"',
+                 f'data-endpoint="{escape(endpoint)}"']
+        if s.tz_cookie != "ef_tz":
+            attrs.append(f'data-tz-cookie="{escape(s.tz_cookie)}"')
+        if s.honor_gpc:
+            attrs.append('data-gpc="true"')
+        if nonce:
+            attrs.append(f'nonce="{escape(nonce)}"')
+        return Markup(f"<script {' '.join(attrs)} defer></script>")
+
+    @property
+    def touched(self) -> bool:
+        """Whether a variant or the context was asked for (the response varies by cookie)."""
+        return bool(self.decisions) or self._context is not None
+
+    def cookie_headers(self) -> list[str]:
+        """``Set-Cookie`` values for the response (new decisions, visitor state)."""
+        s, out = self._rt.settings, []
+        common: dict[str, Any] = {"path": s.cookie_path, "secure": s.secure,
+                                  "domain": s.cookie_domain}
+        if self._new:
+            entries = {**self._incoming_entries(), **self._new}
+            out.append(ck.set_cookie(s.decision_cookie, ck.dump_decisions(self._rt.decisions,
+                                                                           entries),
+                                     max_age=s.decision_max_age, **common))
+        if self._visitor_changed and self._visitor is not None:
+            out.append(ck.set_cookie(s.visitor_cookie, ck.dump_visitor(self._rt.visitors,
+                                                                       self._visitor),
+                                     max_age=s.visitor_max_age, **common))
+        return out

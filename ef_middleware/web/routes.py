@@ -1,0 +1,229 @@
+"""The routes under the middleware's prefix: ``POST reward``, ``GET ef.js``, ``GET status``.
+
+Every error is JSON ``{"error": {"code": ..., "message": ...}}``. A reward is checked in full
+(origin, content type, size, JSON, loop, signed decision cookie, value) before the engine sees
+it, so nothing is learned from a rejected request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from ef_middleware.errors import (
+    DuplicateRewardError,
+    EFError,
+    InvalidInputError,
+    RewardOutOfRangeError,
+    UnknownEventError,
+    UnknownLoopError,
+)
+
+from . import cookies as ck
+from .context import header_map
+from .settings import Runtime, logger, one_line
+
+__all__ = ["handle", "same_origin"]
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A JSON error response."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _key(host: str | None, port: int | None, default_ports: tuple[int, ...]) -> str | None:
+    if not host:
+        return None
+    return host.lower() if port is None or port in default_ports else f"{host.lower()}:{port}"
+
+
+def _origin_netloc(url: str) -> str | None:
+    """``host[:port]`` of an Origin or Referer URL, its scheme's default port left out."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS:
+            return None
+        return _key(parts.hostname, parts.port, (DEFAULT_PORTS[parts.scheme],))
+    except ValueError:
+        return None
+
+
+def _host_netloc(host: str) -> str | None:
+    """``host[:port]`` of a Host header (the scheme is unknown behind a proxy: 80 and 443
+    both count as default)."""
+    try:
+        parts = urlsplit("//" + host.strip())
+        return _key(parts.hostname, parts.port, (80, 443))
+    except ValueError:
+        return None
+
+
+def same_origin(headers: dict[str, str], trusted: tuple[str, ...] = ()) -> bool:
+    """Whether a request comes from a page of this site.
+
+    ``Sec-Fetch-Site: cross-site`` is refused; an ``Origin`` (or, without one, a ``Referer``)
+    must name the request's ``Host`` (or a trusted origin). A request with neither passes.
+    """
+    if headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
+        return False
+    allowed = {n for n in (_origin_netloc(t) for t in trusted) if n}
+    host = _host_netloc(headers.get("host", ""))
+    if host:
+        allowed.add(host)
+    for name in ("origin", "referer"):
+        value = headers.get(name)
+        if value is not None:
+            return _origin_netloc(value.strip()) in allowed
+    return True
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or ``None`` once it exceeds ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            return None
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _value(payload: dict[str, Any]) -> float | str | None:
+    """The reward value, ``None`` for "use the default", or an error message."""
+    if "value" not in payload or payload["value"] is None:
+        return None
+    value = payload["value"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "value must be a number"
+    try:
+        number = float(value)
+    except OverflowError:
+        return "value must be a finite number"
+    if not math.isfinite(number):
+        return "value must be a finite number"
+    return number
+
+
+async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
+    """``POST {prefix}reward`` with JSON ``{"loop": str, "value": number?}``."""
+    s, headers = rt.settings, header_map(scope)
+    if not same_origin(headers, s.trusted_origins):
+        return error(403, "bad_origin", "rewards are accepted from this site's own pages only")
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        return error(415, "unsupported_media_type", "send the reward as application/json")
+    length = headers.get("content-length", "0").strip()
+    if not length.isdigit() or int(length) > s.max_body:
+        if not length.isdigit():
+            return error(400, "bad_request", "invalid Content-Length")
+        return error(413, "body_too_large", f"a reward body is at most {s.max_body} bytes")
+    body = await _read_body(receive, s.max_body)
+    if body is None:
+        return error(413, "body_too_large", f"a reward body is at most {s.max_body} bytes")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "bad_json", "the body is not valid JSON")
+    if not isinstance(payload, dict):
+        return error(400, "bad_json", 'the body must be a JSON object: {"loop": ..., "value": 1}')
+    name = payload.get("loop")
+    if not isinstance(name, str) or not 0 < len(name) <= ck.MAX_ID:
+        return error(400, "bad_value", "loop must be a non-empty string")
+    value = _value(payload)
+    if isinstance(value, str):
+        return error(400, "bad_value", value)
+    try:
+        loop = rt.engine.get_loop(name)
+    except UnknownLoopError:
+        return error(404, "unknown_loop", f"no loop named {name!r}")
+    low, high = loop.settings.reward_range
+    if value is not None and not low <= value <= high:
+        return error(400, "bad_value", f"value must lie within {low}..{high}")
+    raw = cookie_parser(headers.get("cookie", "")).get(s.decision_cookie)
+    if not raw:
+        return error(404, "no_decision", f"this visitor has no decision for loop {name!r}")
+    now = rt.now()
+    try:
+        entries = ck.load_decisions_strict(rt.decisions, raw, max_age=s.decision_max_age)
+    except ck.ExpiredDecisionCookie:
+        return error(403, "decision_expired", "the decision cookie has expired")
+    except ck.BadDecisionCookie:
+        return error(403, "bad_signature", "the decision cookie does not verify")
+    entry = entries.get(name)
+    if entry is None:
+        return error(404, "no_decision", f"this visitor has no decision for loop {name!r}")
+    if ck.entry_expired(entry, max_age=s.decision_max_age, now=now):
+        return error(403, "decision_expired", f"the decision for loop {name!r} has expired")
+    try:
+        await run_in_threadpool(loop.reward, entry.event_id, value)
+    except DuplicateRewardError as exc:
+        return error(409, exc.code, str(exc))
+    except UnknownEventError as exc:
+        return error(404, exc.code, str(exc))
+    except (RewardOutOfRangeError, InvalidInputError) as exc:
+        return error(400, exc.code, str(exc))
+    except EFError as exc:
+        logger.warning("ef_middleware: reward for loop %r failed: %s", name, one_line(exc))
+        return error(503, exc.code, "the reward could not be stored; try again")
+    except Exception as exc:  # a bug or a broken store: still a JSON answer, and one log line
+        logger.error("ef_middleware: reward for loop %r failed: %s", name, one_line(exc))
+        return error(500, "internal", "the reward could not be stored")
+    return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
+
+def script(rt: Runtime, scope: Scope) -> Response:
+    """``GET {prefix}ef.js``: the client script, cacheable, with an ETag."""
+    if not rt.script:
+        return error(404, "not_found", "ef.js is not installed")
+    cache = {"ETag": rt.script_etag, "Cache-Control": "public, max-age=3600"}
+    if header_map(scope).get("if-none-match", "") == rt.script_etag:
+        return Response(status_code=304, headers=cache)
+    return Response(rt.script, media_type="text/javascript; charset=utf-8", headers=cache)
+
+
+async def status(rt: Runtime) -> Response:
+    """``GET {prefix}status``: per-loop counters (decisions, rewards, updates)."""
+    loops: dict[str, Any] = {}
+    for name, loop in rt.engine.loops.items():
+        loops[name] = await run_in_threadpool(loop.stats)
+    return JSONResponse({"loops": loops}, headers={"Cache-Control": "no-store"})
+
+
+async def handle(rt: Runtime, subpath: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer one request under the prefix."""
+    method = scope["method"]
+    response: Response
+    if subpath == "reward":
+        if method != "POST":
+            response = error(405, "method_not_allowed", "use POST", {"Allow": "POST"})
+        else:
+            response = await reward(rt, scope, receive)
+    elif subpath == "ef.js":
+        if method not in ("GET", "HEAD"):
+            response = error(405, "method_not_allowed", "use GET", {"Allow": "GET, HEAD"})
+        else:
+            response = script(rt, scope)
+    elif subpath == "status" and rt.settings.status_route:
+        if method not in ("GET", "HEAD"):
+            response = error(405, "method_not_allowed", "use GET", {"Allow": "GET, HEAD"})
+        else:
+            response = await status(rt)
+    else:
+        response = error(404, "not_found", f"no route {subpath!r} under {rt.settings.prefix}")
+    await response(scope, receive, send)

@@ -1,0 +1,133 @@
+"""The middleware's configuration and the shared, per-app runtime (engine, signers, script)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Scope
+
+from ef_middleware.errors import ConfigurationError
+
+from .context import parse_device
+from .cookies import DECISIONS_SALT, VISITOR_SALT, make_serializer
+
+if TYPE_CHECKING:
+    from itsdangerous import URLSafeTimedSerializer
+
+    from ef_middleware.engine import Engine
+
+__all__ = ["ContextHook", "Runtime", "WebSettings", "logger", "one_line"]
+
+logger = logging.getLogger("ef_middleware")
+
+ContextHook = Callable[[Scope], Mapping[str, Any]]
+MINUTE, DAY = 60, 86_400
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """Options of :class:`~ef_middleware.web.PersonalizationMiddleware` (see its docstring)."""
+
+    secret_keys: tuple[str, ...]
+    prefix: str = "/_ef/"
+    sticky_seconds: float = 30 * MINUTE
+    decision_max_age: int = 7 * DAY
+    visitor_max_age: int = 365 * DAY
+    visit_gap: int = 30 * MINUTE
+    secure: bool = False
+    cookie_domain: str | None = None
+    cookie_path: str = "/"
+    decision_cookie: str = "ef_d"
+    visitor_cookie: str = "ef_v"
+    tz_cookie: str = "ef_tz"
+    country_header: str | None = None
+    context_hook: ContextHook | None = None
+    honor_gpc: bool = False
+    max_body: int = 4096
+    trusted_origins: tuple[str, ...] = ()
+    status_route: bool = False
+    clock: Callable[[], float] = field(default=time.time)
+
+    def __post_init__(self) -> None:
+        if not self.secret_keys or not all(isinstance(k, str) and k for k in self.secret_keys):
+            raise ConfigurationError(
+                "secret_key must be a non-empty string or a list of them (newest first), "
+                "e.g. secret_key=os.environ['EF_SECRET_KEY']"
+            )
+        prefix = "/" + self.prefix.strip("/") + "/"
+        if prefix == "//":
+            raise ConfigurationError("prefix must name a path segment, e.g. '/_ef/'")
+        object.__setattr__(self, "prefix", prefix)
+        if self.sticky_seconds < 0:
+            raise ConfigurationError("sticky_seconds must be >= 0 (0 turns stickiness off)")
+        for name in ("decision_max_age", "visitor_max_age", "visit_gap", "max_body"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be a positive number of seconds/bytes")
+        names = (self.decision_cookie, self.visitor_cookie, self.tz_cookie)
+        if len(set(names)) != 3 or not all(n and n.isascii() and n.isidentifier() for n in names):
+            raise ConfigurationError("cookie names must be distinct ASCII identifiers")
+        if self.country_header is not None:
+            object.__setattr__(self, "country_header", self.country_header.lower())
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short log line (type and message, whitespace collapsed)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+
+
+def secret_keys_of(secret_key: str | Sequence[str]) -> tuple[str, ...]:
+    """Accept one key or a list of keys (newest first)."""
+    if isinstance(secret_key, str):
+        return (secret_key,)
+    return tuple(secret_key)
+
+
+def _load_script() -> bytes:
+    try:
+        return resources.files("ef_middleware").joinpath("static/ef.js").read_bytes()
+    except (OSError, ModuleNotFoundError) as exc:  # a broken install; pages still work
+        logger.warning("ef_middleware: static/ef.js is missing from the install: %s", exc)
+        return b""
+
+
+class Runtime:
+    """What every request of one app shares: the engine, the settings, the signers, ef.js.
+
+    Parameters
+    ----------
+    engine
+        The :class:`~ef_middleware.Engine` whose loops are served.
+    settings
+        Validated options.
+    """
+
+    def __init__(self, engine: Engine, settings: WebSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.decisions: URLSafeTimedSerializer = make_serializer(
+            settings.secret_keys, DECISIONS_SALT, settings.clock
+        )
+        self.visitors: URLSafeTimedSerializer = make_serializer(
+            settings.secret_keys, VISITOR_SALT, settings.clock
+        )
+        self.script = _load_script()
+        self.script_etag = '"' + hashlib.sha256(self.script).hexdigest()[:16] + '"'
+
+    def now(self) -> float:
+        """The injected clock's time in seconds."""
+        return self.settings.clock()
+
+    def startup(self) -> None:
+        """Start the learner and warm the user-agent parser (runs in a worker thread)."""
+        self.engine.start()
+        parse_device("Mozilla/5.0 (X11; Linux x86_64) Warm-up")
+
+    def shutdown(self) -> None:
+        """Stop the learner and save every model."""
+        self.engine.close()

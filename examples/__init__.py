@@ -1,0 +1,1 @@
+"""Runnable examples of ef_middleware (not part of the installed package)."""

@@ -1,0 +1,176 @@
+"""Visitor context: user agent, referrer, language, time zone, UTM, country, hook, visits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from web_helpers import DESKTOP, GOOGLEBOT, IPHONE, Clock, make_app, put_cookie, set_cookies, tamper
+
+from ef_middleware import Engine
+from ef_middleware.web.context import (
+    classify_referrer,
+    country_code,
+    local_time,
+    parse_device,
+    primary_language,
+    utm_params,
+    visitor_zone,
+)
+
+IPAD = ("Mozilla/5.0 (iPad; CPU OS 16_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/16.0 Mobile/15E148 Safari/604.1")
+ANDROID_PHONE = ("Mozilla/5.0 (Linux; Android 13; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) "
+                 "Chrome/120.0.0.0 Mobile Safari/537.36")
+ANDROID_TABLET = ("Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like "
+                  "Gecko) Chrome/120.0.0.0 Safari/537.36")
+MAC_FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.1; rv:121.0) Gecko/20100101 Firefox/121.0"
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "device", "browser", "os", "bot"),
+    [
+        (IPHONE, "mobile", "Mobile Safari", "iOS", False),
+        (IPAD, "tablet", "Mobile Safari", "iOS", False),
+        (ANDROID_PHONE, "mobile", "Chrome Mobile", "Android", False),
+        (ANDROID_TABLET, "tablet", "Chrome", "Android", False),
+        (DESKTOP, "desktop", "Chrome", "Windows", False),
+        (MAC_FIREFOX, "desktop", "Firefox", "Mac OS X", False),
+        (GOOGLEBOT, "bot", "Googlebot", "Other", True),
+        ("", "bot", "Other", "Other", True),
+    ],
+)
+def test_parse_device(user_agent: str, device: str, browser: str, os: str, bot: bool) -> None:
+    info = parse_device(user_agent)
+    assert (info.device, info.browser, info.os, info.bot) == (device, browser, os, bot)
+
+
+@pytest.mark.parametrize(
+    ("referer", "medium", "expected"),
+    [
+        (None, None, ("direct", "")),
+        ("https://www.google.com/search?q=x", None, ("search", "www.google.com")),
+        ("https://www.google.co.uk/", None, ("search", "www.google.co.uk")),
+        ("https://duckduckgo.com/", None, ("search", "duckduckgo.com")),
+        ("https://t.co/abc", None, ("social", "t.co")),
+        ("https://m.facebook.com/", None, ("social", "m.facebook.com")),
+        ("https://mail.google.com/mail/u/0", None, ("email", "mail.google.com")),
+        ("https://shop.example.com/cart", None, ("internal", "shop.example.com")),
+        ("https://blog.other.org/post", None, ("other", "blog.other.org")),
+        (None, "email", ("email", "")),
+        ("https://blog.other.org/", "newsletter", ("email", "blog.other.org")),
+        ("not a url", None, ("direct", "")),
+    ],
+)
+def test_classify_referrer(referer: str | None, medium: str | None,
+                           expected: tuple[str, str]) -> None:
+    assert classify_referrer(referer, "shop.example.com:443", medium) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("fr-CA,fr;q=0.9,en;q=0.5", "fr"),
+        ("en;q=0.3, de-DE", "de"),
+        ("*", None),
+        ("", None),
+        (None, None),
+        ("zh-Hant-TW", "zh"),
+        ("en;q=0, es", "es"),
+        ("en;q=abc", None),
+    ],
+)
+def test_primary_language(header: str | None, expected: str | None) -> None:
+    assert primary_language(header) == expected
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/localtime", "Not/AZone", "", "a" * 80,
+                                  "Europe/Paris\x00", "Europe/../Paris"])
+def test_visitor_zone_rejects_junk(name: str) -> None:
+    assert visitor_zone(name) is None
+
+
+def test_local_time_uses_the_visitor_zone() -> None:
+    # 2027-01-15 12:30 UTC is a Friday: 21:30 in Tokyo, 07:30 in New York.
+    now = dt.datetime(2027, 1, 15, 12, 30, tzinfo=dt.UTC).timestamp()
+    assert local_time(now, visitor_zone("Asia/Tokyo")) == (21.5, 4)
+    assert local_time(now, visitor_zone("America/New_York")) == (7.5, 4)
+    assert local_time(now, visitor_zone("Pacific/Kiritimati")) == (2.5, 5)  # UTC+14: Saturday
+
+
+def test_utm_params_and_country() -> None:
+    query = b"utm_source=news&utm_medium=email&utm_campaign=spring+sale&utm_x=1&q=utm_source"
+    assert utm_params(query) == {"utm_source": "news", "utm_medium": "email",
+                                 "utm_campaign": "spring sale"}
+    assert utm_params(b"a=1") == {}
+    assert utm_params(b"utm_source=" + b"x" * 500)["utm_source"] == "x" * 64
+    assert country_code(" de ") == "DE"
+    assert country_code("XX") is None
+    assert country_code("T1") is None
+    assert country_code("DEU") is None
+
+
+def test_request_context(engine: Engine, loop_name: str, clock: Clock,
+                         client_for: Callable[..., TestClient]) -> None:
+    clock.now = dt.datetime(2027, 1, 15, 12, 30, tzinfo=dt.UTC).timestamp()
+    app = make_app(engine, [loop_name], clock=clock, country_header="CF-IPCountry",
+                   context_hook=lambda scope: {"plan": "pro", "cart_items": 2})
+    client = client_for(app, user_agent=IPHONE)
+    put_cookie(client, "ef_tz", "Asia/Tokyo")
+    response = client.get(
+        "/context?utm_source=news&utm_medium=email&utm_campaign=jan",
+        headers={"referer": "https://mail.google.com/", "accept-language": "de-CH, en;q=0.5",
+                 "cf-ipcountry": "ch", "x-forwarded-for": "203.0.113.9"},
+    )
+    ctx: dict[str, Any] = response.json()
+    assert ctx == {
+        "device": "mobile", "browser": "Mobile Safari", "os": "iOS", "bot": False,
+        "hour": 21.5, "weekday": 4, "referrer": "email", "referrer_host": "mail.google.com",
+        "returning": False, "visits": 1, "utm_source": "news", "utm_medium": "email",
+        "utm_campaign": "jan", "language": "de", "country": "CH", "plan": "pro", "cart_items": 2,
+    }
+    assert "203.0.113.9" not in response.text and "testclient" not in response.text
+
+
+def test_bad_timezone_cookie_falls_back_to_server_time(
+        engine: Engine, loop_name: str, clock: Clock,
+        client_for: Callable[..., TestClient]) -> None:
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    put_cookie(client, "ef_tz", "Mars/Olympus_Mons")
+    ctx = client.get("/context").json()
+    assert (ctx["hour"], ctx["weekday"]) == local_time(clock.now, None)
+
+
+def test_returning_visitor_and_visit_count(engine: Engine, loop_name: str, clock: Clock,
+                                           client_for: Callable[..., TestClient]) -> None:
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    first = client.get("/context")
+    assert first.json()["returning"] is False
+    visitor_cookie = set_cookies(first)["ef_v"]
+    assert "Max-Age=31536000" in visitor_cookie and "HttpOnly" in visitor_cookie
+
+    clock.advance(10)  # same visit: no new cookie
+    same = client.get("/context")
+    assert same.json()["visits"] == 1 and "ef_v" not in set_cookies(same)
+
+    clock.advance(31 * 60)  # after the 30 min gap: a new visit
+    second = client.get("/context")
+    assert (second.json()["returning"], second.json()["visits"]) == (True, 2)
+    assert "ef_v" in set_cookies(second)
+
+    clock.advance(60)  # a new campaign landing starts a visit too
+    third = client.get("/context?utm_source=newsletter&utm_medium=email")
+    assert third.json()["visits"] == 3
+
+
+def test_tampered_visitor_cookie_is_a_new_visitor(engine: Engine, loop_name: str, clock: Clock,
+                                                  client_for: Callable[..., TestClient]) -> None:
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    client.get("/context")
+    clock.advance(3600)
+    value = client.cookies["ef_v"]
+    put_cookie(client, "ef_v", tamper(value))
+    assert client.get("/context").json()["visits"] == 1

@@ -1,0 +1,105 @@
+"""Signing: salts per purpose, key rotation, max age with an injected clock, malformed data."""
+
+from __future__ import annotations
+
+import pytest
+from itsdangerous import URLSafeTimedSerializer
+from web_helpers import Clock, tamper
+
+from ef_middleware.web import cookies as ck
+
+ENTRY = ck.DecisionEntry("e" * 32, "video", 1_800_000_000)
+
+
+def serializer(clock: Clock, keys: tuple[str, ...] = ("new",),
+               salt: str = ck.DECISIONS_SALT) -> URLSafeTimedSerializer:
+    return ck.make_serializer(keys, salt, clock)
+
+
+def test_round_trip_holds_ids_only(clock: Clock) -> None:
+    s = serializer(clock)
+    raw = ck.dump_decisions(s, {"hero": ENTRY})
+    assert ck.load_decisions(s, raw, max_age=60, now=clock.now) == {"hero": ENTRY}
+    payload = s.loads(raw)
+    assert payload == {"hero": ["e" * 32, "video", 1_800_000_000]}
+
+
+def test_tampered_or_foreign_cookie_reads_as_nothing(clock: Clock) -> None:
+    s = serializer(clock)
+    raw = ck.dump_decisions(s, {"hero": ENTRY})
+    forged = tamper(raw)
+    assert ck.load_decisions(s, forged, max_age=60, now=clock.now) == {}
+    with pytest.raises(ck.BadDecisionCookie):
+        ck.load_decisions_strict(s, forged, max_age=60)
+    other_key = serializer(clock, ("attacker",))
+    assert ck.load_decisions(s, ck.dump_decisions(other_key, {"hero": ENTRY}), max_age=60,
+                             now=clock.now) == {}
+    assert ck.load_decisions(s, "garbage", max_age=60, now=clock.now) == {}
+    assert ck.load_decisions(s, None, max_age=60, now=clock.now) == {}
+
+
+def test_salt_separates_purposes(clock: Clock) -> None:
+    visitor = serializer(clock, salt=ck.VISITOR_SALT)
+    raw = ck.dump_visitor(visitor, ck.VisitorState("abc", 1, 0))
+    assert ck.load_decisions(serializer(clock), raw, max_age=60, now=clock.now) == {}
+    decisions = ck.dump_decisions(serializer(clock), {"hero": ENTRY})
+    assert ck.load_visitor(visitor, decisions, max_age=60) is None
+
+
+def test_key_rotation(clock: Clock) -> None:
+    old = serializer(clock, ("old",))
+    rotated = serializer(clock, ("new", "old"))
+    raw_old = ck.dump_decisions(old, {"hero": ENTRY})
+    assert ck.load_decisions(rotated, raw_old, max_age=60, now=clock.now) == {"hero": ENTRY}
+    raw_new = ck.dump_decisions(rotated, {"hero": ENTRY})  # signed with the first (newest) key
+    assert ck.load_decisions(serializer(clock, ("new",)), raw_new, max_age=60, now=clock.now)
+    assert ck.load_decisions(old, raw_new, max_age=60, now=clock.now) == {}
+
+
+def test_expiry_by_max_age_with_injected_clock(clock: Clock) -> None:
+    s = serializer(clock)
+    entry = ck.DecisionEntry("e1", "video", int(clock.now))
+    raw = ck.dump_decisions(s, {"hero": entry})
+    clock.advance(60)
+    assert ck.load_decisions(s, raw, max_age=60, now=clock.now) == {"hero": entry}
+    clock.advance(1)
+    assert ck.load_decisions(s, raw, max_age=60, now=clock.now) == {}
+    with pytest.raises(ck.ExpiredDecisionCookie):
+        ck.load_decisions_strict(s, raw, max_age=60)
+
+
+def test_old_entries_are_dropped_and_the_cookie_stays_small(clock: Clock) -> None:
+    s = serializer(clock)
+    entries = {f"loop{i}": ck.DecisionEntry(f"{i:032x}", "a", int(clock.now) - 100 + i)
+               for i in range(40)}
+    raw = ck.dump_decisions(s, entries)
+    loaded = ck.load_decisions(s, raw, max_age=1000, now=clock.now)
+    assert len(loaded) == ck.MAX_ENTRIES and "loop39" in loaded and "loop0" not in loaded
+    assert len(raw) < 2000
+    stale = ck.load_decisions(s, raw, max_age=70, now=clock.now)
+    assert set(stale) == {f"loop{i}" for i in range(30, 40)}
+
+
+@pytest.mark.parametrize("payload", [[1, 2], {"hero": ["e", "a"]}, {"hero": ["e", "a", "x"]},
+                                     {"hero": ["", "a", 1]}, {"hero": ["e", "a", True]},
+                                     {"h" * 200: ["e", "a", 1]}])
+def test_malformed_payload_signed_with_our_key_is_refused(clock: Clock, payload: object) -> None:
+    s = serializer(clock)
+    with pytest.raises(ck.BadDecisionCookie):
+        ck.load_decisions_strict(s, s.dumps(payload), max_age=60)
+
+
+def test_visitor_cookie(clock: Clock) -> None:
+    s = serializer(clock, salt=ck.VISITOR_SALT)
+    state = ck.VisitorState(ck.new_visitor_id(), 3, 1_800_000_000, "news|email|")
+    assert ck.load_visitor(s, ck.dump_visitor(s, state), max_age=60) == state
+    assert ck.load_visitor(s, s.dumps(["id", 0, 1, ""]), max_age=60) is None
+    assert ck.load_visitor(s, s.dumps(["id", True, 1, ""]), max_age=60) is None
+    assert ck.new_visitor_id() != ck.new_visitor_id()
+
+
+def test_set_cookie_attributes() -> None:
+    assert ck.set_cookie("ef_d", "v", max_age=60) == (
+        "ef_d=v; Max-Age=60; Path=/; HttpOnly; SameSite=Lax")
+    assert ck.set_cookie("ef_d", "v", max_age=60.9, secure=True, domain="example.com") == (
+        "ef_d=v; Max-Age=60; Path=/; Domain=example.com; Secure; HttpOnly; SameSite=Lax")

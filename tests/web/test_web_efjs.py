@@ -1,0 +1,150 @@
+"""ef.js in Node with a fake window/document: queue, auto conversion, beacon, GPC, time zone.
+
+The real-browser test is ``test_web_browser.py``; this one checks the corner cases quickly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "ef_middleware" / "static" / "ef.js"
+NODE = shutil.which("node")
+
+HARNESS = r"""
+const src = require('fs').readFileSync(process.argv[2], 'utf8');
+const scenario = JSON.parse(process.argv[3]);
+const sent = [], cookieWrites = [], listeners = {};
+let jar = scenario.cookie || '';
+const document = {
+  currentScript: {dataset: scenario.dataset || {}},
+  querySelector() { return null; },
+  addEventListener(type, fn) {
+    if (scenario.brokenDom) throw new Error('no events here');
+    (listeners[type] = listeners[type] || []).push(fn);
+  },
+};
+Object.defineProperty(document, 'cookie', {
+  get() { return jar; },
+  set(v) { cookieWrites.push(v); },
+});
+const window = {
+  ef: scenario.preset ? {q: [['convert', 'early', 3], {0: 'convert', 1: 'args', length: 2}],
+                         keep: 'me'} : undefined,
+  navigator: {
+    globalPrivacyControl: scenario.gpc,
+    sendBeacon(url, blob) { sent.push({via: 'beacon', url, type: blob.type}); return true; },
+  },
+  location: {protocol: scenario.https ? 'https:' : 'http:'},
+  Intl,
+  fetch: scenario.noFetch ? undefined : (url, opts) => {
+    if (scenario.fetchThrows) throw new TypeError('keepalive unsupported');
+    sent.push({via: 'fetch', url, opts});
+    return Promise.resolve({ok: true});
+  },
+};
+const presetQueue = window.ef && window.ef.q;
+const run = () => new Function('window', 'document', src)(window, document);
+run();
+if (scenario.twice) run();
+const ef = window.ef;
+const results = {};
+results.sameQueue = presetQueue ? ef.q === presetQueue : null;
+results.kept = ef.keep || null;
+results.convert = ef.convert('hero', scenario.value);
+ef.q.push(['convert', 'pushed']);
+const el = (tag, loops, value) => ({tagName: tag, getAttribute: (n) =>
+  n === 'data-ef-convert' ? loops : (n === 'data-ef-value' ? value : null)});
+const fire = (type, found) => (listeners[type] || []).forEach((fn) =>
+  fn({type, target: {closest: () => found}}));
+fire('click', el('A', 'hero pricing', '2'));
+fire('click', el('FORM', 'formloop', null));
+fire('submit', el('FORM', 'formloop', null));
+fire('submit', el('BUTTON', 'nope', null));
+fire('click', null);
+results.listeners = Object.fromEntries(Object.entries(listeners).map(([k, v]) => [k, v.length]));
+results.sent = sent.map((s) => ({via: s.via, url: s.url, type: s.type,
+  body: s.opts && JSON.parse(s.opts.body), keepalive: s.opts && s.opts.keepalive,
+  credentials: s.opts && s.opts.credentials}));
+results.cookieWrites = cookieWrites;
+results.optedOut = ef.optedOut;
+console.log(JSON.stringify(results));
+"""
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+
+def run(tmp_path: Path, **scenario: Any) -> dict[str, Any]:
+    harness = tmp_path / "harness.js"
+    harness.write_text(HARNESS)
+    assert NODE is not None
+    done = subprocess.run([NODE, str(harness), str(SCRIPT), json.dumps(scenario)],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "TZ": "Asia/Tokyo"}, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def bodies(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s["body"] for s in result["sent"]]
+
+
+def test_size_budget() -> None:
+    source = SCRIPT.read_bytes()
+    assert len(gzip.compress(source, 9)) < 2048  # unminified; minified it is smaller still
+    assert source.lstrip().startswith(b"/*!") and b"'use strict'" in source
+
+
+def test_queue_auto_conversion_and_fetch(tmp_path: Path) -> None:
+    result = run(tmp_path, preset=True, dataset={"endpoint": "/p/"}, value=5)
+    assert result["sameQueue"] is True and result["kept"] == "me"
+    assert bodies(result) == [
+        {"loop": "early", "value": 3}, {"loop": "args"},  # queued before load
+        {"loop": "hero", "value": 5}, {"loop": "pushed"},  # API and push after load
+        {"loop": "hero", "value": 2}, {"loop": "pricing", "value": 2},  # click on a marked link
+        {"loop": "formloop"},  # the form's submit, not its click
+    ]
+    assert {s["url"] for s in result["sent"]} == {"/p/reward"}
+    assert all(s["keepalive"] is True and s["credentials"] == "same-origin"
+               for s in result["sent"])
+    assert result["convert"] is True
+
+
+def test_time_zone_cookie(tmp_path: Path) -> None:
+    result = run(tmp_path, https=True)
+    assert result["cookieWrites"] == [
+        "ef_tz=Asia/Tokyo;path=/;samesite=lax;secure;max-age=31536000"]
+    assert run(tmp_path, cookie="a=1; ef_tz=Asia/Tokyo")["cookieWrites"] == []
+    renamed = run(tmp_path, dataset={"tzCookie": "tz"}, cookie="ef_tz=Asia/Tokyo")
+    assert renamed["cookieWrites"] == ["tz=Asia/Tokyo;path=/;samesite=lax;max-age=31536000"]
+
+
+def test_global_privacy_control(tmp_path: Path) -> None:
+    result = run(tmp_path, dataset={"gpc": "true"}, gpc=True, cookie="ef_tz=UTC")
+    assert result["optedOut"] is True and result["convert"] is False
+    assert result["sent"] == []
+    assert result["cookieWrites"] == ["ef_tz=;path=/;samesite=lax;max-age=0"]
+    ignored = run(tmp_path, gpc=True)  # the site did not ask to honour GPC
+    assert ignored["optedOut"] is False and len(ignored["sent"]) == 5
+
+
+def test_beacon_fallback(tmp_path: Path) -> None:
+    for scenario in ({"noFetch": True}, {"fetchThrows": True}):
+        result = run(tmp_path, **scenario)
+        assert {s["via"] for s in result["sent"]} == {"beacon"}
+        assert {s["type"] for s in result["sent"]} == {"application/json"}
+
+
+def test_bad_values_are_not_sent_and_nothing_throws(tmp_path: Path) -> None:
+    assert run(tmp_path, value="abc")["convert"] is False
+    result = run(tmp_path, brokenDom=True)  # addEventListener throws: swallowed
+    assert result["listeners"] == {}
+    twice = run(tmp_path, twice=True)
+    assert twice["listeners"] == {"click": 1, "submit": 1}

@@ -1,0 +1,79 @@
+"""The example sites and the traffic generator, in process (TestClient)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import cast
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+from web_helpers import IPHONE
+
+from ef_middleware import Engine
+from ef_middleware.web import traffic
+from examples.fastapi_site.app import create_app
+from examples.fastapi_site.content import HERO, LOOP
+
+
+@pytest.fixture
+def site(new_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    monkeypatch.setenv("EF_SECRET_KEY", "example-secret")
+    return TestClient(create_app(new_engine()), headers={"user-agent": IPHONE})
+
+
+def test_fastapi_example_page(site: TestClient) -> None:
+    page = site.get("/")
+    assert page.status_code == 200
+    variant = traffic._shown_variant(page.text)
+    assert variant in {a["id"] for a in HERO}
+    cta = next(a["features"]["cta"] for a in HERO if a["id"] == variant)
+    assert f'data-ef-convert="{LOOP}">{cta}</a>' in page.text
+    assert '<script src="/_ef/ef.js?v=' in page.text and 'data-gpc="true"' in page.text
+    api = site.get("/api/hero").json()
+    assert api["id"] == variant and api["sticky"] is True and api["context"]["device"] == "mobile"
+    assert site.get("/signup").status_code == 200
+    reward = site.post("/_ef/reward", json={"loop": LOOP},
+                       headers={"origin": "http://testserver"})
+    assert reward.status_code == 204
+    status = site.get("/_ef/status").json()["loops"][LOOP]
+    assert (status["decisions"], status["rewards"]) == (1, 1)
+
+
+def test_starlette_example(new_engine: Callable[..., Engine]) -> None:
+    from examples.starlette_site import create_app as create_starlette_app
+
+    client = TestClient(create_starlette_app(new_engine()), headers={"user-agent": IPHONE})
+    page = client.get("/")
+    group = traffic._shown_variant(page.text)
+    assert group in {"monthly", "annual"}
+    assert 'data-ef-convert="pricing-cta"' in page.text
+    assert f"<b>{group}</b>" in client.get("/group").text  # A/B: sticky per visitor
+    assert client.post("/subscribe", follow_redirects=False).status_code == 303
+
+
+def test_traffic_generator_converts_through_the_reward_route(site: TestClient) -> None:
+    out = io.StringIO()
+    # Starlette's TestClient is an httpx2 client: the same API, another class.
+    result = traffic.simulate(cast("httpx.Client", site), 60, seed=3, report_every=30, out=out)
+    assert result["visitors"] == 60 and sum(result["shown"].values()) == 60
+    assert "?" not in result["shown"]
+    assert result["conversions"] > 0
+    assert len(result["windows"]) == 2 and "favourite shown" in out.getvalue()
+    status = site.get("/_ef/status").json()["loops"][LOOP]
+    assert status["rewards"] == result["conversions"]
+    assert status["decisions"] >= 60
+
+
+def test_visitor_model() -> None:
+    mobile = traffic.Visitor("mobile", "direct", False, "UTC", "en")
+    regular = traffic.Visitor("mobile", "direct", True, "UTC", "en")
+    assert traffic.conversion_rate(mobile, "video") > traffic.conversion_rate(mobile, "minimal")
+    assert regular.favourite == "testimonial" and regular.segment == "returning"
+
+
+def test_traffic_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        traffic.main(["--visitors", "0"])
+    assert "--visitors" in capsys.readouterr().err

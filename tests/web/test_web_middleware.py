@@ -1,0 +1,353 @@
+"""The middleware: cookies on the wire, stickiness, bots, failures, lifespan, pass-through."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
+from web_helpers import (
+    ACTIONS,
+    GOOGLEBOT,
+    SECRET,
+    Clock,
+    make_app,
+    put_cookie,
+    set_cookies,
+    stats,
+    tamper,
+)
+
+from ef_middleware import Engine
+from ef_middleware.web import PersonalizationMiddleware
+
+Client = Callable[..., TestClient]
+
+
+def shown(response: Any) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in response.text.splitlines())
+
+
+def test_first_view_sets_one_signed_httponly_decision_cookie(
+        engine: Engine, loop_name: str, client_for: Client) -> None:
+    response = client_for(make_app(engine, [loop_name])).get("/")
+    assert response.status_code == 200
+    cookies = set_cookies(response)
+    assert set(cookies) == {"ef_d", "ef_v"}
+    raw = cookies["ef_d"]
+    assert raw.startswith("ef_d=")
+    assert "; Max-Age=604800; Path=/; HttpOnly; SameSite=Lax" in raw
+    assert "Secure" not in raw
+    assert response.headers["vary"] == "Cookie"
+    assert shown(response)[loop_name] in {a["id"] for a in ACTIONS}
+    assert stats(engine, loop_name)["decisions"] == 1
+
+
+def test_secure_domain_and_custom_names(engine: Engine, loop_name: str, client_for: Client) -> None:
+    app = make_app(engine, [loop_name], secure=True, cookie_domain="testserver",
+                   decision_cookie="pd", visitor_cookie="pv")
+    cookies = set_cookies(client_for(app, base_url="https://testserver").get("/"))
+    assert set(cookies) == {"pd", "pv"}
+    assert "; Domain=testserver; Secure; HttpOnly; SameSite=Lax" in cookies["pd"]
+
+
+def test_all_loops_of_a_request_share_one_cookie(engine: Engine, client_for: Client) -> None:
+    engine.loop("cookie-a", actions=ACTIONS)
+    engine.loop("cookie-b", actions=ACTIONS)
+    client = client_for(make_app(engine, ["cookie-a", "cookie-b"]))
+    response = client.get("/")
+    assert len([c for c in response.headers.get_list("set-cookie") if c.startswith("ef_d=")]) == 1
+    app = client.app
+    assert isinstance(app, Starlette)
+    serializer = _middleware(app).runtime.decisions
+    assert set(serializer.loads(client.cookies["ef_d"])) == {"cookie-a", "cookie-b"}
+    # A later page asking for one of them keeps the other in the cookie.
+    engine.loop("cookie-c", actions=ACTIONS)
+    client.get("/?loop=cookie-c")
+    assert set(serializer.loads(client.cookies["ef_d"])) == {"cookie-a", "cookie-b", "cookie-c"}
+
+
+def _middleware(app: Starlette) -> PersonalizationMiddleware:
+    stack = app.build_middleware_stack()
+    while not isinstance(stack, PersonalizationMiddleware):
+        stack = stack.app  # type: ignore[attr-defined]
+    return stack
+
+
+def test_pages_that_do_not_personalize_set_nothing(engine: Engine, loop_name: str,
+                                                   client_for: Client) -> None:
+    response = client_for(make_app(engine, [loop_name])).get("/plain")
+    assert response.headers.get_list("set-cookie") == []
+    assert "vary" not in response.headers
+
+
+def test_sticky_within_the_window_then_a_new_decision(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    first = shown(client.get("/"))[loop_name]
+    for _ in range(5):
+        clock.advance(60)
+        response = client.get("/")
+        assert shown(response)[loop_name] == first
+        assert "ef_d" not in set_cookies(response)  # a sticky re-view is not a new decision
+    assert stats(engine, loop_name)["decisions"] == 1
+    clock.advance(30 * 60)
+    response = client.get("/")
+    assert "ef_d" in set_cookies(response)
+    assert stats(engine, loop_name)["decisions"] == 2
+
+
+def test_sticky_window_is_configurable(engine: Engine, loop_name: str, clock: Clock,
+                                       client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], clock=clock, sticky_seconds=0))
+    client.get("/")
+    client.get("/")
+    assert stats(engine, loop_name)["decisions"] == 2
+
+
+def test_sticky_action_must_still_exist(engine: Engine, clock: Clock, client_for: Client,
+                                        new_engine: Callable[..., Engine]) -> None:
+    old = new_engine()
+    old.loop("hero", actions=ACTIONS)
+    client = client_for(make_app(old, ["hero"], clock=clock))
+    served = shown(client.get("/"))["hero"]
+    chosen = client.cookies["ef_d"]
+    # The site is redeployed with the chosen variant removed (same secret, new engine).
+    fresh = new_engine()
+    fresh.loop("hero", actions=[a for a in ACTIONS if a["id"] != served])
+    client2 = client_for(make_app(fresh, ["hero"], clock=clock))
+    put_cookie(client2, "ef_d", chosen)
+    response = client2.get("/")
+    assert shown(response)["hero"] != served
+    assert stats(fresh, "hero")["decisions"] == 1
+
+
+def test_uniform_ab_loop_is_sticky_per_visitor(engine: Engine, clock: Clock,
+                                               client_for: Client) -> None:
+    engine.loop("ab-test", actions=ACTIONS, strategy="uniform")
+    client = client_for(make_app(engine, ["ab-test"], clock=clock))
+    first = shown(client.get("/"))["ab-test"]
+    for _ in range(10):
+        clock.advance(6 * 3600)  # far beyond the 30 min window, within the cookie's 7 days
+        assert shown(client.get("/"))["ab-test"] == first
+    assert stats(engine, "ab-test")["decisions"] == 1
+
+
+def test_tampered_and_expired_decision_cookies_quietly_read_as_none(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    client.get("/")
+    good = client.cookies["ef_d"]
+    put_cookie(client, "ef_d", tamper(good))
+    assert client.get("/").status_code == 200
+    assert stats(engine, loop_name)["decisions"] == 2  # no valid decision: a new one
+
+    put_cookie(client, "ef_d", good)
+    clock.advance(7 * 86_400 + 1)  # older than decision_max_age
+    assert client.get("/").status_code == 200
+    assert stats(engine, loop_name)["decisions"] == 3
+
+
+def test_old_keys_still_verify_after_rotation(engine: Engine, loop_name: str, clock: Clock,
+                                              client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], clock=clock, secret_key="old"))
+    first = shown(client.get("/"))[loop_name]
+    rotated = client_for(make_app(engine, [loop_name], clock=clock, secret_key=["new", "old"]))
+    rotated.cookies.update(client.cookies)
+    assert shown(rotated.get("/"))[loop_name] == first
+    assert stats(engine, loop_name)["decisions"] == 1
+
+
+def test_bots_get_the_default_and_are_never_logged(engine: Engine, loop_name: str,
+                                                   client_for: Client) -> None:
+    for user_agent in (GOOGLEBOT, ""):
+        response = client_for(make_app(engine, [loop_name]), user_agent=user_agent).get("/")
+        assert shown(response)[loop_name] == "minimal"
+        assert response.headers.get_list("set-cookie") == []
+    assert stats(engine, loop_name)["decisions"] == 0
+
+
+def test_global_privacy_control_when_honoured(engine: Engine, loop_name: str,
+                                              client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], honor_gpc=True))
+    response = client.get("/", headers={"sec-gpc": "1"})
+    assert shown(response)[loop_name] == "minimal"
+    assert response.headers.get_list("set-cookie") == []
+    assert stats(engine, loop_name)["decisions"] == 0
+    client.get("/")
+    assert stats(engine, loop_name)["decisions"] == 1
+
+
+def test_failure_serves_the_default_and_logs_one_line(
+        engine: Engine, loop_name: str, client_for: Client, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("model exploded\nwith a second line")
+
+    monkeypatch.setattr(engine.get_loop(loop_name), "rank", broken)
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        response = client_for(make_app(engine, [loop_name])).get("/")
+    assert response.status_code == 200
+    assert shown(response)[loop_name] == "minimal"
+    assert "ef_d" not in set_cookies(response)
+    records = [r for r in caplog.records if r.name == "ef_middleware"]
+    assert len(records) == 1
+    message = records[0].getMessage()
+    assert "\n" not in message and "RuntimeError: model exploded with a second line" in message
+    assert loop_name in message
+
+
+def test_failing_context_hook_serves_the_default(engine: Engine, loop_name: str,
+                                                 client_for: Client,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    def hook(scope: object) -> dict[str, Any]:
+        raise KeyError("user_id")
+
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        response = client_for(make_app(engine, [loop_name], context_hook=hook)).get("/")
+    assert shown(response)[loop_name] == "minimal"
+    assert len([r for r in caplog.records if r.name == "ef_middleware"]) == 1
+
+
+def test_unknown_loop_renders_empty_and_logs_one_line(engine: Engine, client_for: Client,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        response = client_for(make_app(engine, ["no-such-loop"])).get("/")
+    assert response.status_code == 200 and response.text == "no-such-loop="
+    assert len([r for r in caplog.records if r.name == "ef_middleware"]) == 1
+
+
+def test_cookie_failure_never_breaks_the_page(engine: Engine, loop_name: str,
+                                              client_for: Client,
+                                              caplog: pytest.LogCaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from ef_middleware.web import cookies
+
+    def broken(*args: object) -> str:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cookies, "dump_decisions", broken)
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        response = client_for(make_app(engine, [loop_name])).get("/")
+    assert response.status_code == 200
+    assert len([r for r in caplog.records if r.name == "ef_middleware"]) == 1
+
+
+def test_lifespan_starts_and_closes_the_engine(new_engine: Callable[..., Engine],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = new_engine()
+    engine.loop("hero", actions=ACTIONS)
+    calls: list[str] = []
+    start, close = engine.start, engine.close
+
+    def spy_start() -> None:
+        calls.append("start")
+        start()
+
+    def spy_close() -> None:
+        calls.append("close")
+        close()
+
+    monkeypatch.setattr(engine, "start", spy_start)
+    monkeypatch.setattr(engine, "close", spy_close)
+    app = make_app(engine, ["hero"])
+    with TestClient(app) as client:
+        assert calls == ["start"]
+        client.get("/")
+        assert stats(engine, "hero")["decisions"] == 1
+    assert calls == ["start", "close"]
+
+
+def test_websocket_scopes_pass_through(engine: Engine, loop_name: str) -> None:
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("ef" if "ef" in websocket.scope else "no ef")
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    app.add_middleware(PersonalizationMiddleware, engine=engine, secret_key=SECRET)
+    with TestClient(app).websocket_connect("/ws") as ws:
+        assert ws.receive_text() == "no ef"
+
+
+def test_fastapi_app_and_dependency(engine: Engine, loop_name: str, client_for: Client) -> None:
+    from fastapi import Depends, FastAPI
+
+    from ef_middleware.web import Personalization, personalization
+
+    api = FastAPI()
+
+    @api.get("/api/hero")
+    def hero(ef: Personalization = Depends(personalization)) -> dict[str, Any]:  # noqa: B008
+        return ef.variant(loop_name).to_dict()
+
+    api.add_middleware(PersonalizationMiddleware, engine=engine, secret_key=SECRET)
+    client = client_for(api)
+    body = client.get("/api/hero").json()
+    assert body["loop"] == loop_name and body["id"] in {a["id"] for a in ACTIONS}
+    assert body["features"] == next(a["features"] for a in ACTIONS if a["id"] == body["id"])
+    assert client.get("/api/hero").json()["sticky"] is True
+    assert client.post("/_ef/reward", json={"loop": loop_name}).status_code == 204
+
+
+def test_dependency_without_middleware_says_so() -> None:
+    from fastapi import Depends, FastAPI
+
+    from ef_middleware.errors import ConfigurationError
+    from ef_middleware.web import Personalization, personalization
+
+    api = FastAPI()
+
+    @api.get("/")
+    def page(ef: Personalization = Depends(personalization)) -> str:  # noqa: B008
+        return "unreachable"
+
+    with pytest.raises(ConfigurationError, match="not installed"):
+        TestClient(api).get("/")
+
+
+def test_server_side_reward(engine: Engine, loop_name: str, client_for: Client) -> None:
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from ef_middleware.web import NoDecisionError
+
+    async def buy(request: Request) -> PlainTextResponse:
+        try:
+            request.scope["ef"].reward(loop_name, 1.0)
+        except NoDecisionError as exc:
+            return PlainTextResponse(exc.code, status_code=404)
+        return PlainTextResponse("thanks")
+
+    app = make_app(engine, [loop_name])
+    app.router.routes.append(Route("/buy", buy, methods=["POST"]))
+    client = client_for(app)
+    assert client.post("/buy").status_code == 404
+    client.get("/")
+    assert client.post("/buy").text == "thanks"
+    engine.get_loop(loop_name).flush()
+    assert stats(engine, loop_name)["rewards"] == 1
+
+
+def test_sticky_views_keep_the_visit_alive(engine: Engine, loop_name: str, clock: Clock,
+                                           client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], clock=clock, sticky_seconds=3600))
+    client.get("/")
+    clock.advance(10)
+    assert "ef_v" not in set_cookies(client.get("/"))  # touched less than a minute ago
+    for _ in range(6):  # a 40-minute session of sticky views, 7 minutes apart
+        clock.advance(7 * 60)
+        response = client.get("/")
+        assert "ef_v" in set_cookies(response) and "ef_d" not in set_cookies(response)
+    # The session went on without a 30-minute gap: still the first visit.
+    clock.advance(60)
+    assert client.get("/context").json()["visits"] == 1
+    put_cookie(client, "ef_v", tamper(client.cookies["ef_v"]))
+    clock.advance(5)
+    assert client.get("/context").json()["visits"] == 1  # a forged cookie is a new visitor

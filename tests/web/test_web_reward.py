@@ -1,0 +1,251 @@
+"""The reward route: success, every 4xx, replay, and nothing learned from rejected requests."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from web_helpers import ACTIONS, Clock, make_app, put_cookie, stats, tamper
+
+from ef_middleware import Engine
+from ef_middleware.errors import StoreError
+
+Client = Callable[..., TestClient]
+ORIGIN = {"origin": "http://testserver"}
+
+
+@pytest.fixture
+def visitor(engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> TestClient:
+    """A visitor who has seen the page (holds a decision cookie for ``loop_name``)."""
+    client = client_for(make_app(engine, [loop_name], clock=clock, max_body=512))
+    assert client.get("/").status_code == 200
+    return client
+
+
+def error_of(response: Any) -> tuple[int, str]:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["message"]
+    return response.status_code, body["error"]["code"]
+
+
+def post(client: TestClient, body: Any, headers: dict[str, str] | None = None) -> Any:
+    content = body if isinstance(body, bytes | str) else json.dumps(body)
+    return client.post("/_ef/reward", content=content,
+                       headers={"content-type": "application/json", **ORIGIN, **(headers or {})})
+
+
+def test_reward_is_stored_and_learned(engine: Engine, loop_name: str,
+                                      visitor: TestClient) -> None:
+    response = post(visitor, {"loop": loop_name, "value": 1})
+    assert response.status_code == 204 and response.content == b""
+    assert stats(engine, loop_name)["rewards"] == 1
+    engine.get_loop(loop_name).flush()
+    after = stats(engine, loop_name)
+    assert after["learned"] >= 1 and after["updates"] >= 1
+
+
+def test_default_value_is_the_top_of_the_range(engine: Engine, clock: Clock,
+                                               client_for: Client) -> None:
+    engine.loop("revenue", actions=ACTIONS, reward_range=(0, 50))
+    client = client_for(make_app(engine, ["revenue"], clock=clock))
+    client.get("/")
+    assert post(client, {"loop": "revenue"}).status_code == 204
+    event_id = _middleware_entry(client, "revenue")
+    stored = engine.store.get(f"reward:revenue:{event_id}")
+    assert stored is not None and json.loads(stored)["value"] == 50.0
+
+
+def _middleware_entry(client: TestClient, loop: str) -> str:
+    from itsdangerous import URLSafeTimedSerializer
+
+    from ef_middleware.web.cookies import DECISIONS_SALT
+
+    payload = URLSafeTimedSerializer(["test-secret-key"], salt=DECISIONS_SALT).loads(
+        client.cookies["ef_d"])
+    return str(payload[loop][0])
+
+
+def test_replayed_cookie_is_a_duplicate(engine: Engine, loop_name: str,
+                                        visitor: TestClient) -> None:
+    assert post(visitor, {"loop": loop_name}).status_code == 204
+    cookie = visitor.cookies["ef_d"]
+    replay = TestClient(visitor.app, cookies={"ef_d": cookie})
+    assert error_of(post(replay, {"loop": loop_name})) == (409, "duplicate_reward")
+    assert error_of(post(visitor, {"loop": loop_name, "value": 0})) == (409, "duplicate_reward")
+    assert stats(engine, loop_name)["rewards"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "expected"),
+    [
+        (b"{not json", {}, (400, "bad_json")),
+        (b"\xff\xfe", {}, (400, "bad_json")),
+        ([1, 2], {}, (400, "bad_json")),
+        ({"value": 1}, {}, (400, "bad_value")),
+        ({"loop": 7}, {}, (400, "bad_value")),
+        ({"loop": ""}, {}, (400, "bad_value")),
+        ({"loop": "{loop}", "value": "1"}, {}, (400, "bad_value")),
+        ({"loop": "{loop}", "value": True}, {}, (400, "bad_value")),
+        (b'{"loop": "{loop}", "value": NaN}', {}, (400, "bad_value")),
+        (b'{"loop": "{loop}", "value": Infinity}', {}, (400, "bad_value")),
+        (b'{"loop": "{loop}", "value": 1' + b"0" * 320 + b"}", {}, (400, "bad_value")),
+        ({"loop": "{loop}", "value": 1.5}, {}, (400, "bad_value")),
+        ({"loop": "{loop}", "value": -0.1}, {}, (400, "bad_value")),
+        ({"loop": "{loop}"}, {"origin": "https://evil.example"}, (403, "bad_origin")),
+        ({"loop": "{loop}"}, {"origin": "null"}, (403, "bad_origin")),
+        ({"loop": "{loop}"}, {"origin": "http://testserver:8080"}, (403, "bad_origin")),
+        ({"loop": "{loop}"}, {"sec-fetch-site": "cross-site"}, (403, "bad_origin")),
+        ({"loop": "no-such-loop"}, {}, (404, "unknown_loop")),
+        ({"loop": "{loop}"}, {"content-type": "text/plain"}, (415, "unsupported_media_type")),
+        ({"loop": "{loop}"}, {"content-type": "application/x-www-form-urlencoded"},
+         (415, "unsupported_media_type")),
+        ({"loop": "{loop}", "pad": "x" * 600}, {}, (413, "body_too_large")),
+    ],
+)
+def test_bad_requests(engine: Engine, loop_name: str, visitor: TestClient, body: Any,
+                      headers: dict[str, str], expected: tuple[int, str]) -> None:
+    if isinstance(body, dict):
+        body = {k: (v.replace("{loop}", loop_name) if isinstance(v, str) else v)
+                for k, v in body.items()}
+    elif isinstance(body, bytes):
+        body = body.replace(b"{loop}", loop_name.encode())
+    assert error_of(post(visitor, body, headers)) == expected
+    assert stats(engine, loop_name)["rewards"] == 0  # nothing stored, nothing learned
+
+
+def test_referer_is_checked_when_there_is_no_origin(engine: Engine, loop_name: str,
+                                                    visitor: TestClient) -> None:
+    def send(headers: dict[str, str]) -> Any:
+        return visitor.post("/_ef/reward", json={"loop": loop_name}, headers=headers)
+
+    assert error_of(send({"referer": "https://evil.example/page"})) == (403, "bad_origin")
+    assert send({"referer": "http://testserver/pricing", "sec-fetch-site": "same-origin"}
+                ).status_code == 204
+
+
+def test_trusted_origins(engine: Engine, loop_name: str, client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], trusted_origins=["https://www.shop.test"]))
+    client.get("/")
+    assert post(client, {"loop": loop_name}, {"origin": "https://www.shop.test"}
+                ).status_code == 204
+
+
+def test_streamed_body_over_the_limit(engine: Engine, loop_name: str,
+                                      visitor: TestClient) -> None:
+    def chunks() -> Any:
+        yield b'{"loop": "' + loop_name.encode() + b'", "pad": "'
+        for _ in range(10):
+            yield b"x" * 100
+        yield b'"}'
+
+    response = visitor.post("/_ef/reward", content=chunks(),
+                            headers={"content-type": "application/json", **ORIGIN})
+    assert error_of(response) == (413, "body_too_large")
+
+
+def test_no_cookie_and_no_decision_for_the_loop(engine: Engine, loop_name: str,
+                                                client_for: Client) -> None:
+    stranger = client_for(make_app(engine, [loop_name]))
+    assert error_of(post(stranger, {"loop": loop_name})) == (404, "no_decision")
+    engine.loop(loop_name + "-other", actions=ACTIONS)
+    stranger.get("/")  # decides loop_name only
+    assert error_of(post(stranger, {"loop": loop_name + "-other"})) == (404, "no_decision")
+
+
+def test_tampered_cookie_is_forbidden(engine: Engine, loop_name: str,
+                                      visitor: TestClient) -> None:
+    cookie = visitor.cookies["ef_d"]
+    body, stamp, sig = cookie.rsplit(".", 2)
+    put_cookie(visitor, "ef_d", ".".join([body, stamp, sig[::-1]]))
+    assert error_of(post(visitor, {"loop": loop_name})) == (403, "bad_signature")
+    put_cookie(visitor, "ef_d", tamper(cookie))
+    assert error_of(post(visitor, {"loop": loop_name})) == (403, "bad_signature")
+    put_cookie(visitor, "ef_d", "garbage")
+    assert error_of(post(visitor, {"loop": loop_name})) == (403, "bad_signature")
+    assert stats(engine, loop_name)["rewards"] == 0
+
+
+def test_expired_cookie_is_forbidden(engine: Engine, loop_name: str, clock: Clock,
+                                     visitor: TestClient) -> None:
+    clock.advance(7 * 86_400 + 1)
+    assert error_of(post(visitor, {"loop": loop_name})) == (403, "decision_expired")
+    assert stats(engine, loop_name)["rewards"] == 0
+
+
+def test_event_unknown_to_the_engine(engine: Engine, loop_name: str, clock: Clock,
+                                     client_for: Client, new_engine: Callable[..., Engine]
+                                     ) -> None:
+    other = new_engine()
+    other.loop(loop_name, actions=ACTIONS)  # e.g. a restarted server that lost open decisions
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    client.get("/")
+    moved = client_for(make_app(other, [loop_name], clock=clock))
+    moved.cookies.update(client.cookies)
+    assert error_of(post(moved, {"loop": loop_name})) == (404, "unknown_event")
+
+
+def test_wrong_method_and_unknown_route(engine: Engine, loop_name: str,
+                                        visitor: TestClient) -> None:
+    response = visitor.get("/_ef/reward")
+    assert error_of(response) == (405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+    assert error_of(visitor.get("/_ef/nothing")) == (404, "not_found")
+    assert error_of(visitor.get("/_ef/status")) == (404, "not_found")  # off by default
+
+
+def test_status_route(engine: Engine, loop_name: str, client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], status_route=True))
+    client.get("/")
+    loops = client.get("/_ef/status").json()["loops"]
+    assert loops[loop_name]["decisions"] == 1
+    assert {"decisions", "rewards", "updates"} <= set(loops[loop_name])
+
+
+def test_script_route(engine: Engine, loop_name: str, client_for: Client) -> None:
+    client = client_for(make_app(engine, [loop_name], prefix="/personalize"))
+    response = client.get("/personalize/ef.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert b"use strict" in response.content
+    etag = response.headers["etag"]
+    again = client.get("/personalize/ef.js", headers={"if-none-match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert client.get("/_ef/ef.js").status_code == 404  # the prefix moved
+
+
+def test_routes_and_script_under_a_root_path(engine: Engine, loop_name: str) -> None:
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def tag(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(request.scope["ef"].script()))
+
+    app = make_app(engine, [loop_name])
+    app.router.routes.append(Route("/tag", tag))
+    client = TestClient(app, root_path="/shop")
+    assert client.get("/tag").text.startswith('<script src="/shop/_ef/ef.js?v=')
+    assert client.get("/shop/_ef/ef.js").status_code == 200  # a proxy that keeps the prefix
+    assert client.get("/_ef/ef.js").status_code == 200  # one that strips it
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (StoreError("disk full"), (503, "store")),
+    (OSError("disk gone"), (500, "internal")),
+])
+def test_store_failures_answer_json_and_log_one_line(
+        engine: Engine, loop_name: str, visitor: TestClient, raised: Exception,
+        expected: tuple[int, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(engine.get_loop(loop_name), "reward", broken)
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        assert error_of(post(visitor, {"loop": loop_name})) == expected
+    assert len([r for r in caplog.records if r.name == "ef_middleware"]) == 1

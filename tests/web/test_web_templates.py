@@ -1,0 +1,134 @@
+"""Jinja2: ``ef.variant``, the ``{% personalize %}`` block, ``ef.script()``, setup helper."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import jinja2
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+from starlette.testclient import TestClient
+from web_helpers import ACTIONS, GOOGLEBOT, SECRET
+
+from ef_middleware import Engine
+from ef_middleware.errors import ConfigurationError
+from ef_middleware.web import PersonalizationMiddleware, PersonalizeExtension, setup_templates
+
+Client = Callable[..., TestClient]
+
+BLOCK = """<main>{% personalize loop %}
+  {% variant "minimal" %}<h1>M {{ ef.variant(loop).features.cta }}</h1>{% endvariant %}
+  {% variant "detailed" %}<h1>D</h1>{% endvariant %}
+  {% variant "video" %}<h1>V</h1>{% endvariant %}
+  {% variant "testimonial" %}<h1>T</h1>{% endvariant %}
+{% endpersonalize %}</main>"""
+TEMPLATES = {
+    "inline.html": "{{ ef.variant(loop) }}|{{ ef.variant(loop).id }}|"
+                   "{{ ef.variant(loop).features.cta }}|"
+                   "{% if ef.variant(loop) == 'video' %}is-video{% endif %}",
+    "block.html": BLOCK,
+    "partial.html": '{% personalize loop %}{% variant "minimal" %}M{% endvariant %}'
+                    "{% endpersonalize %}",
+    "script.html": "{{ ef.script() }}|{{ ef.script(nonce='abc\"') }}",
+}
+LETTER = {"minimal": "M", "detailed": "D", "video": "V", "testimonial": "T"}
+
+
+def template_app(engine: Engine, **options: Any) -> Starlette:
+    templates = setup_templates(Jinja2Templates(env=jinja2.Environment(
+        loader=jinja2.DictLoader(TEMPLATES), autoescape=True)))
+
+    async def page(request: Request) -> Response:
+        return templates.TemplateResponse(request, request.path_params["name"],
+                                          {"loop": request.query_params["loop"]})
+
+    app = Starlette(routes=[Route("/{name}", page)])
+    app.add_middleware(PersonalizationMiddleware, engine=engine, secret_key=SECRET, **options)
+    return app
+
+
+def test_inline_variant(engine: Engine, loop_name: str, client_for: Client) -> None:
+    text = client_for(template_app(engine)).get(f"/inline.html?loop={loop_name}").text
+    chosen, same, cta, is_video = text.split("|")
+    assert chosen == same and chosen in LETTER
+    assert cta == next(a["features"]["cta"] for a in ACTIONS if a["id"] == chosen)
+    assert (is_video == "is-video") == (chosen == "video")
+
+
+def test_block_renders_only_the_chosen_variant(engine: Engine, loop_name: str,
+                                               client_for: Client) -> None:
+    client = client_for(template_app(engine))
+    text = client.get(f"/block.html?loop={loop_name}").text
+    chosen = client.get(f"/inline.html?loop={loop_name}").text.split("|")[0]  # sticky: same
+    body = text.removeprefix("<main>").removesuffix("</main>").strip()
+    assert body.startswith(f"<h1>{LETTER[chosen]}")
+    assert sum(f"<h1>{letter}" in text for letter in LETTER.values()) == 1
+    assert engine.get_loop(loop_name).stats()["decisions"] == 1
+
+
+def test_block_for_bots_shows_the_default(engine: Engine, loop_name: str,
+                                          client_for: Client) -> None:
+    text = client_for(template_app(engine), user_agent=GOOGLEBOT).get(
+        f"/block.html?loop={loop_name}").text
+    assert "<h1>M Start free trial</h1>" in text
+
+
+def test_chosen_variant_without_a_block_renders_nothing(
+        engine: Engine, client_for: Client, caplog: pytest.LogCaptureFixture) -> None:
+    engine.loop("only-video", actions=["video", "minimal"])
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        for _ in range(20):  # fresh visitors until one gets "video"
+            client = client_for(template_app(engine))
+            text = client.get("/partial.html?loop=only-video").text
+            if client.get("/inline.html?loop=only-video").text.startswith("video"):
+                break
+        else:
+            pytest.skip("the policy never chose 'video'")
+    assert text == ""
+    assert len([r for r in caplog.records if "no {% variant %} block" in r.getMessage()]) == 1
+
+
+def test_script_tag(engine: Engine, loop_name: str, client_for: Client) -> None:
+    text = client_for(template_app(engine, prefix="/p/", honor_gpc=True)).get(
+        f"/script.html?loop={loop_name}").text
+    plain, with_nonce = text.split("|")
+    assert plain.startswith('<script src="/p/ef.js?v=') and plain.endswith(
+        ' data-endpoint="/p/" data-gpc="true" defer></script>')
+    assert 'nonce="abc&#34;"' in with_nonce
+
+
+def test_block_without_middleware_renders_the_first_block() -> None:
+    env = jinja2.Environment(extensions=[PersonalizeExtension])
+    template = env.from_string('{% personalize "x" %}{% variant "a" %}A{% endvariant %}'
+                               '{% variant "b" %}B{% endvariant %}{% endpersonalize %}')
+    assert template.render() == "A"
+
+
+@pytest.mark.parametrize("source", [
+    '{% personalize "x" %}text{% variant "a" %}A{% endvariant %}{% endpersonalize %}',
+    '{% personalize "x" %}{% variant "a" %}A{% endvariant %}{{ y }}{% endpersonalize %}',
+    '{% personalize "x" %}{% endpersonalize %}',
+    '{% personalize "x" %}{% variant "a" %}A{% endpersonalize %}',
+])
+def test_block_syntax_errors(source: str) -> None:
+    env = jinja2.Environment(extensions=[PersonalizeExtension])
+    with pytest.raises(jinja2.TemplateSyntaxError):
+        env.from_string(source)
+
+
+def test_setup_templates_is_idempotent_and_needs_the_middleware() -> None:
+    templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES)))
+    assert setup_templates(setup_templates(templates)) is templates
+    assert len(templates.context_processors) == 1
+
+    async def page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "inline.html", {"loop": "x"})
+
+    with pytest.raises(ConfigurationError, match="not installed"):
+        TestClient(Starlette(routes=[Route("/", page)])).get("/")
