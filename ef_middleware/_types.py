@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -17,15 +17,7 @@ Strategy: TypeAlias = Literal[
     "uniform",
     "bernoulli-ts",
 ]
-STRATEGIES: tuple[Strategy, ...] = (
-    "thompson",
-    "thompson-dropout",
-    "neural-linear",
-    "ucb",
-    "epsilon-greedy",
-    "uniform",
-    "bernoulli-ts",
-)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 Aggregation: TypeAlias = Literal["earliest", "sum"]
 

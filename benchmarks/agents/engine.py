@@ -10,15 +10,6 @@ from typing import Any
 from benchmarks.agents.base import AgentSpec
 from benchmarks.problems.base import Context, Problem
 
-FALLBACK_STRATEGIES = (
-    "thompson",
-    "thompson-dropout",
-    "neural-linear",
-    "ucb",
-    "epsilon-greedy",
-    "uniform",
-    "bernoulli-ts",
-)
 DEFAULT_STRATEGY = "thompson"
 
 
@@ -32,11 +23,9 @@ def engine_unavailable() -> str | None:
 
 
 def engine_strategies() -> tuple[str, ...]:
-    """The strategies the engine declares, or the documented list."""
-    try:
-        from ef_middleware._types import STRATEGIES
-    except Exception:
-        return FALLBACK_STRATEGIES
+    """The strategies the engine declares."""
+    from ef_middleware._types import STRATEGIES
+
     return tuple(str(s) for s in STRATEGIES)
 
 
