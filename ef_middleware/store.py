@@ -8,7 +8,7 @@ processes of one host. A Redis store for many hosts implements the same interfac
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import diskcache
@@ -34,9 +34,6 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
-
-    def keys(self, prefix: str) -> Iterable[str]:
-        """Iterate over the keys that start with ``prefix``."""
 
     def close(self) -> None:
         """Release the store's resources."""
@@ -85,9 +82,6 @@ class DiskcacheStore:
 
     def delete(self, key: str) -> None:
         self._cache.delete(key)
-
-    def keys(self, prefix: str) -> Iterable[str]:
-        return [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
 
     def close(self) -> None:
         self._cache.close()
