@@ -35,6 +35,7 @@ from .store import Store
 from .trainer import Sample, ServingState, Trainer, action_key
 
 log = logging.getLogger("ef_middleware")
+PERSIST_CHUNK = 16  # decision records per store transaction (about 1 ms of writing)
 
 
 @dataclass
@@ -284,12 +285,17 @@ class Loop:
             return learned
 
     def _persist(self) -> None:
-        items: dict[str, bytes] = {}
-        while self._to_persist:
-            record = self._to_persist.popleft()
-            items[f"decision:{self.name}:{record.event_id}"] = json.dumps(record.to_json()).encode()
-        if items:
-            self.store.set_many(items, expire=self.settings.reward_wait * 2 + 86_400)
+        # Small transactions: a reward's write waits for one chunk at most, not for the batch.
+        expire = self.settings.reward_wait * 2 + 86_400
+        left = len(self._to_persist)
+        while left > 0:
+            items: dict[str, bytes] = {}
+            taken, left = min(PERSIST_CHUNK, left), left - min(PERSIST_CHUNK, left)
+            for _ in range(taken):
+                record = self._to_persist.popleft()
+                key = f"decision:{self.name}:{record.event_id}"
+                items[key] = json.dumps(record.to_json()).encode()
+            self.store.set_many(items, expire=expire)
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Block until every reward handed to learning so far has been learned.

@@ -8,7 +8,9 @@ processes of one host. A Redis store for many hosts implements the same interfac
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 import diskcache
@@ -39,8 +41,41 @@ class Store(Protocol):
         """Release the store's resources."""
 
 
+class _FifoLock:
+    """A lock granted in arrival order (a ticket lock).
+
+    ``threading.Lock`` lets the thread that releases it take it straight back: a learner writing
+    decisions chunk after chunk would starve a reward waiting between two chunks. Tickets make
+    the reward go next.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next = 0
+        self._serving = 0
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            while self._serving != ticket:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._serving += 1
+                self._cond.notify_all()
+
+
 class DiskcacheStore:
     """The embedded store: one diskcache directory, process-safe on one host.
+
+    Writes from the threads of one process queue on an in-process lock, in arrival order, so
+    they never meet in SQLite's busy handler (which polls with sleeps of 1 to 100 ms and made
+    a reward wait behind the learner's batch writes for up to hundreds of ms). Writers in other
+    processes still meet there.
 
     Parameters
     ----------
@@ -64,24 +99,28 @@ class DiskcacheStore:
         # No eviction by recency for model snapshots: "none" would grow forever, so keep the
         # default least-recently-stored policy with a generous limit.
         self._cache = diskcache.Cache(path, size_limit=size_limit)
+        self._writing = _FifoLock()
 
     def get(self, key: str) -> bytes | None:
         value = self._cache.get(key)
         return value if isinstance(value, bytes) else None
 
     def set(self, key: str, value: bytes, *, expire: float | None = None) -> None:
-        self._cache.set(key, value, expire=expire)
+        with self._writing.held():
+            self._cache.set(key, value, expire=expire)
 
     def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
-        with self._cache.transact():
+        with self._writing.held(), self._cache.transact():
             for key, value in items.items():
                 self._cache.set(key, value, expire=expire)
 
     def add(self, key: str, value: bytes, *, expire: float | None = None) -> bool:
-        return bool(self._cache.add(key, value, expire=expire))
+        with self._writing.held():
+            return bool(self._cache.add(key, value, expire=expire))
 
     def delete(self, key: str) -> None:
-        self._cache.delete(key)
+        with self._writing.held():
+            self._cache.delete(key)
 
     def close(self) -> None:
         self._cache.close()

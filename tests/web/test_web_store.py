@@ -1,0 +1,78 @@
+"""The store under the reward route: writes of one process in arrival order, decisions
+persisted in small transactions (real diskcache folders, real model)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from web_helpers import ACTIONS
+
+from ef_middleware import Engine, SentenceTransformerEmbedder
+from ef_middleware.loop import PERSIST_CHUNK
+from ef_middleware.store import DiskcacheStore
+
+
+def _wait_for(condition: object, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def test_writes_are_served_in_arrival_order(tmp_path: Path) -> None:
+    """A writer that waits is served before one that comes later, even if the holder comes
+    straight back (threading.Lock would let it barge in)."""
+    store = DiskcacheStore(tmp_path / "store")
+    order: list[str] = []
+    real_set = store._cache.set
+
+    def recording_set(key: str, value: bytes, **kwargs: object) -> bool:
+        order.append(key)
+        return bool(real_set(key, value, **kwargs))
+
+    store._cache.set = recording_set  # type: ignore[method-assign]
+    lock = store._writing
+    try:
+        with lock.held():
+            first = threading.Thread(target=store.set, args=("first", b"1"))
+            first.start()
+            _wait_for(lambda: lock._next == 2, "the first writer to queue")
+            second = threading.Thread(target=store.set_many, args=({"second": b"2"},))
+            second.start()
+            _wait_for(lambda: lock._next == 3, "the second writer to queue")
+        first.join()
+        second.join()
+        assert order == ["first", "second"]
+        assert store.get("first") == b"1" and store.get("second") == b"2"
+    finally:
+        store.close()
+
+
+class CountingStore(DiskcacheStore):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.batches: list[int] = []
+
+    def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
+        if any(k.startswith("decision:") for k in items):
+            self.batches.append(len(items))
+        super().set_many(items, expire=expire)
+
+
+def test_decisions_are_persisted_in_small_transactions(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    store = CountingStore(tmp_path / "store")
+    engine = Engine(store=store, embedder=embedder, learner=False)
+    try:
+        loop = engine.loop("hero", actions=ACTIONS)
+        count = 2 * PERSIST_CHUNK + 3
+        ids = [loop.rank({"device": "mobile", "hour": 9}).event_id for _ in range(count)]
+        loop.learn_pending()
+        assert store.batches == [PERSIST_CHUNK, PERSIST_CHUNK, 3]
+        assert all(store.get(f"decision:hero:{i}") is not None for i in ids)
+    finally:
+        engine.close()
