@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from itsdangerous import URLSafeTimedSerializer
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from web_helpers import Clock, tamper
 
 from ef_middleware.web import cookies as ck
@@ -103,3 +103,28 @@ def test_set_cookie_attributes() -> None:
         "ef_d=v; Max-Age=60; Path=/; HttpOnly; SameSite=Lax")
     assert ck.set_cookie("ef_d", "v", max_age=60.9, secure=True, domain="example.com") == (
         "ef_d=v; Max-Age=60; Path=/; Domain=example.com; Secure; HttpOnly; SameSite=Lax")
+
+
+def test_format_is_itsdangerous_both_ways(clock: Clock) -> None:
+    """Our faster serializer writes what plain itsdangerous reads, and reads what it writes
+    (compressed payloads and older keys included)."""
+    ours = serializer(clock, keys=("new", "old"))
+    plain_new = URLSafeTimedSerializer(["new"], salt=ck.DECISIONS_SALT)
+    plain_old = URLSafeTimedSerializer(["old"], salt=ck.DECISIONS_SALT)
+    payload = {"hero": ["e" * 32, "video", 1_800_000_000], "héro": ["x", "y", 1]}
+    assert plain_new.loads(ours.dumps(payload)) == payload
+    compressed = plain_old.dumps(payload)  # repetitive: itsdangerous compresses it
+    assert compressed.startswith(".")
+    assert ours.loads(compressed) == payload
+    assert not ours.dumps(payload).startswith(".")  # we never compress
+    with pytest.raises(BadSignature):
+        plain_old.loads(ours.dumps(payload))  # signed with the newest key only
+
+
+def test_cookie_attributes_match_set_cookie() -> None:
+    attributes = ck.cookie_attributes(max_age=86_400.5, path="/shop", secure=True,
+                                      domain="example.com")
+    assert attributes == "; Max-Age=86400; Path=/shop; Domain=example.com; Secure; HttpOnly; " \
+                         "SameSite=Lax"
+    assert ck.set_cookie("ef_v", "abc", max_age=86_400.5, path="/shop", secure=True,
+                         domain="example.com") == "ef_v=abc" + attributes
