@@ -193,8 +193,15 @@ def visitor_zone(name: str | None) -> ZoneInfo | None:
 def local_time(now: float, zone: ZoneInfo | None) -> tuple[float, int]:
     """``(hour, weekday)``: fractional hour 0-24 and weekday 0 (Monday) to 6 at ``now``.
 
-    Uses the visitor's zone when known, else the server's local time.
+    Uses the visitor's zone when known, else the server's local time. Seconds do not count,
+    so the answer is computed once per minute and zone.
     """
+    return _minute_time(int(now // 60), zone)
+
+
+@functools.lru_cache(maxsize=256)
+def _minute_time(minute: int, zone: ZoneInfo | None) -> tuple[float, int]:
+    now = minute * 60
     moment = dt.datetime.fromtimestamp(now, tz=zone) if zone else dt.datetime.fromtimestamp(now)
     hour = moment.hour + moment.minute / 60.0
     return round(hour, 2), moment.weekday()

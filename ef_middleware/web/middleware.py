@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import routes
@@ -18,7 +17,26 @@ if TYPE_CHECKING:
 
     from ef_middleware.engine import Engine
 
-__all__ = ["PersonalizationMiddleware"]
+__all__ = ["PersonalizationMiddleware", "with_cookies"]
+
+
+def with_cookies(headers: Iterable[tuple[bytes, bytes]],
+                 cookies: Iterable[str]) -> list[tuple[bytes, bytes]]:
+    """Raw response headers plus one ``set-cookie`` per cookie and ``Cookie`` in ``vary``.
+
+    An existing ``vary`` header is extended (unless it already names ``Cookie`` or is ``*``);
+    otherwise one is added. The response varies by cookie even when no cookie is set.
+    """
+    out = list(headers)
+    out.extend((b"set-cookie", value.encode("latin-1")) for value in cookies)
+    for i, (name, value) in enumerate(out):
+        if name.lower() == b"vary":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if not tokens & {b"cookie", b"*"}:
+                out[i] = (name, value + b", Cookie" if value.strip() else b"Cookie")
+            return out
+    out.append((b"vary", b"Cookie"))
+    return out
 
 
 class PersonalizationMiddleware:
@@ -138,16 +156,18 @@ class PersonalizationMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start" and ef.touched:
                 try:
-                    message.setdefault("headers", [])
-                    headers = MutableHeaders(scope=message)
-                    for value in ef.cookie_headers():
-                        headers.append("Set-Cookie", value)
-                    headers.add_vary_header("Cookie")
+                    message["headers"] = with_cookies(message.get("headers", ()),
+                                                      ef.cookie_headers())
                 except Exception as exc:  # never break the host page
                     logger.warning("ef_middleware: could not set cookies: %s", one_line(exc))
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            # scope -> ef -> scope is a reference cycle: left alone, every page view would wait
+            # for the cyclic garbage collector (a full collection pauses the server).
+            scope.pop("ef", None)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime

@@ -252,7 +252,16 @@ class Personalization:
     # -- output ----------------------------------------------------------------------------
     def script(self, *, nonce: str | None = None) -> Markup:
         """The ``<script>`` tag that loads ef.js from the middleware's prefix."""
-        s, root = self._rt.settings, self._scope.get("root_path", "").rstrip("/")
+        root = self._scope.get("root_path", "").rstrip("/")
+        if not nonce:
+            found = self._rt.script_tags.get(root)
+            if found is None:
+                found = self._rt.script_tags[root] = self._script_tag(root, None)
+            return found
+        return self._script_tag(root, nonce)
+
+    def _script_tag(self, root: str, nonce: str | None) -> Markup:
+        s = self._rt.settings
         endpoint = root + s.prefix
         version = self._rt.script_etag.strip('"')[:8]
         attrs = [f'src="{escape(endpoint)}ef.js?v={version}"',
@@ -272,16 +281,12 @@ class Personalization:
 
     def cookie_headers(self) -> list[str]:
         """``Set-Cookie`` values for the response (new decisions, visitor state)."""
-        s, out = self._rt.settings, []
-        common: dict[str, Any] = {"path": s.cookie_path, "secure": s.secure,
-                                  "domain": s.cookie_domain}
+        rt, out = self._rt, []
         if self._new:
             entries = {**self._incoming_entries(), **self._new}
-            out.append(ck.set_cookie(s.decision_cookie, ck.dump_decisions(self._rt.decisions,
-                                                                           entries),
-                                     max_age=s.decision_max_age, **common))
+            value = ck.dump_decisions(rt.decisions, entries)
+            out.append(f"{rt.settings.decision_cookie}={value}{rt.decision_cookie_attributes}")
         if self._visitor_changed and self._visitor is not None:
-            out.append(ck.set_cookie(s.visitor_cookie, ck.dump_visitor(self._rt.visitors,
-                                                                       self._visitor),
-                                     max_age=s.visitor_max_age, **common))
+            value = ck.dump_visitor(rt.visitors, self._visitor)
+            out.append(f"{rt.settings.visitor_cookie}={value}{rt.visitor_cookie_attributes}")
         return out

@@ -171,7 +171,7 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     if ck.entry_expired(entry, max_age=s.decision_max_age, now=now):
         return error(403, "decision_expired", f"the decision for loop {name!r} has expired")
     try:
-        await run_in_threadpool(loop.reward, entry.event_id, value)
+        await rt.write(loop.reward, entry.event_id, value)
     except DuplicateRewardError as exc:
         return error(409, exc.code, str(exc))
     except UnknownEventError as exc:

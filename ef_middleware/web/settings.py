@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from markupsafe import Markup
 from starlette.types import Scope
 
 from ef_middleware.errors import ConfigurationError
 
 from .context import parse_device
-from .cookies import DECISIONS_SALT, VISITOR_SALT, make_serializer
+from .cookies import DECISIONS_SALT, VISITOR_SALT, cookie_attributes, make_serializer
 
 if TYPE_CHECKING:
     from itsdangerous import URLSafeTimedSerializer
@@ -27,6 +30,7 @@ __all__ = ["ContextHook", "Runtime", "WebSettings", "logger", "one_line"]
 logger = logging.getLogger("ef_middleware")
 
 ContextHook = Callable[[Scope], Mapping[str, Any]]
+_T = TypeVar("_T")
 MINUTE, DAY = 60, 86_400
 
 
@@ -118,6 +122,23 @@ class Runtime:
         )
         self.script = _load_script()
         self.script_etag = '"' + hashlib.sha256(self.script).hexdigest()[:16] + '"'
+        self.script_tags: dict[str, Markup] = {}
+        """``<script>`` tags without a nonce, by root path (see ``Personalization.script``)."""
+        common: dict[str, Any] = {"path": settings.cookie_path, "secure": settings.secure,
+                                  "domain": settings.cookie_domain}
+        self.decision_cookie_attributes = cookie_attributes(max_age=settings.decision_max_age,
+                                                            **common)
+        self.visitor_cookie_attributes = cookie_attributes(max_age=settings.visitor_max_age,
+                                                           **common)
+        # Rewards are written by one thread, in arrival order: the event loop never waits on
+        # the disk, and the writes of one process never contend with each other.
+        self._writer: ThreadPoolExecutor | None = None
+
+    async def write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` (a blocking store write) on the writer thread and await it."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ef-writer")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     def now(self) -> float:
         """The injected clock's time in seconds."""
@@ -129,5 +150,8 @@ class Runtime:
         parse_device("Mozilla/5.0 (X11; Linux x86_64) Warm-up")
 
     def shutdown(self) -> None:
-        """Stop the learner and save every model."""
+        """Finish the pending reward writes, stop the learner and save every model."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         self.engine.close()

@@ -174,3 +174,11 @@ def test_tampered_visitor_cookie_is_a_new_visitor(engine: Engine, loop_name: str
     value = client.cookies["ef_v"]
     put_cookie(client, "ef_v", tamper(value))
     assert client.get("/context").json()["visits"] == 1
+
+
+def test_local_time_ignores_seconds_but_not_minutes() -> None:
+    zone = visitor_zone("Europe/Paris")
+    minute = 1_800_000_000 // 60 * 60
+    assert local_time(minute, zone) == local_time(minute + 59.9, zone)
+    assert local_time(minute + 60, zone) != local_time(minute, zone)
+    assert local_time(minute, zone) != local_time(minute, visitor_zone("Asia/Tokyo"))

@@ -25,6 +25,7 @@ from web_helpers import (
 
 from ef_middleware import Engine
 from ef_middleware.web import PersonalizationMiddleware
+from ef_middleware.web.middleware import with_cookies
 
 Client = Callable[..., TestClient]
 
@@ -351,3 +352,38 @@ def test_sticky_views_keep_the_visit_alive(engine: Engine, loop_name: str, clock
     put_cookie(client, "ef_v", tamper(client.cookies["ef_v"]))
     clock.advance(5)
     assert client.get("/context").json()["visits"] == 1  # a forged cookie is a new visitor
+
+
+def test_scope_lets_go_of_the_personalization_after_the_response(
+        engine: Engine, loop_name: str, client_for: Client) -> None:
+    """scope -> ef -> scope would be a reference cycle per page view (work for the cyclic
+    garbage collector, whose full passes pause the server): the middleware breaks it."""
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    kept: list[dict[str, Any]] = []
+
+    async def keep(request: Request) -> PlainTextResponse:
+        kept.append(request.scope)
+        return PlainTextResponse(str(request.scope["ef"].variant(loop_name)))
+
+    app = make_app(engine, [loop_name])
+    app.router.routes.append(Route("/keep", keep))
+    response = client_for(app).get("/keep")
+    assert response.status_code == 200 and "ef_d" in set_cookies(response)
+    assert kept and "ef" not in kept[0]
+
+
+@pytest.mark.parametrize(("vary", "expected"), [
+    (None, b"Cookie"),
+    (b"Accept-Encoding", b"Accept-Encoding, Cookie"),
+    (b"accept-encoding, cookie", b"accept-encoding, cookie"),
+    (b"*", b"*"),
+])
+def test_with_cookies_adds_set_cookie_and_vary(vary: bytes | None, expected: bytes) -> None:
+    headers = [(b"content-type", b"text/html")] + ([(b"vary", vary)] if vary else [])
+    out = with_cookies(tuple(headers), ["a=1; Path=/", "b=2; Path=/"])
+    assert out[0] == (b"content-type", b"text/html")
+    assert [v for k, v in out if k == b"set-cookie"] == [b"a=1; Path=/", b"b=2; Path=/"]
+    assert [v for k, v in out if k == b"vary"] == [expected]
