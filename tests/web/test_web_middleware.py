@@ -387,3 +387,19 @@ def test_with_cookies_adds_set_cookie_and_vary(vary: bytes | None, expected: byt
     assert out[0] == (b"content-type", b"text/html")
     assert [v for k, v in out if k == b"set-cookie"] == [b"a=1; Path=/", b"b=2; Path=/"]
     assert [v for k, v in out if k == b"vary"] == [expected]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_startup_freezes_the_heap_for_the_garbage_collector(
+        new_engine: Callable[..., Engine], freeze: bool) -> None:
+    import gc
+
+    engine = new_engine()
+    engine.loop("hero", actions=ACTIONS)
+    gc.unfreeze()  # an earlier test may have frozen it already
+    app = make_app(engine, ["hero"], freeze_gc=freeze)
+    try:
+        with TestClient(app):
+            assert (gc.get_freeze_count() > 0) is freeze
+    finally:
+        gc.unfreeze()
