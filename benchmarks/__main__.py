@@ -1,4 +1,5 @@
-"""Command line: ``python -m benchmarks speed|mushroom|magic|web|all [--quick] ...``."""
+"""Command line: ``python -m benchmarks speed|mushroom|magic|web|all [--quick] ...``, and
+``python -m benchmarks web-throughput [...]`` (its own options: ``web-throughput --help``)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def _strategies(text: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("benchmark", choices=(*BENCHMARKS, "all"))
+    p.add_argument("benchmark", choices=(*BENCHMARKS, "all"),
+                   help="or web-throughput (requests/s and latency of the example site)")
     p.add_argument("--quick", action="store_true", help="small horizons and 2-3 seeds")
     p.add_argument("--seeds", type=int, default=0, help="number of seeds (default per benchmark)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+N-1")
@@ -90,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The engine loads its sentence-transformer once per process: keep its log chatter quiet.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if rest[:1] == ["web-throughput"]:  # the web server benchmark has options of its own
+        from benchmarks.web_throughput import main as web_throughput
+
+        return web_throughput(rest[1:])
     args = parser().parse_args(argv)
     import benchmarks.report  # noqa: F401  (records the engine's source digest at start)
 
