@@ -99,6 +99,12 @@ class DiskcacheStore:
         # No eviction by recency for model snapshots: "none" would grow forever, so keep the
         # default least-recently-stored policy with a generous limit.
         self._cache = diskcache.Cache(path, size_limit=size_limit)
+        # Single-key writes (rewards, on the request path) go through a second handle that
+        # never culls: diskcache's cull after every write costs three more SQL statements
+        # (expired rows, page count, size), each a release and re-take of the GIL. The learner's
+        # batch writes (set_many) still cull up to 10 expired or evicted entries per key.
+        self._append = diskcache.Cache(path, size_limit=size_limit)
+        self._append.reset("cull_limit", 0, update=False)
         self._writing = _FifoLock()
 
     def get(self, key: str) -> bytes | None:
@@ -107,7 +113,7 @@ class DiskcacheStore:
 
     def set(self, key: str, value: bytes, *, expire: float | None = None) -> None:
         with self._writing.held():
-            self._cache.set(key, value, expire=expire)
+            self._append.set(key, value, expire=expire)
 
     def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
         with self._writing.held(), self._cache.transact():
@@ -123,4 +129,5 @@ class DiskcacheStore:
             self._cache.delete(key)
 
     def close(self) -> None:
+        self._append.close()
         self._cache.close()

@@ -28,13 +28,13 @@ def test_writes_are_served_in_arrival_order(tmp_path: Path) -> None:
     straight back (threading.Lock would let it barge in)."""
     store = DiskcacheStore(tmp_path / "store")
     order: list[str] = []
-    real_set = store._cache.set
+    for handle in (store._cache, store._append):
+        def recording_set(key: str, value: bytes, *, _real: object = handle.set,
+                          **kwargs: object) -> bool:
+            order.append(key)
+            return bool(_real(key, value, **kwargs))  # type: ignore[operator]
 
-    def recording_set(key: str, value: bytes, **kwargs: object) -> bool:
-        order.append(key)
-        return bool(real_set(key, value, **kwargs))
-
-    store._cache.set = recording_set  # type: ignore[method-assign]
+        handle.set = recording_set
     lock = store._writing
     try:
         with lock.held():
@@ -76,3 +76,19 @@ def test_decisions_are_persisted_in_small_transactions(
         assert all(store.get(f"decision:hero:{i}") is not None for i in ids)
     finally:
         engine.close()
+
+
+def test_single_writes_leave_culling_to_batch_writes(tmp_path: Path) -> None:
+    """A reward's write skips diskcache's cull (three SQL statements); the learner's batch
+    writes still remove expired entries."""
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        store.set("reward:old", b"1", expire=0.001)
+        time.sleep(0.01)
+        store.set("reward:new", b"2")
+        assert len(store._cache) == 2  # the expired one is still on disk
+        store.set_many({"decision:new": b"3"})
+        assert len(store._cache) == 2 and store.get("reward:old") is None
+        assert store.get("reward:new") == b"2" and store.get("decision:new") == b"3"
+    finally:
+        store.close()
