@@ -190,6 +190,17 @@ def page_run(port: int, args: argparse.Namespace, headers: dict[str, str]) -> di
     return {"saturated": saturated, "fixed": fixed}
 
 
+def _check_decisions(port: int, run: dict[str, Any]) -> None:
+    """Refuse a new-visitor run that did not rank: the middleware serves default variants
+    when ranking fails (one log line each), and that page is not the one to measure."""
+    stats = httpx.get(f"http://127.0.0.1:{port}/_ef/status").json()["loops"][LOOP]
+    run["decisions"] = stats["decisions"]
+    sent = run["saturated"]["requests"] + run["fixed"]["requests"]
+    if stats["decisions"] < sent:
+        raise RuntimeError(f"new visitor: {stats['decisions']} decisions for {sent:.0f} requests:"
+                           " ranking failed and default variants were served (see the log)")
+
+
 def _decisions(port: int, count: int) -> list[str]:
     """``count`` fresh decisions (one new visitor each): their ``ef_d=...`` cookies."""
     hero = request_bytes("GET", "/api/hero", {"host": f"127.0.0.1:{port}", "user-agent": UA})
@@ -340,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                             headers = {"cookie": f"ef_d={client.cookies['ef_d']}; "
                                                  f"ef_v={client.cookies['ef_v']}"}
                     result[mode] = page_run(port, args, headers)
+                    if mode == "new visitor":
+                        _check_decisions(port, result[mode])
             if not args.no_rewards:
                 env["EF_STORE"] = str(work / f"store-{index}-rewards")
                 with serve("personalized_app", env) as port:
