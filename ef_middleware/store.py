@@ -53,20 +53,35 @@ class _FifoLock:
         self._cond = threading.Condition(threading.Lock())
         self._next = 0
         self._serving = 0
+        self._abandoned: set[int] = set()  # tickets whose waiter gave up (interrupted)
 
     @contextmanager
     def held(self) -> Iterator[None]:
         with self._cond:
             ticket = self._next
             self._next += 1
-            while self._serving != ticket:
-                self._cond.wait()
+            try:
+                while self._serving != ticket:
+                    self._cond.wait()
+            except BaseException:  # e.g. KeyboardInterrupt: never leave the queue stuck
+                if self._serving == ticket:
+                    self._advance()
+                else:
+                    self._abandoned.add(ticket)
+                raise
         try:
             yield
         finally:
             with self._cond:
-                self._serving += 1
-                self._cond.notify_all()
+                self._advance()
+
+    def _advance(self) -> None:
+        """Serve the next ticket (skipping abandoned ones); call with ``_cond`` held."""
+        self._serving += 1
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
 
 
 class DiskcacheStore:

@@ -92,3 +92,36 @@ def test_single_writes_leave_culling_to_batch_writes(tmp_path: Path) -> None:
         assert store.get("reward:new") == b"2" and store.get("decision:new") == b"3"
     finally:
         store.close()
+
+
+def test_a_writer_that_gives_up_waiting_does_not_block_the_next(tmp_path: Path) -> None:
+    store = DiskcacheStore(tmp_path / "store")
+    lock = store._writing
+    real_wait = lock._cond.wait
+    failed: list[BaseException] = []
+
+    def interrupted(timeout: float | None = None) -> bool:
+        if threading.current_thread().name == "quitter":
+            raise KeyboardInterrupt
+        return real_wait(timeout)
+
+    lock._cond.wait = interrupted  # type: ignore[method-assign]
+
+    def quit_waiting() -> None:
+        try:
+            store.set("never", b"0")
+        except KeyboardInterrupt as exc:
+            failed.append(exc)
+
+    try:
+        with lock.held():
+            quitter = threading.Thread(target=quit_waiting, name="quitter")
+            quitter.start()
+            quitter.join()
+        writer = threading.Thread(target=store.set, args=("after", b"1"))
+        writer.start()
+        writer.join(timeout=10)
+        assert not writer.is_alive(), "the abandoned ticket blocked the queue"
+        assert failed and store.get("after") == b"1" and store.get("never") is None
+    finally:
+        store.close()
