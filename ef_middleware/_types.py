@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 Strategy: TypeAlias = Literal[
+    "laplace",
     "thompson",
     "thompson-dropout",
     "neural-linear",

@@ -8,9 +8,11 @@ restarts and shares them between worker processes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -19,6 +21,8 @@ from cachetools import LRUCache
 from ._types import FloatArray
 from .errors import ConfigurationError
 from .store import Store
+
+log = logging.getLogger("ef_middleware")
 
 
 @runtime_checkable
@@ -94,6 +98,13 @@ class SentenceTransformerEmbedder:
 class EmbeddingCache:
     """Memory LRU, then the store, then the embedder: each text is encoded once per store.
 
+    With ``background=True`` a text that is in neither cache is not encoded on the caller's
+    thread: it is queued for a background thread (about 20 ms per batch on one core), and until
+    its vector exists the caller gets the mean vector of the texts already seen for the same key
+    (the part before ``": "``). A page view thus never waits for the transformer; the next one
+    after the encode sees the real vector. The first text of a key ever seen has no such
+    neighbour and is encoded at once.
+
     Parameters
     ----------
     embedder
@@ -102,22 +113,41 @@ class EmbeddingCache:
         Persists vectors under ``emb:{embedder.name}:{sha1(text)}``; ``None`` keeps memory only.
     maxsize
         Vectors kept in memory (384 float32 = 1.5 KiB each).
+    background
+        Encode unseen texts on a background thread (see above) instead of at once.
     """
 
-    def __init__(self, embedder: Embedder, store: Store | None, *, maxsize: int = 200_000) -> None:
+    def __init__(self, embedder: Embedder, store: Store | None, *, maxsize: int = 200_000,
+                 background: bool = False) -> None:
         self.embedder = embedder
         self.dim = embedder.dim
+        self.background = background
         self._store = store
         self._memory: LRUCache[str, FloatArray] = LRUCache(maxsize=maxsize)
         self._lock = threading.Lock()
+        self._centroids: dict[str, tuple[FloatArray, int]] = {}  # key -> (sum, count)
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._queued: set[str] = set()
+        self._idle = threading.Condition(self._lock)
+        self._worker: threading.Thread | None = None
         self.misses = 0  # texts that ran the transformer (for tests and benchmarks)
 
     def _key(self, text: str) -> str:
         digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
         return f"emb:{self.embedder.name}:{digest}"
 
-    def get_many(self, texts: Sequence[str]) -> FloatArray:
-        """Return the vectors of ``texts`` as rows, encoding the unseen ones in one batch."""
+    def get_many(self, texts: Sequence[str], *, block: bool | None = None) -> FloatArray:
+        """Return the vectors of ``texts`` as rows, encoding the unseen ones in one batch.
+
+        ``block=False`` (default: ``not background``) may return stand-ins for unseen texts
+        and queue them; :meth:`lookup` also tells whether it did.
+        """
+        vectors, _ = self.lookup(texts, block=block)
+        return vectors
+
+    def lookup(self, texts: Sequence[str], *, block: bool | None = None
+               ) -> tuple[FloatArray, bool]:
+        """Like :meth:`get_many`, and whether every row is a real vector (no stand-in)."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         with self._lock:
@@ -127,28 +157,95 @@ class EmbeddingCache:
                     missing.setdefault(text, []).append(i)
                 else:
                     out[i] = vec
-        if missing:
-            self._fill(missing, out)
-        return out
+        if not missing:
+            return out, True
+        wait = not self.background if block is None else block
+        return out, self._fill(missing, out, wait)
 
-    def _fill(self, missing: dict[str, list[int]], out: FloatArray) -> None:
+    def _fill(self, missing: dict[str, list[int]], out: FloatArray, wait: bool) -> bool:
+        found = self._from_store(missing)
+        to_encode = [t for t in missing if t not in found]
+        complete = True
+        if to_encode and not wait:
+            later = [t for t in to_encode if _prefix(t) in self._centroids]
+            for text in later:
+                sum_, count = self._centroids[_prefix(text)]
+                out[missing[text]] = sum_ / count
+            self._enqueue(later)
+            complete = not later
+            to_encode = [t for t in to_encode if t not in set(later)]
+        if to_encode:
+            found.update(self._encode(to_encode))
+        with self._lock:
+            for text, vec in found.items():
+                self._remember(text, vec)
+                out[missing[text]] = vec
+        return complete
+
+    def _from_store(self, texts: Iterable[str]) -> dict[str, FloatArray]:
         found: dict[str, FloatArray] = {}
-        to_encode: list[str] = []
-        for text in missing:
-            raw = self._store.get(self._key(text)) if self._store is not None else None
+        if self._store is None:
+            return found
+        for text in texts:
+            raw = self._store.get(self._key(text))
             if raw is not None and len(raw) == 4 * self.dim:
                 found[text] = np.frombuffer(raw, dtype=np.float32).copy()
-            else:
-                to_encode.append(text)
-        if to_encode:
-            vectors = self.embedder.encode(to_encode)
-            self.misses += len(to_encode)
-            for text, vec in zip(to_encode, vectors, strict=True):
-                found[text] = np.ascontiguousarray(vec)
-            if self._store is not None:
-                self._store.set_many({self._key(t): found[t].tobytes() for t in to_encode})
+        return found
+
+    def _encode(self, texts: list[str]) -> dict[str, FloatArray]:
+        vectors = self.embedder.encode(texts)
+        self.misses += len(texts)
+        found = {t: np.ascontiguousarray(v) for t, v in zip(texts, vectors, strict=True)}
+        if self._store is not None:
+            self._store.set_many({self._key(t): v.tobytes() for t, v in found.items()})
+        return found
+
+    def _remember(self, text: str, vec: FloatArray) -> None:
+        """Store ``vec`` in memory and in its key's centroid (caller holds the lock)."""
+        if text not in self._memory:
+            prefix = _prefix(text)
+            sum_, count = self._centroids.get(prefix, (np.zeros(self.dim, np.float32), 0))
+            self._centroids[prefix] = (sum_ + vec, count + 1)
+        self._memory[text] = vec
+
+    # -- background encoding ---------------------------------------------------------------
+    def _enqueue(self, texts: list[str]) -> None:
         with self._lock:
-            for text, rows in missing.items():
-                vec = found[text]
-                self._memory[text] = vec
-                out[rows] = vec
+            new = [t for t in texts if t not in self._queued]
+            self._queued.update(new)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="ef-embedder",
+                                                daemon=True)
+                self._worker.start()
+        for text in new:
+            self._queue.put(text)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 64:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                found = self._encode(batch)
+            except Exception:  # a broken model: drop the batch, the texts stay stand-ins
+                log.exception("ef_middleware: background embedding failed")
+                found = {}
+            with self._lock:
+                for text, vec in found.items():
+                    self._remember(text, vec)
+                self._queued.difference_update(batch)
+                self._idle.notify_all()
+
+    def wait(self, timeout: float | None = 30.0) -> bool:
+        """Block until the background queue is empty (tests, scripts); False on timeout."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._queued, timeout=timeout)
+
+
+def _prefix(text: str) -> str:
+    """The feature name of a ``"key: value"`` text (empty if it has none)."""
+    head, sep, _ = text.partition(": ")
+    return head if sep else ""

@@ -43,6 +43,11 @@ class Engine:
         Start the background learner thread (default). ``False`` learns in :meth:`Loop.flush`.
     blas_threads
         Process-wide BLAS thread limit (threadpoolctl); ``None`` leaves it alone.
+    embed_in_background
+        Never run the transformer inside :meth:`Loop.rank`: a feature value not embedded yet
+        is queued for a background thread and its key's mean vector stands in meanwhile
+        (:class:`~ef_middleware.embedding.EmbeddingCache`). ``False`` embeds it at once
+        (about 20 ms), so even the first ranking sees it.
 
     Examples
     --------
@@ -59,7 +64,7 @@ class Engine:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, store: Store | None = None,
                  embedder: Embedder | None = None, seed: int = 0,
                  clock: Callable[[], float] = time.time, learner: bool = True,
-                 blas_threads: int | None = 1) -> None:
+                 blas_threads: int | None = 1, embed_in_background: bool = True) -> None:
         if blas_threads is not None:
             # The model's matrices are small: threads cost more than they bring, and a web
             # worker already runs requests concurrently (docs/design.md, "Threads").
@@ -70,7 +75,8 @@ class Engine:
                                          "Engine('var/ef'), or store=...")
             store = DiskcacheStore(path)
         self.store = store
-        self.embeddings = EmbeddingCache(embedder or SentenceTransformerEmbedder(), store)
+        self.embeddings = EmbeddingCache(embedder or SentenceTransformerEmbedder(), store,
+                                         background=embed_in_background)
         self.seed = seed
         self.clock = clock
         self._loops: dict[str, Loop] = {}
@@ -109,8 +115,7 @@ class Engine:
             raise ConfigurationError(f"unknown loop settings {sorted(unknown)}; valid: "
                                      f"{sorted(_SETTING_NAMES)}")
         config = LoopSettings(**settings)
-        encoder = FeatureEncoder(self.embeddings, NumericSpace(config.model.numeric_dim),
-                                 scale=config.embedding_scale)
+        encoder = FeatureEncoder(self.embeddings, NumericSpace(config.model.numeric_dim))
         loop_seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
         loop = Loop(name, actions, config, encoder=encoder, store=self.store, seed=loop_seed,
                     clock=self.clock, wake=lambda: self._wake(name))

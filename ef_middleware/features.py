@@ -84,21 +84,84 @@ def _text_items(features: Mapping[str, Any], *, numbers_as_text: bool) -> list[s
     return items
 
 
+class RunningScaler:
+    """Per-dimension running mean and variance (Chan et al.'s parallel Welford) and the
+    standardisation they give: ``(x - mean) / std``.
+
+    With ``fixed_scale`` the data only centre: ``(x - mean) * fixed_scale``. That keeps the
+    geometry of embedding vectors (a value unlike the seen ones stays as far from them as it
+    was, so it generalises from its neighbours) while removing their large common part.
+    Only the learner updates the statistics; ranking reads :attr:`scale`, swapped atomically.
+    """
+
+    def __init__(self, dim: int, *, fixed_scale: float | None = None) -> None:
+        self.dim = dim
+        self.fixed_scale = fixed_scale
+        self.count = np.zeros(dim, dtype=np.float64)
+        self.mean = np.zeros(dim, dtype=np.float64)
+        self.m2 = np.zeros(dim, dtype=np.float64)
+        self.scale: tuple[FloatArray, FloatArray] = (np.zeros(dim, np.float32),
+                                                     np.ones(dim, np.float32))
+        self._publish()
+
+    def update(self, values: FloatArray, mask: FloatArray | None = None) -> None:
+        """Fold rows ``values`` (N, dim) in; ``mask`` marks the entries present (default all)."""
+        if values.shape[0] == 0:
+            return
+        on = np.ones(values.shape, dtype=bool) if mask is None else mask > 0
+        # Chan et al.'s parallel update: combine the batch's count, mean and M2 with ours.
+        n_b = on.sum(axis=0).astype(np.float64)
+        x = np.where(on, values, 0.0).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_b = np.where(n_b > 0, x.sum(axis=0) / np.maximum(n_b, 1), 0.0)
+        m2_b = (np.where(on, values - mean_b, 0.0) ** 2).sum(axis=0)
+        total = self.count + n_b
+        delta = mean_b - self.mean
+        safe = np.maximum(total, 1)
+        self.mean += delta * n_b / safe
+        self.m2 += m2_b + delta**2 * self.count * n_b / safe
+        self.count = total
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.fixed_scale is not None:
+            inv_std = np.full(self.dim, self.fixed_scale, dtype=np.float32)
+        else:
+            var = np.where(self.count > 1, self.m2 / np.maximum(self.count - 1.0, 1.0), 1.0)
+            inv_std = (1.0 / np.sqrt(np.maximum(var, 1e-12))).astype(np.float32)
+        self.scale = (self.mean.astype(np.float32), inv_std)
+
+    def standardise(self, values: FloatArray, mask: FloatArray | None = None,
+                    clip: float = 5.0) -> FloatArray:
+        """``(values - mean) / std``, clipped to +-``clip``, zero where ``mask`` is 0."""
+        mean, inv_std = self.scale
+        out: FloatArray = np.clip((values - mean) * inv_std, -clip, clip)
+        if mask is not None:
+            out *= mask
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count.tolist(), "mean": self.mean.tolist(),
+                "m2": self.m2.tolist()}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.count = np.asarray(state["count"], dtype=np.float64)
+        self.mean = np.asarray(state["mean"], dtype=np.float64)
+        self.m2 = np.asarray(state["m2"], dtype=np.float64)
+        self._publish()
+
+
 class NumericSpace:
-    """Numeric slots of the model input and their running mean and variance.
+    """Numeric slots of the model input and their running statistics.
 
     Keys get a slot when first seen; once every slot is taken, further keys share slots by hash.
-    Only the learner updates the statistics; ranking reads the published arrays.
     """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.slots: dict[str, int] = {}
-        self.count = np.zeros(dim, dtype=np.float64)
-        self.mean = np.zeros(dim, dtype=np.float64)
-        self.m2 = np.zeros(dim, dtype=np.float64)
+        self.scaler = RunningScaler(dim)
         self._lock = threading.Lock()
-        self.scale = (np.zeros(dim, np.float32), np.ones(dim, np.float32))  # (mean, 1/std)
 
     def slot(self, name: str) -> int:
         index = self.slots.get(name)
@@ -116,58 +179,38 @@ class NumericSpace:
         values = np.zeros(self.dim, dtype=np.float32)
         mask = np.zeros(self.dim, dtype=np.float32)
         for key, value in context.items():
-            if isinstance(value, bool):
-                number = 1.0 if value else 0.0
-            elif isinstance(value, int | float):
-                number = float(value)
-                if not math.isfinite(number):
-                    raise InvalidInputError(f"context feature {key!r} is not finite: {value!r}")
-            else:
-                continue
-            name = str(key).strip().lower()
-            period = CYCLES.get(name)
-            if period is None:
-                pairs = [(name, number)]
-            else:
-                angle = 2.0 * math.pi * (number % period) / period
-                pairs = [(f"{name}~sin", math.sin(angle)), (f"{name}~cos", math.cos(angle))]
-            for slot_name, v in pairs:
-                i = self.slot(slot_name)
-                values[i] = v
-                mask[i] = 1.0
+            if isinstance(value, int | float):
+                self.put(str(key).strip().lower(), value, values, mask)
         return values, mask
 
+    def put(self, name: str, value: float, values: FloatArray, mask: FloatArray) -> None:
+        """Write number ``value`` of feature ``name`` into its slot(s) (booleans are 0/1)."""
+        number = float(value)
+        if not math.isfinite(number):
+            raise InvalidInputError(f"context feature {name!r} is not finite: {value!r}")
+        period = CYCLES.get(name)
+        if period is None:
+            i = self.slot(name)
+            values[i], mask[i] = number, 1.0
+            return
+        angle = 2.0 * math.pi * (number % period) / period
+        i, j = self.slot(f"{name}~sin"), self.slot(f"{name}~cos")
+        values[i], values[j] = math.sin(angle), math.cos(angle)
+        mask[i] = mask[j] = 1.0
+
     def standardise(self, values: FloatArray, mask: FloatArray) -> FloatArray:
-        mean, inv_std = self.scale
-        out: FloatArray = np.clip((values - mean) * inv_std, -5.0, 5.0) * mask
-        return out
+        return self.scaler.standardise(values, mask)
 
     def update(self, values: FloatArray, mask: FloatArray) -> None:
-        """Fold a batch of raw rows into the running statistics (Welford, per slot)."""
-        for row, present in zip(values, mask, strict=True):
-            on = present > 0
-            self.count[on] += 1.0
-            delta = row[on] - self.mean[on]
-            self.mean[on] += delta / self.count[on]
-            self.m2[on] += delta * (row[on] - self.mean[on])
-        var = np.where(self.count > 1, self.m2 / np.maximum(self.count - 1, 1), 1.0)
-        std = np.sqrt(np.maximum(var, 1e-6))
-        self.scale = (self.mean.astype(np.float32), (1.0 / std).astype(np.float32))
+        """Fold a batch of raw rows into the running statistics."""
+        self.scaler.update(values, mask)
 
     def state(self) -> dict[str, Any]:
-        return {
-            "slots": self.slots,
-            "count": self.count.tolist(),
-            "mean": self.mean.tolist(),
-            "m2": self.m2.tolist(),
-        }
+        return {"slots": self.slots, **self.scaler.state()}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.slots = {str(k): int(v) for k, v in state["slots"].items()}
-        self.count = np.asarray(state["count"], dtype=np.float64)
-        self.mean = np.asarray(state["mean"], dtype=np.float64)
-        self.m2 = np.asarray(state["m2"], dtype=np.float64)
-        self.update(np.zeros((0, self.dim), np.float32), np.zeros((0, self.dim), np.float32))
+        self.scaler.restore(state)
 
 
 @dataclass
@@ -177,48 +220,78 @@ class EncodedContext:
     text: FloatArray
     numeric_raw: FloatArray
     numeric_mask: FloatArray
+    provisional: bool = False  # a text was not embedded yet: its key's mean stands in
 
 
 class FeatureEncoder:
     """Turns contexts and actions into vectors, through the embedding cache.
 
-    ``scale`` multiplies the pooled (mean) embedding: unit-norm 384-d vectors have entries of
-    about 0.05, far below the unit scale Xavier initialisation expects, so they are scaled up.
+    Vectors of one side are mean-pooled. Pooled context vectors are kept per combination of
+    texts in a bounded memo: visitors repeat (same device, browser, referrer...), and a hit
+    skips the per-text lookups and the pooling.
     """
 
-    def __init__(self, cache: EmbeddingCache, numeric: NumericSpace, *, scale: float) -> None:
+    def __init__(self, cache: EmbeddingCache, numeric: NumericSpace, *,
+                 memo_size: int = 50_000) -> None:
         self.cache = cache
         self.numeric = numeric
-        self.scale = np.float32(scale)
         self.dim = cache.dim
+        self._memo: dict[tuple[str, ...], FloatArray] = {}
+        self._memo_size = memo_size
 
-    def pool(self, texts: Sequence[str]) -> FloatArray:
+    def pool(self, texts: Sequence[str], *, block: bool | None = None
+             ) -> tuple[FloatArray, bool]:
+        """Mean of the texts' unit vectors (zeros for none), and whether every text had its
+        real vector (see :class:`~ef_middleware.embedding.EmbeddingCache`, ``background``)."""
+        key = tuple(texts)
+        pooled = self._memo.get(key)
+        if pooled is not None:
+            return pooled, True
         if not texts:
-            return np.zeros(self.dim, dtype=np.float32)
-        vectors = self.cache.get_many(texts)
-        pooled: FloatArray = (vectors.mean(axis=0) * self.scale).astype(np.float32)
-        return pooled
+            return np.zeros(self.dim, dtype=np.float32), True
+        vectors, complete = self.cache.lookup(texts, block=block)
+        pooled = vectors.mean(axis=0, dtype=np.float32)
+        if complete:
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()  # simple and thread-safe; refills with what visitors bring
+            self._memo[key] = pooled
+        return pooled, complete
 
-    def context(self, context: Context) -> EncodedContext:
+    def context(self, context: Context, *, block: bool | None = None) -> EncodedContext:
+        """Validate ``context`` and encode it in one pass: texts pooled, numbers in slots.
+
+        ``block`` as in :meth:`EmbeddingCache.get_many`."""
         if not isinstance(context, Mapping):
             raise InvalidInputError(f"a context is a mapping of feature names to values, not "
                                     f"{type(context).__name__}")
+        numeric = self.numeric
+        values = np.zeros(numeric.dim, dtype=np.float32)
+        mask = np.zeros(numeric.dim, dtype=np.float32)
+        texts: list[str] = []
         for key, value in context.items():
             if not isinstance(key, str):
                 raise InvalidInputError(f"context keys must be strings, got {key!r}")
-            if not (value is None or isinstance(value, str | int | float | bool)
-                    or (isinstance(value, list | tuple | set | frozenset)
-                        and all(isinstance(v, str) for v in value))):
+            if value is None:
+                continue
+            if isinstance(value, str):
+                texts.append(f"{key.strip().lower()}: {value.strip()[:MAX_TEXT]}")
+            elif isinstance(value, int | float):  # bool included
+                numeric.put(key.strip().lower(), value, values, mask)
+            elif (isinstance(value, list | tuple | set | frozenset)
+                  and all(isinstance(v, str) for v in value)):
+                name = key.strip().lower()
+                texts.extend(f"{name}: {v.strip()[:MAX_TEXT]}" for v in value)
+            else:
                 raise InvalidInputError(
                     f"context feature {key!r} has unsupported type {type(value).__name__}: use "
                     "str, int, float, bool, None or a list of str"
                 )
-        raw, mask = self.numeric.raw(context)
-        return EncodedContext(self.pool(_text_items(context, numbers_as_text=False)), raw, mask)
+        pooled, complete = self.pool(texts, block=block)
+        return EncodedContext(pooled, values, mask, provisional=not complete)
 
     def actions(self, actions: Sequence[Action]) -> FloatArray:
         """Pooled text vectors of ``actions``, one row each."""
         out = np.empty((len(actions), self.dim), dtype=np.float32)
         for i, action in enumerate(actions):
-            out[i] = self.pool(action.texts())
+            out[i] = self.pool(action.texts(), block=True)[0]
         return out

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import threading
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._types import Context, FloatArray
-from .decision import Decision, DecisionRecord, RankedAction
+from .decision import Choice, Decision, DecisionRecord
 from .errors import (
     DuplicateRewardError,
     InvalidInputError,
@@ -29,12 +29,18 @@ from .errors import (
     UnknownEventError,
 )
 from .features import Action, FeatureEncoder, to_actions
+from .model import sigmoid
 from .policies import Candidates, Policy, make_policy
 from .settings import LoopSettings
 from .store import Store
 from .trainer import Sample, ServingState, Trainer, action_key
 
 log = logging.getLogger("ef_middleware")
+LEARN_CHUNK = 256  # samples learned between two publications of the serving state
+# Event ids: 128 random bits from a generator seeded by the OS (a uuid4 costs a system call
+# per decision). They need to be unique, not secret: rewards from browsers come with a signed
+# cookie, and the APIs are for trusted backends.
+_ids = random.Random()
 PERSIST_CHUNK = 16  # decision records per store transaction (about 1 ms of writing)
 
 
@@ -115,26 +121,24 @@ class Loop:
         state = self._serving
         candidates, rows, counts, successes = self._candidates(state, actions, exclude)
         model = state.model
+        text_mean, text_inv = state.text_scale
+        text = np.clip((encoded.text - text_mean) * text_inv, -5.0, 5.0)
         numeric = self.encoder.numeric.standardise(encoded.numeric_raw, encoded.numeric_mask)
-        hidden = model.last_hidden(model.project_context(encoded.text, numeric), rows)
-        mean = model.head(hidden)
-        view = Candidates(mean, hidden, counts, successes, model, state.posterior)
+        hidden = model.last_hidden(model.project_context(text, numeric), rows)
+        logits = model.logits(hidden)
+        mean = sigmoid(logits).astype(np.float32)
+        view = Candidates(mean, logits, hidden, counts, successes, model, state.posterior,
+                          state.learned)
         with self._rng_lock:
             choice = self.policy.choose(view, self._rng)
-        order = np.lexsort((-mean, -choice.probabilities))
-        ranking = tuple(
-            RankedAction(candidates[i].id, float(choice.probabilities[i]),
-                         self.settings.denormalise(float(mean[i])))
-            for i in order
-        )
         chosen = candidates[choice.index]
+        ids = [a.id for a in candidates]
         record = DecisionRecord(
-            event_id=event_id or uuid.uuid4().hex,
+            event_id=event_id or f"{_ids.getrandbits(128):032x}",
             time=self.clock(),
             context=dict(context),
-            action_ids=[a.id for a in candidates],
-            chosen=choice.index,
-            probabilities=[float(p) for p in choice.probabilities],
+            action_ids=ids,
+            choice=choice,
             model_version=state.version,
             action=chosen,
             inputs=encoded,
@@ -143,9 +147,9 @@ class Loop:
             self._pending[record.event_id] = _Pending(record)
             self._to_persist.append(record)
             self.decisions += 1
-        propensity = float(choice.probabilities[choice.index])
-        return Decision(self.name, record.event_id, chosen, propensity, ranking, state.version,
-                        logged=True, exact=choice.exact)
+        low, high = self.settings.reward_range
+        return Decision(self.name, record.event_id, chosen, choice, ids,
+                        low + mean * (high - low), state.version)
 
     def _candidates(
         self, state: ServingState, actions: Sequence[Any] | None, exclude: Iterable[str]
@@ -174,7 +178,7 @@ class Loop:
                 continue
             cached = state.model.action_rows.get(action_key(a))
             if cached is None:
-                cached = state.model.project_actions(self.trainer.action_vectors([a]))[0]
+                cached = self.trainer.action_rows([a], state.model)[0]
                 state.model.action_rows[action_key(a)] = cached
             stat = self.trainer.stats.get(a.id, (0.0, 0.0))
             rows[j], counts[j], successes[j] = cached, stat[0], stat[1]
@@ -182,10 +186,12 @@ class Loop:
 
     def default_decision(self) -> Decision:
         """The first (default) action, not logged: for bots and for failures."""
-        first = self.actions[0]
-        ranking = tuple(RankedAction(a.id, 1.0 if i == 0 else 0.0, math.nan)
-                        for i, a in enumerate(self.actions))
-        return Decision(self.name, "", first, 1.0, ranking, self.model_version, logged=False)
+        k = len(self.actions)
+        probs = np.zeros(k, dtype=np.float32)
+        probs[0] = 1.0
+        return Decision(self.name, "", self.actions[0], Choice(0, probs),
+                        [a.id for a in self.actions], [math.nan] * k, self.model_version,
+                        logged=False)
 
     # -- rewards ---------------------------------------------------------------------------
     def reward(self, event_id: str, value: float | None = None) -> None:
@@ -246,7 +252,8 @@ class Loop:
     def _enqueue(self, pending: _Pending) -> None:
         value = pending.total if pending.rewarded else float(self.settings.default_reward or 0.0)
         record = pending.record
-        self._ready.append(Sample(record.inputs, record.action, self.settings.normalise(value)))
+        self._ready.append(Sample(record.inputs, record.action, self.settings.normalise(value),
+                                  record.context))
         self.enqueued += 1
 
     def expire(self, now: float | None = None) -> int:
@@ -271,9 +278,8 @@ class Loop:
             self._persist()
             self.expire()
             learned = 0
-            size = self.settings.batch_size
             while self._ready:
-                batch = [self._ready.popleft() for _ in range(min(size, len(self._ready)))]
+                batch = [self._ready.popleft() for _ in range(min(LEARN_CHUNK, len(self._ready)))]
                 if self.settings.learning:
                     self.trainer.learn(batch)
                 learned += len(batch)

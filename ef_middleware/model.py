@@ -39,6 +39,7 @@ class ModelConfig:
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
     dropout: float = 0.0  # the thompson-dropout strategy trains with 0.1 unless set
+    average_decay: float = 0.99  # Polyak averaging of the weights that are served
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -50,6 +51,22 @@ class ModelConfig:
     def layer_sizes(self) -> list[tuple[int, int]]:
         sizes = [self.input_dim, *self.hidden, 1]
         return list(itertools.pairwise(sizes))
+
+
+def layer_views(config: ModelConfig, params: Array) -> list[tuple[Array, Array]]:
+    """``(weights, bias)`` views into the flat parameter vector, layer by layer."""
+    layers: list[tuple[Array, Array]] = []
+    offset = 0
+    for fan_in, fan_out in config.layer_sizes():
+        w = params[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
+        offset += fan_in * fan_out
+        layers.append((w, params[offset : offset + fan_out]))
+        offset += fan_out
+    return layers
+
+
+def parameter_count(config: ModelConfig) -> int:
+    return sum(i * o + o for i, o in config.layer_sizes())
 
 
 def learning_rate(config: ModelConfig, step: int) -> float:
@@ -82,27 +99,21 @@ class RewardNet:
         self.config = config
         self.dtype = np.dtype(dtype)
         self.rng = np.random.default_rng(seed)
-        shapes = config.layer_sizes()
-        total = sum(i * o + o for i, o in shapes)
+        total = parameter_count(config)
         self.params: Array = np.zeros(total, dtype=self.dtype)
-        self.layers: list[tuple[Array, Array]] = []
+        self.layers = layer_views(config, self.params)
         decay = np.zeros(total, dtype=self.dtype)  # weight decay on weights, not biases
-        offset = 0
-        for fan_in, fan_out in shapes:
-            w = self.params[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out)
-            decay[offset : offset + fan_in * fan_out] = 1.0
-            offset += fan_in * fan_out
-            b = self.params[offset : offset + fan_out]
-            offset += fan_out
+        for (w, _), (dw, _) in zip(self.layers, layer_views(config, decay), strict=True):
+            dw[...] = 1.0
             # Xavier/Glorot uniform (Glorot & Bengio 2010): U(+-sqrt(6 / (fan_in + fan_out)))
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            limit = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
             w[...] = self.rng.uniform(-limit, limit, size=w.shape)
-            self.layers.append((w, b))
         self.decay_mask = decay
         self.m: Array = np.zeros_like(self.params)
         self.v: Array = np.zeros_like(self.params)
         self._tmp: Array = np.zeros_like(self.params)
         self._decay: Array = np.zeros_like(self.params)
+        self.average: Array = self.params.copy()
         self.step = 0
 
     # -- forward / backward -------------------------------------------------------------------
@@ -154,7 +165,7 @@ class RewardNet:
         logits, acts = self.forward(x, train=train)
         # log(1 + e^z) - y z, computed stably
         loss = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
-        dlogits = (_sigmoid(logits) - y) / len(y)
+        dlogits = (sigmoid(logits) - y) / len(y)
         return loss, self.backward(acts, dlogits)
 
     # -- optimiser ----------------------------------------------------------------------------
@@ -191,6 +202,13 @@ class RewardNet:
         tmp *= lr / c1
         self.params -= tmp
         self.params -= decay
+        # Exponential moving average of the weights (Polyak & Juditsky 1992), the weights that
+        # are served: online steps on single noisy rewards make the raw weights jitter. The
+        # decay ramps up as 1 - 1/step so early averages are not biased towards the init.
+        keep = min(cfg.average_decay, 1.0 - 1.0 / self.step)
+        self.average *= keep
+        np.multiply(self.params, 1.0 - keep, out=tmp)
+        self.average += tmp
         if self.step % DENORMAL_EVERY == 0:
             tiny = np.finfo(self.dtype).tiny * 1e6
             self.m[np.abs(self.m) < tiny] = 0.0
@@ -206,14 +224,14 @@ class RewardNet:
     def predict(self, x: Array) -> Array:
         """Expected normalised reward of each row (no dropout)."""
         logits, _ = self.forward(x)
-        return _sigmoid(logits)
+        return sigmoid(logits)
 
     # -- serialisation ------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         meta = json.dumps({"config": asdict(self.config), "step": self.step})
-        np.savez(buf, params=self.params, m=self.m, v=self.v, meta=np.frombuffer(
-            meta.encode(), dtype=np.uint8))
+        np.savez(buf, params=self.params, m=self.m, v=self.v, average=self.average,
+                 meta=np.frombuffer(meta.encode(), dtype=np.uint8))
         return buf.getvalue()
 
     @classmethod
@@ -226,6 +244,7 @@ class RewardNet:
             net.params[...] = npz["params"]
             net.m[...] = npz["m"]
             net.v[...] = npz["v"]
+            net.average[...] = npz["average"]
         net.step = int(meta["step"])
         return net
 
@@ -239,7 +258,7 @@ def clip_by_norm(grads: Array, max_norm: float) -> float:
     return norm
 
 
-def _sigmoid(z: Array) -> Array:
+def sigmoid(z: Array) -> Array:
     out: Array = 0.5 * (1.0 + np.tanh(0.5 * z))  # exact identity, no overflow warnings
     return out
 
@@ -249,13 +268,23 @@ class ServingModel:
 
     The first layer is split by input block, so ranking K actions costs one context projection
     plus K precomputed action rows (cached per action here, per version).
+
+    Parameters
+    ----------
+    config
+        The network's shape.
+    params
+        Flat weights to serve (the learner serves a moving average of the trained ones).
+    version
+        Model version (optimiser steps so far).
     """
 
-    def __init__(self, net: RewardNet, version: int) -> None:
-        cfg = net.config
+    def __init__(self, config: ModelConfig, params: Array, version: int) -> None:
+        cfg = config
         self.version = version
         self.config = cfg
-        w1, b1 = net.layers[0]
+        layers = layer_views(cfg, params)
+        w1, b1 = layers[0]
         t = cfg.text_dim
         self.w1_context = np.ascontiguousarray(w1[:t], dtype=np.float32)
         self.w1_action = np.ascontiguousarray(w1[t : 2 * t], dtype=np.float32)
@@ -263,9 +292,9 @@ class ServingModel:
         self.b1 = b1.astype(np.float32)
         self.hidden = [
             (np.ascontiguousarray(w, dtype=np.float32), b.astype(np.float32))
-            for w, b in net.layers[1:-1]
+            for w, b in layers[1:-1]
         ]
-        w_out, b_out = net.layers[-1]
+        w_out, b_out = layers[-1]
         self.w_out = np.ascontiguousarray(w_out[:, 0], dtype=np.float32)
         self.b_out = np.float32(b_out[0])
         self.action_rows: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray] = {}
@@ -285,7 +314,12 @@ class ServingModel:
             h = np.maximum(h @ w + b, 0.0)
         return h
 
+    def logits(self, last_hidden: FloatArray) -> FloatArray:
+        """Output logits from last-hidden activations (any leading shape)."""
+        out: FloatArray = last_hidden @ self.w_out + self.b_out
+        return out
+
     def head(self, last_hidden: FloatArray) -> FloatArray:
         """Predicted reward in [0, 1] from last-hidden activations (any leading shape)."""
-        out: FloatArray = _sigmoid(last_hidden @ self.w_out + self.b_out).astype(np.float32)
+        out: FloatArray = sigmoid(self.logits(last_hidden)).astype(np.float32)
         return out

@@ -1,10 +1,24 @@
-"""Bayesian linear regression on the network's last hidden layer.
+"""Bayesian last layers: the uncertainty that contextual exploration needs.
 
-With features phi (the last hidden activations plus a bias term), a N(0, I / prior_precision)
-prior on the weights and Gaussian reward noise of variance ``noise``, the posterior is Gaussian
-with precision ``Lambda = prior_precision * I + Phi' Phi / noise`` and mean
-``Lambda^-1 Phi' r / noise`` (Bishop 2006, eq. 3.50-3.51). The learner updates it with every
-trained reward and rebuilds it from the replay buffer when the representation has moved.
+Both posteriors live on the features ``phi`` = the network's last hidden layer plus a bias term,
+computed with the served weights, and both keep the weighted Gram matrix
+
+    H = prior_precision * I + sum_i w_i phi_i phi_i'
+
+from which a ranking reads ``sd(a) = sqrt(phi_a' H^-1 phi_a)``, per action and per context: a
+context like those seen often gets a narrow score, an unusual one a wide score.
+
+- :class:`LaplacePosterior`: the Laplace approximation of a logistic last layer around the
+  trained weights (Bishop 2006, sec. 4.5; Chapelle & Li 2011 use it for Thompson sampling):
+  ``w_i = p_i (1 - p_i)`` with ``p_i`` the model's prediction, and the width is in logits.
+- :class:`LinearPosterior`: Bayesian linear regression on the rewards (Riquelme et al. 2018,
+  "neural-linear"): ``w_i = 1 / noise``, the posterior mean ``H^-1 sum_i w_i y_i phi_i``
+  (Bishop 2006, eq. 3.50-3.51) and widths in reward units. ``noise`` is the variance of the
+  network's own residuals on the data the posterior is rebuilt from (empirical Bayes).
+
+The learner folds every trained reward in and rebuilds the matrix from the most recent samples
+when the representation has moved; keeping only recent samples also lets uncertainty grow back
+where the population changes.
 """
 
 from __future__ import annotations
@@ -18,53 +32,103 @@ from ._types import Float64Array, FloatArray
 
 @dataclass(frozen=True)
 class PosteriorSnapshot:
-    """What ranking reads: the mean and a Cholesky factor L of the covariance (L L' = Sigma)."""
+    """What ranking reads: a factor ``L`` with ``L L' = H^-1``, and the regression's mean."""
 
-    mean: FloatArray
-    chol: FloatArray
+    factor: FloatArray  # (D, D): sd(phi) = ||phi @ factor||
+    mean: FloatArray | None  # (D,) for the linear regression; None for Laplace
+
+    def sd(self, phi: FloatArray) -> FloatArray:
+        """Posterior standard deviation of ``phi @ theta`` for each row of ``phi``."""
+        proj = phi @ self.factor
+        out: FloatArray = np.sqrt(np.einsum("kd,kd->k", proj, proj))
+        return out
+
+    def sd_hidden(self, hidden: FloatArray) -> FloatArray:
+        """:meth:`sd` for ``phi = [hidden, 1]`` without building ``phi``."""
+        proj = hidden @ self.factor[:-1]
+        proj += self.factor[-1]
+        out: FloatArray = np.sqrt(np.einsum("kd,kd->k", proj, proj))
+        return out
 
 
-class LastLayerPosterior:
-    """Running sufficient statistics of the regression; :meth:`snapshot` solves for the posterior.
+class _Gram:
+    """The weighted Gram matrix and the weighted reward sum of the rows folded in so far."""
 
-    Parameters
-    ----------
-    dim
-        Number of features (last hidden width + 1 for the bias).
-    prior_precision
-        Precision of the weight prior.
-    noise
-        Reward noise variance; 0.25 is the largest a reward in [0, 1] can have.
-    """
-
-    def __init__(self, dim: int, *, prior_precision: float = 1.0, noise: float = 0.25) -> None:
+    def __init__(self, dim: int, prior_precision: float) -> None:
         self.dim = dim
         self.prior_precision = prior_precision
-        self.noise = noise
         self.reset()
 
     def reset(self) -> None:
         self.precision: Float64Array = np.eye(self.dim) * self.prior_precision
         self.b: Float64Array = np.zeros(self.dim)
+        self.count = 0
 
-    def update(self, phi: FloatArray, rewards: FloatArray) -> None:
-        """Fold rows ``phi`` (N, dim) with normalised ``rewards`` (N,) into the statistics."""
+    def add(self, phi: FloatArray, weights: Float64Array, rewards: FloatArray) -> None:
         p = phi.astype(np.float64)
-        self.precision += p.T @ p / self.noise
-        self.b += p.T @ rewards.astype(np.float64) / self.noise
+        pw = p * weights[:, None]
+        self.precision += pw.T @ p
+        self.b += pw.T @ rewards.astype(np.float64)
+        self.count += phi.shape[0]
 
-    def rebuild(self, phi: FloatArray, rewards: FloatArray) -> None:
-        """Recompute from scratch on current features (after the network changed)."""
+    def factor(self) -> Float64Array:
+        # H = C C' (Cholesky); L = C'^-1 satisfies L L' = H^-1.
+        c = np.linalg.cholesky(self.precision)
+        c_inv: Float64Array = np.linalg.solve(c, np.eye(self.dim))  # lower triangular
+        return c_inv.T
+
+
+class LaplacePosterior(_Gram):
+    """Laplace approximation of a Bayesian logistic last layer (widths in logits)."""
+
+    def __init__(self, dim: int, *, prior_precision: float = 1.0) -> None:
+        super().__init__(dim, prior_precision)
+
+    @staticmethod
+    def weights(predicted: FloatArray) -> Float64Array:
+        p = predicted.astype(np.float64)
+        return np.maximum(p * (1.0 - p), 1e-4)
+
+    def update(self, phi: FloatArray, predicted: FloatArray, rewards: FloatArray) -> None:
+        """Fold rows ``phi`` (N, D) in, with the model's predictions for them."""
+        self.add(phi, self.weights(predicted), rewards)
+
+    def rebuild(self, phi: FloatArray, predicted: FloatArray, rewards: FloatArray) -> None:
+        """Recompute from these rows only (after the network changed)."""
         self.reset()
-        self.update(phi, rewards)
+        self.update(phi, predicted, rewards)
 
     def snapshot(self) -> PosteriorSnapshot:
-        # Sigma = Lambda^-1; with Lambda = C C' (Cholesky), L = C'^-1 satisfies L L' = Sigma.
-        c = np.linalg.cholesky(self.precision)
-        eye = np.eye(self.dim)
-        c_inv = np.linalg.solve(c, eye)  # C^-1, lower triangular
-        mean = c_inv.T @ (c_inv @ self.b)
-        return PosteriorSnapshot(mean.astype(np.float32), np.ascontiguousarray(c_inv.T, np.float32))
+        return PosteriorSnapshot(np.ascontiguousarray(self.factor(), np.float32), None)
+
+
+class LinearPosterior(_Gram):
+    """Bayesian linear regression of the normalised rewards on ``phi`` (widths in rewards)."""
+
+    def __init__(self, dim: int, *, prior_precision: float = 1.0, noise: float = 0.25) -> None:
+        super().__init__(dim, prior_precision)
+        self.noise = noise
+
+    def update(self, phi: FloatArray, predicted: FloatArray, rewards: FloatArray) -> None:
+        """Fold rows ``phi`` (N, D) with normalised ``rewards`` (N,) in."""
+        self.add(phi, np.full(phi.shape[0], 1.0 / self.noise), rewards)
+
+    def rebuild(self, phi: FloatArray, predicted: FloatArray, rewards: FloatArray) -> None:
+        """Recompute from these rows only, re-estimating the noise from the residuals."""
+        if rewards.size >= 2:
+            residual = rewards.astype(np.float64) - predicted.astype(np.float64)
+            self.noise = float(np.clip(np.mean(residual**2), 1e-3, 0.25))
+        self.reset()
+        self.update(phi, predicted, rewards)
+
+    def snapshot(self) -> PosteriorSnapshot:
+        factor = self.factor()
+        mean = factor @ (factor.T @ self.b)  # H^-1 b
+        return PosteriorSnapshot(np.ascontiguousarray(factor, np.float32),
+                                 mean.astype(np.float32))
+
+
+Posterior = LaplacePosterior | LinearPosterior
 
 
 def with_bias(hidden: FloatArray) -> FloatArray:

@@ -19,8 +19,9 @@ class LoopSettings:
     Parameters
     ----------
     strategy
-        Exploration policy: ``thompson`` (default), ``thompson-dropout``, ``neural-linear``,
-        ``ucb``, ``epsilon-greedy``, ``uniform`` (A/B split) or ``bernoulli-ts`` (no context).
+        Exploration policy: ``laplace`` (default: Thompson sampling on a Bayesian last layer),
+        ``thompson``, ``thompson-dropout``, ``neural-linear``, ``ucb``, ``epsilon-greedy``,
+        ``uniform`` (A/B split) or ``bernoulli-ts`` (no context).
     strategy_options
         Keyword options of the policy, e.g. ``{"epsilon": 0.1}`` or ``{"noise": 0.2}``.
     reward_range
@@ -34,9 +35,30 @@ class LoopSettings:
         (clipped to the range) until ``reward_wait`` is over.
     learning
         ``False`` freezes the model: decisions are logged, nothing is trained.
+    model
+        Network shape and optimiser (:class:`~ef_middleware.model.ModelConfig`).
+    embedding_scale
+        Multiplies the pooled embeddings (the context's after centring): unit vectors have
+        entries near 0.05, far below the unit scale Xavier initialisation expects.
+    batch_size
+        Samples per optimiser step.
+    replay_ratio
+        Gradient visits each learned sample earns: every ``batch_size / replay_ratio`` new
+        samples buy one optimiser step on them plus samples replayed from the buffer.
+    early_replay_ratio, early_samples
+        A young loop trains harder: the n-th learned sample earns
+        ``max(replay_ratio, early_replay_ratio * min(1, early_samples / n))`` visits, so the
+        first few hundred visitors already shape the model.
+    replay_size
+        Most recent samples kept for replay (the network's memory).
+    snapshot_every
+        Optimiser steps between saved snapshots.
+    posterior_every, posterior_window
+        The Bayesian last layer is rebuilt every ``posterior_every`` samples from the last
+        ``posterior_window`` ones (its memory; between rebuilds each sample is folded in).
     """
 
-    strategy: Strategy = "thompson"
+    strategy: Strategy = "laplace"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     reward_range: tuple[float, float] = (0.0, 1.0)
     default_reward: float | None = None
@@ -46,11 +68,13 @@ class LoopSettings:
     model: ModelConfig = field(default_factory=ModelConfig)
     embedding_scale: float = 20.0
     batch_size: int = 64
-    replay_size: int = 4096
-    replay_batch: int = 256
+    replay_ratio: float = 8.0
+    early_replay_ratio: float = 64.0
+    early_samples: int = 200
+    replay_size: int = 10_000
     snapshot_every: int = 100
-    posterior_every: int = 25
-    posterior_window: int = 1024
+    posterior_every: int = 256
+    posterior_window: int = 4096
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -78,10 +102,13 @@ class LoopSettings:
             raise ConfigurationError("reward_wait is in seconds and must be positive, e.g. 600")
         if self.aggregation not in ("earliest", "sum"):
             raise ConfigurationError("aggregation must be 'earliest' or 'sum'")
-        for name in ("batch_size", "replay_size", "replay_batch", "snapshot_every",
-                     "posterior_every", "posterior_window"):
+        for name in ("batch_size", "replay_size", "snapshot_every", "posterior_every",
+                     "posterior_window"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1")
+        for name in ("replay_ratio", "early_replay_ratio"):
+            if not 0 < getattr(self, name) <= 1024:
+                raise ConfigurationError(f"{name} must be in (0, 1024], e.g. 8")
 
     def normalise(self, value: float) -> float:
         """Map a reward in ``reward_range`` to [0, 1]."""

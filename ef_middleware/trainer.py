@@ -1,7 +1,15 @@
-"""The learning side of one loop: network, replay buffer, posterior, counts and snapshots.
+"""The learning side of one loop: network, replay buffer, input scaling, posterior, snapshots.
 
 Only the learner thread calls a :class:`Trainer` (ranking reads the :class:`ServingState` it
 publishes), so none of this is on the request path.
+
+How much to train is set per sample, not per call: every learned sample adds its replay ratio
+to a budget, and each optimiser step spends ``batch_size`` of it on the new samples plus samples
+drawn from the replay buffer. A sample is thus visited about ``replay_ratio`` times while it is
+in the buffer, whether rewards arrive one by one or a thousand at once. A small ratio matters on
+noisy rewards: replaying each conversion hundreds of times teaches the network the noise. The
+first samples of a loop earn more (``early_replay_ratio``), so a young loop learns from its
+first few hundred visitors (docs/design.md, "Learning").
 """
 
 from __future__ import annotations
@@ -9,21 +17,24 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from ._types import FloatArray
-from .features import Action, EncodedContext, FeatureEncoder
-from .model import RewardNet, ServingModel
-from .posterior import LastLayerPosterior, PosteriorSnapshot, with_bias
+from ._types import Context, FloatArray, IntArray
+from .features import Action, EncodedContext, FeatureEncoder, RunningScaler
+from .model import RewardNet, ServingModel, layer_views
+from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, with_bias
 from .settings import LoopSettings
 from .store import Store
 
 log = logging.getLogger("ef_middleware")
 KEEP_VERSIONS = 3
+ActionKey = tuple[str, tuple[tuple[str, str], ...]]
+POSTERIORS = {"laplace": LaplacePosterior, "ucb": LaplacePosterior,
+              "neural-linear": LinearPosterior}
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,8 @@ class ServingState:
     counts: FloatArray  # (K,) learned decisions per action
     successes: FloatArray  # (K,) summed normalised rewards per action
     posterior: PosteriorSnapshot | None
+    text_scale: tuple[FloatArray, FloatArray]  # context text standardisation (mean, 1/std)
+    learned: int  # samples learned so far
 
     @property
     def version(self) -> int:
@@ -50,32 +63,83 @@ class Sample:
     inputs: EncodedContext
     action: Action
     reward: float
+    context: Context | None = None  # to encode again if ``inputs`` were provisional
+
+
+class ActionTable:
+    """Every action the loop has learned about: its pooled, scaled text vector, by row."""
+
+    def __init__(self, encoder: FeatureEncoder, scale: float) -> None:
+        self._encoder = encoder
+        self._scale = np.float32(scale)
+        self._index: dict[ActionKey, int] = {}
+        self._lock = threading.Lock()  # the learner and a per-call action list may both add
+        self.vectors = np.zeros((0, encoder.dim), dtype=np.float32)
+
+    def rows(self, actions: Sequence[Action]) -> IntArray:
+        """Row of each action, embedding the new ones."""
+        out = np.empty(len(actions), dtype=np.int64)
+        for i, action in enumerate(actions):
+            row = self._index.get(action_key(action))
+            if row is None:
+                with self._lock:
+                    return self._add(actions, out)
+            out[i] = row
+        return out
+
+    def vectors_of(self, actions: Sequence[Action]) -> FloatArray:
+        rows = self.rows(actions)  # first: it may grow the table
+        out: FloatArray = self.vectors[rows]
+        return out
+
+    def _add(self, actions: Sequence[Action], out: IntArray) -> IntArray:
+        new: list[tuple[int, Action]] = []
+        for i, action in enumerate(actions):
+            row = self._index.get(action_key(action))
+            if row is None:
+                new.append((i, action))
+            else:
+                out[i] = row
+        if new:
+            vectors = self._encoder.actions([a for _, a in new]) * self._scale
+            start = self.vectors.shape[0]
+            self.vectors = np.vstack([self.vectors, vectors.astype(np.float32)])
+            for j, (i, action) in enumerate(new):
+                self._index[action_key(action)] = out[i] = start + j
+        return out
 
 
 class Replay:
-    """A ring buffer of recent samples (text inputs, raw numerics, targets)."""
+    """A ring buffer of recent samples: context text, raw numbers, action row, target."""
 
-    def __init__(self, capacity: int, text_width: int, numeric_dim: int) -> None:
-        self.text = np.zeros((capacity, text_width), dtype=np.float32)
+    def __init__(self, capacity: int, text_dim: int, numeric_dim: int) -> None:
+        self.text = np.zeros((capacity, text_dim), dtype=np.float32)
         self.raw = np.zeros((capacity, numeric_dim), dtype=np.float32)
         self.mask = np.zeros((capacity, numeric_dim), dtype=np.float32)
+        self.action = np.zeros(capacity, dtype=np.int64)
         self.y = np.zeros(capacity, dtype=np.float32)
         self.size = 0
         self.head = 0
 
-    def add(self, text: FloatArray, raw: FloatArray, mask: FloatArray, y: FloatArray) -> None:
-        cap = self.y.shape[0]
-        for i in range(y.shape[0]):
-            self.text[self.head], self.raw[self.head] = text[i], raw[i]
-            self.mask[self.head] = mask[i]
-            self.y[self.head] = y[i]
-            self.head = (self.head + 1) % cap
-            self.size = min(self.size + 1, cap)
+    @property
+    def capacity(self) -> int:
+        return int(self.y.shape[0])
 
-    def recent(self, n: int) -> np.ndarray[Any, np.dtype[np.int64]]:
-        cap = self.y.shape[0]
+    def add(self, text: FloatArray, raw: FloatArray, mask: FloatArray, action: IntArray,
+            y: FloatArray) -> IntArray:
+        """Append rows; return the slots they went to."""
+        slots: IntArray = (self.head + np.arange(y.shape[0])) % self.capacity
+        self.text[slots], self.raw[slots], self.mask[slots] = text, raw, mask
+        self.action[slots], self.y[slots] = action, y
+        self.head = int((self.head + y.shape[0]) % self.capacity)
+        self.size = min(self.size + y.shape[0], self.capacity)
+        return slots
+
+    def recent(self, n: int) -> IntArray:
+        """Slots of the ``n`` most recent samples."""
         n = min(n, self.size)
-        return (self.head - 1 - np.arange(n)) % cap
+        out: IntArray = (self.head - 1 - np.arange(n)) % self.capacity
+        return out
 
 
 class Trainer:
@@ -90,97 +154,134 @@ class Trainer:
         cfg = settings.model
         self.net = RewardNet(cfg, seed=seed)
         self.rng = np.random.default_rng(seed + 1)
-        self.replay = Replay(settings.replay_size, 2 * cfg.text_dim, cfg.numeric_dim)
-        self.uses_posterior = settings.strategy in ("neural-linear", "ucb")
-        self.posterior = LastLayerPosterior(cfg.hidden[-1] + 1)
+        self.replay = Replay(settings.replay_size, cfg.text_dim, cfg.numeric_dim)
+        self.actions = ActionTable(encoder, settings.embedding_scale)
+        # Pooled context vectors share a large common part (every "device: ..." text is alike);
+        # centring it away and scaling the differences to unit size made the network learn
+        # Mushroom's edibility several times faster (docs/design.md, "Model input").
+        self.text_scaler = RunningScaler(cfg.text_dim, fixed_scale=settings.embedding_scale)
+        kind = POSTERIORS.get(settings.strategy)
+        self.posterior = kind(cfg.hidden[-1] + 1) if kind is not None else None
         self.stats: dict[str, list[float]] = {}  # action id -> [count, summed reward]
-        self.since_snapshot = 0
-        self._action_vectors: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray] = {}
+        self.learned = 0
+        self._credit = 0.0
+        self._fresh: list[int] = []  # replay slots not yet in a gradient step
+        self._since_rebuild = 0
+        self._steps_since_snapshot = 0
 
     # -- inputs ----------------------------------------------------------------------------
-    def action_vectors(self, actions: Sequence[Action]) -> FloatArray:
-        """Pooled embeddings of ``actions``, memoised per (id, features)."""
-        out = np.empty((len(actions), self.encoder.dim), dtype=np.float32)
-        for i, action in enumerate(actions):
-            key = action_key(action)
-            vec = self._action_vectors.get(key)
-            if vec is None:
-                vec = self.encoder.actions([action])[0]
-                self._action_vectors[key] = vec
-            out[i] = vec
-        return out
+    def inputs(self, slots: IntArray) -> FloatArray:
+        """Model input rows for replay ``slots``, with the current input scaling."""
+        r = self.replay
+        text = self.text_scaler.standardise(r.text[slots])
+        numeric = self.encoder.numeric.standardise(r.raw[slots], r.mask[slots])
+        return np.ascontiguousarray(
+            np.hstack([text, self.actions.vectors[r.action[slots]], numeric]), dtype=np.float32)
 
-    def _inputs(self, text: FloatArray, raw: FloatArray, mask: FloatArray) -> FloatArray:
-        numeric = self.encoder.numeric.standardise(raw, mask)
-        return np.ascontiguousarray(np.hstack([text, numeric]), dtype=np.float32)
+    def served(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Last-hidden features (with bias) and predictions of the *served* weights."""
+        layers = layer_views(self.net.config, self.net.average)
+        h = x
+        for w, b in layers[:-1]:
+            h = np.maximum(h @ w + b, 0.0)
+        w_out, b_out = layers[-1]
+        logits = (h @ w_out)[:, 0] + b_out[0]
+        predicted: FloatArray = 0.5 * (1.0 + np.tanh(0.5 * logits))
+        return with_bias(h), predicted
 
     # -- learning --------------------------------------------------------------------------
-    def learn(self, samples: Sequence[Sample]) -> None:
-        """One optimiser step on ``samples`` plus a draw from the replay buffer."""
+    def learn(self, samples: Sequence[Sample]) -> int:
+        """Add ``samples`` to the buffer and spend their training budget; returns the number
+        of optimiser steps taken."""
         n = len(samples)
-        text = np.empty((n, self.replay.text.shape[1]), dtype=np.float32)
-        ctx_dim = self.encoder.dim
-        text[:, ctx_dim:] = self.action_vectors([s.action for s in samples])
-        raw = np.empty((n, self.replay.raw.shape[1]), dtype=np.float32)
-        mask = np.empty_like(raw)
-        for i, s in enumerate(samples):
-            text[i, :ctx_dim] = s.inputs.text
-            raw[i], mask[i] = s.inputs.numeric_raw, s.inputs.numeric_mask
+        if n == 0:
+            return 0
+        for s in samples:  # learn from the real vectors of texts that were new at ranking
+            if s.inputs.provisional and s.context is not None:
+                s.inputs = self.encoder.context(s.context, block=True)
+        text = np.stack([s.inputs.text for s in samples]).astype(np.float32)
+        raw = np.stack([s.inputs.numeric_raw for s in samples]).astype(np.float32)
+        mask = np.stack([s.inputs.numeric_mask for s in samples]).astype(np.float32)
         y = np.array([s.reward for s in samples], dtype=np.float32)
+        rows = self.actions.rows([s.action for s in samples])
+        self.text_scaler.update(text)
         self.encoder.numeric.update(raw, mask)
-        replayed = min(self.settings.replay_batch, self.replay.size)
-        if replayed:
-            pick = self.rng.integers(0, self.replay.size, size=replayed)
-            text_b = np.vstack([text, self.replay.text[pick]])
-            raw_b = np.vstack([raw, self.replay.raw[pick]])
-            mask_b = np.vstack([mask, self.replay.mask[pick]])
-            y_b = np.concatenate([y, self.replay.y[pick]])
-        else:
-            text_b, raw_b, mask_b, y_b = text, raw, mask, y
-        self.net.train_batch(self._inputs(text_b, raw_b, mask_b), y_b)
-        self.replay.add(text, raw, mask, y)
+        slots = self.replay.add(text, raw, mask, rows, y)
+        self._fresh.extend(int(i) for i in slots)
         for s in samples:
             entry = self.stats.setdefault(s.action.id, [0.0, 0.0])
             entry[0] += 1.0
             entry[1] += s.reward
-        if self.uses_posterior:
-            if self.net.step % self.settings.posterior_every == 0:
-                self.rebuild_posterior()
-            else:
-                self.posterior.update(with_bias(self.hidden(self._inputs(text, raw, mask))), y)
-        self.since_snapshot += 1
-        if self.since_snapshot >= self.settings.snapshot_every:
+        steps = self._train(n)
+        self.learned += n
+        self._update_posterior(slots)
+        if self._steps_since_snapshot >= self.settings.snapshot_every:
             self.save()
+        return steps
 
-    def hidden(self, x: FloatArray) -> FloatArray:
-        h: FloatArray = x
-        for w, b in self.net.layers[:-1]:
-            h = np.maximum(h @ w + b, 0.0)
-        return h
+    def _train(self, n: int) -> int:
+        cfg = self.settings
+        size = cfg.batch_size
+        order = self.learned + np.arange(1, n + 1)  # 1-based rank of each new sample
+        ratio = np.maximum(cfg.replay_ratio,
+                           cfg.early_replay_ratio * np.minimum(1.0, cfg.early_samples / order))
+        self._credit += float(ratio.sum())
+        steps = 0
+        while self._credit >= size:
+            self._credit -= size
+            fresh = np.asarray(self._fresh[:size], dtype=np.int64)
+            del self._fresh[:size]
+            drawn = self.rng.integers(0, self.replay.size, size=size - fresh.size)
+            batch = np.concatenate([fresh, drawn])
+            self.net.train_batch(self.inputs(batch), self.replay.y[batch])
+            steps += 1
+        self._steps_since_snapshot += steps
+        return steps
 
-    def rebuild_posterior(self) -> None:
-        rows = self.replay.recent(self.settings.posterior_window)
-        r = self.replay
-        x = self._inputs(r.text[rows], r.raw[rows], r.mask[rows])
-        self.posterior.rebuild(with_bias(self.hidden(x)), r.y[rows])
+    def _update_posterior(self, slots: IntArray) -> None:
+        if self.posterior is None:
+            return
+        self._since_rebuild += slots.size
+        window = self.settings.posterior_window
+        # A restored posterior holds more than an emptied buffer: rebuild once it refilled.
+        refilled = self.replay.size >= min(window, self.learned)
+        if self._since_rebuild >= self.settings.posterior_every and refilled:
+            self._since_rebuild = 0
+            slots = self.replay.recent(self.settings.posterior_window)
+            phi, predicted = self.served(self.inputs(slots))
+            self.posterior.rebuild(phi, predicted, self.replay.y[slots])
+        else:
+            phi, predicted = self.served(self.inputs(slots))
+            self.posterior.update(phi, predicted, self.replay.y[slots])
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, actions: Sequence[Action]) -> ServingState:
-        """A fresh serving state: weights copy, action rows of ``actions``, counts, posterior."""
-        model = ServingModel(self.net, version=self.net.step)
-        rows = model.project_actions(self.action_vectors(actions))
+        """A fresh serving state: served weights, action rows, counts, posterior, scaling."""
+        model = ServingModel(self.net.config, self.net.average, version=self.net.step)
+        rows = model.project_actions(self.actions.vectors_of(actions))
         counts = np.array([self.stats.get(a.id, (0.0, 0.0))[0] for a in actions], np.float32)
         succ = np.array([self.stats.get(a.id, (0.0, 0.0))[1] for a in actions], np.float32)
-        post = self.posterior.snapshot() if self.uses_posterior and self.net.step else None
+        post = self.posterior.snapshot() if self.posterior is not None else None
         return ServingState(model, tuple(actions), {a.id: i for i, a in enumerate(actions)},
-                            np.ascontiguousarray(rows), counts, succ, post)
+                            np.ascontiguousarray(rows), counts, succ, post,
+                            self.text_scaler.scale, self.learned)
+
+    def action_rows(self, actions: Sequence[Action], model: ServingModel) -> FloatArray:
+        """Layer-1 action rows of ``actions`` under ``model`` (for per-call action lists)."""
+        rows: FloatArray = model.project_actions(self.actions.vectors_of(actions))
+        return rows
 
     # -- snapshots ------------------------------------------------------------------------
     def save(self) -> None:
         """Write a versioned snapshot and the ``latest`` pointer; keep the last few versions."""
-        self.since_snapshot = 0
-        meta = json.dumps({"version": self.net.step, "numeric": self.encoder.numeric.state(),
-                           "stats": self.stats}).encode()
+        self._steps_since_snapshot = 0
+        meta = json.dumps({
+            "version": self.net.step, "learned": self.learned,
+            "numeric": self.encoder.numeric.state(), "text": self.text_scaler.state(),
+            "stats": self.stats,
+            "posterior": None if self.posterior is None else {
+                "precision": self.posterior.precision.tolist(), "b": self.posterior.b.tolist()},
+        }).encode()
         blob = struct.pack("<I", len(meta)) + meta + self.net.to_bytes()
         version = self.net.step
         self.store.set_many({f"model:{self.name}:v{version}": blob,
@@ -208,10 +309,19 @@ class Trainer:
         net.config = self.settings.model  # optimiser settings follow the code, shapes the data
         net.rng = self.net.rng
         self.net = net
+        self.learned = int(meta.get("learned", 0))
         self.encoder.numeric.restore(meta["numeric"])
+        if "text" in meta:
+            self.text_scaler.restore(meta["text"])
         self.stats = {str(k): [float(v[0]), float(v[1])] for k, v in meta["stats"].items()}
+        saved = meta.get("posterior")
+        if self.posterior is not None and saved is not None:
+            precision = np.asarray(saved["precision"], dtype=np.float64)
+            if precision.shape == self.posterior.precision.shape:
+                self.posterior.precision = precision
+                self.posterior.b = np.asarray(saved["b"], dtype=np.float64)
         return True
 
 
-def action_key(action: Action) -> tuple[str, tuple[tuple[str, str], ...]]:
+def action_key(action: Action) -> ActionKey:
     return action.id, tuple(sorted(action.features.items()))

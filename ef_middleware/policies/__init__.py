@@ -5,17 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from .._types import STRATEGIES, Strategy
+from ..decision import Choice
 from ..errors import ConfigurationError
-from .base import Candidates, Choice, Policy
+from .base import Candidates, Policy
 from .bernoulli import BernoulliThompson
 from .dropout import DropoutThompson
 from .epsilon_greedy import EpsilonGreedy
+from .laplace import Laplace
 from .neural_linear import NeuralLinear
 from .thompson import Thompson
 from .ucb import UCB
 from .uniform import Uniform
 
 POLICIES: dict[str, type[Policy]] = {
+    "laplace": Laplace,
     "thompson": Thompson,
     "thompson-dropout": DropoutThompson,
     "neural-linear": NeuralLinear,
@@ -45,6 +48,7 @@ __all__ = [
     "Choice",
     "DropoutThompson",
     "EpsilonGreedy",
+    "Laplace",
     "NeuralLinear",
     "Policy",
     "Thompson",

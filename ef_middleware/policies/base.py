@@ -1,24 +1,32 @@
-"""What every exploration policy shares: its inputs, its output and the Monte Carlo helper.
+"""What every exploration policy shares: its inputs, its output and the propensity helpers.
 
-A policy turns the model's view of K candidate actions into the probability of choosing each one
-and a choice drawn from exactly that distribution. The chosen action's probability is the *true
-propensity* logged for counterfactual evaluation: closed-form where one exists, otherwise a Monte
-Carlo estimate over ``M`` independent draws of the policy's own randomness, of which the draw that
-made the choice is one (so the chosen action never gets propensity 0). The estimate's standard
-error is ``sqrt(p (1 - p) / M)``: at most 0.016 for ``M = 1000`` draws (K <= 20), 0.035 for
-K = 100 (200 draws) and 0.0625 for K >= 313 (64 draws): see :meth:`Policy.draws`.
+A policy turns the model's view of K candidate actions into a choice, and the probability of
+choosing each action under exactly the distribution the choice was drawn from. The chosen
+action's probability is the *true propensity* logged for counterfactual evaluation. It is exact
+(a closed form, or a one-dimensional integral computed to better than 1e-3, see
+:mod:`.winprob`) for every policy but ``thompson-dropout``, and for Gaussian policies up to
+:data:`~.winprob.MAX_EXACT` actions that can win; beyond, a Monte Carlo estimate over ``M``
+draws of the policy's own randomness (standard error ``sqrt(p (1 - p) / M)``, see
+:meth:`Policy.draws`).
+
+Thompson policies draw the choice with one sample per action on the request path and compute
+the probabilities only when asked (:class:`~ef_middleware.decision.Choice`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+from scipy.special import ndtr
 
-from .._types import FloatArray
+from .._types import Float64Array, FloatArray
+from ..decision import Choice
 from ..model import ServingModel
 from ..posterior import PosteriorSnapshot
+from .winprob import MAX_EXACT, gaussian_win_probabilities, live_actions
 
 
 @dataclass
@@ -26,20 +34,13 @@ class Candidates:
     """The model's view of the K actions of one decision."""
 
     mean: FloatArray  # (K,) predicted normalised reward
+    logits: FloatArray  # (K,) the same before the sigmoid
     hidden: FloatArray  # (K, H) last hidden layer
     counts: FloatArray  # (K,) learned decisions per action
     successes: FloatArray  # (K,) summed normalised rewards per action
     model: ServingModel
     posterior: PosteriorSnapshot | None
-
-
-@dataclass
-class Choice:
-    """A policy's answer: the chosen index and every action's probability of being chosen."""
-
-    index: int
-    probabilities: FloatArray  # (K,), sums to 1
-    exact: bool  # closed form (True) or Monte Carlo estimate (False)
+    learned: int = 0  # samples the model has learned from (all actions)
 
 
 class Policy(ABC):
@@ -54,7 +55,7 @@ class Policy(ABC):
 
     @abstractmethod
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
-        """Draw a choice and return it with the probabilities of every action."""
+        """Draw a choice and return it with (a way to compute) every action's probability."""
 
     def draws(self, k: int) -> int:
         """Monte Carlo draws for K actions: fewer for large K, to bound the work at ~2e4
@@ -76,3 +77,59 @@ class Policy(ABC):
         index = int(np.argmax(scores))
         probs[index] = 1.0
         return Choice(index, probs, exact=True)
+
+    @staticmethod
+    def sample(probs: FloatArray, rng: np.random.Generator, exact: bool = True) -> Choice:
+        """Draw the choice from ``probs`` (so the logged propensity is the real one)."""
+        cum = np.cumsum(probs, dtype=np.float64)
+        index = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+        index = min(index, probs.shape[0] - 1)
+        if probs[index] <= 0:  # float rounding at the very top: take a real option
+            index = int(np.argmax(probs))
+        return Choice(index, probs, exact)
+
+    def gaussian(self, mean: FloatArray, sd: FloatArray, rng: np.random.Generator) -> Choice:
+        """Thompson sampling with independent scores ``N(mean_a, sd_a^2)``: one draw per
+        action chooses; the win probabilities are computed on demand."""
+        mu = mean.astype(np.float64)
+        sigma = np.maximum(sd.astype(np.float64), 1e-9)
+        k = mu.shape[0]
+        if k == 1:
+            return Choice(0, np.ones(1, dtype=np.float32))
+        index = int(np.argmax(mu + sigma * rng.standard_normal(k)))
+        exact = k <= MAX_EXACT
+        if not exact:  # prune now, to know whether the integral will do
+            live = live_actions(mu, sigma)
+            exact = live.size <= MAX_EXACT
+        seed = None if exact else int(rng.integers(2**62))
+        return Choice(index, exact=exact, compute=partial(
+            gaussian_probabilities, mu, sigma, index, self.draws(k), seed))
+
+
+def gaussian_probabilities(mu: Float64Array, sigma: Float64Array, index: int, draws: int,
+                           seed: int | None) -> FloatArray:
+    """Win probabilities of independent Gaussian scores; ``index`` was drawn from them.
+
+    Two actions: the closed form. Up to ``MAX_EXACT`` actions that can win: the integral.
+    Beyond: Monte Carlo with ``draws`` draws from ``seed``, counting the draw that chose, so
+    the chosen action never gets propensity 0.
+    """
+    k = mu.shape[0]
+    if k == 2:  # P(first wins) = Phi((mu_0 - mu_1) / sqrt(sd_0^2 + sd_1^2))
+        first = float(ndtr((mu[0] - mu[1]) / np.hypot(sigma[0], sigma[1])))
+        return np.array([first, 1.0 - first], dtype=np.float32)
+    if k <= MAX_EXACT:
+        return gaussian_win_probabilities(mu, sigma).astype(np.float32)
+    probs = np.zeros(k, dtype=np.float32)
+    live = live_actions(mu, sigma)
+    if live.size == 1:
+        probs[live[0]] = 1.0
+    elif live.size <= MAX_EXACT:
+        probs[live] = gaussian_win_probabilities(mu[live], sigma[live])
+    else:
+        z = np.random.default_rng(seed).standard_normal((draws, live.size))
+        winners = np.argmax(mu[live] + z * sigma[live], axis=1)
+        counts = np.bincount(winners, minlength=live.size).astype(np.float64)
+        counts[np.searchsorted(live, index)] += 1.0  # the draw that made the choice
+        probs[live] = counts / (draws + 1)
+    return probs

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Candidates, Choice, Policy
+from ..decision import Choice
+from .base import Candidates, Policy
 
 
 class DropoutThompson(Policy):

@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..decision import Choice
 from ..posterior import with_bias
-from .base import Candidates, Choice, Policy
+from .base import Candidates, Policy
 
 
 class NeuralLinear(Policy):
-    """Bayesian linear regression on the last hidden layer, sampled once per draw.
+    """Bayesian linear regression of the rewards on the last hidden layer.
 
-    The network learns the representation; the exact Gaussian posterior over the linear head
-    (kept by the learner, rebuilt on every snapshot) supplies the uncertainty. Riquelme et al.
-    found this the most robust method across their benchmark. Falls back to the network's mean
-    before the first posterior exists.
+    The network learns the representation; the Gaussian posterior of the linear head
+    (:class:`~ef_middleware.posterior.LinearPosterior`, rebuilt from recent samples) supplies
+    both the mean and the width of each action's score. Scores are drawn from each action's
+    marginal posterior independently, so the propensities are exact integrals; Riquelme et al.
+    draw one weight vector for all actions, which correlates the draws. Falls back to the
+    network's mean before the first posterior exists.
     """
 
     name = "neural-linear"
 
+    def __init__(self, *, scale: float = 1.0, samples: int = 1000) -> None:
+        super().__init__(samples=samples)
+        if not scale > 0:
+            raise ValueError("scale must be positive")
+        self.scale = scale
+
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
         post = c.posterior
-        if post is None:
+        if post is None or post.mean is None:
             return self.greedy(c.mean)
-        k = c.mean.shape[0]
-        m = self.draws(k)
-        phi = with_bias(c.hidden)  # (K, H+1)
-        z = rng.standard_normal((m, post.mean.shape[0]), dtype=np.float32)
-        thetas = post.mean + z @ post.chol.T  # (M, H+1) ~ N(mean, cov)
-        return self.monte_carlo(thetas @ phi.T)
+        phi = with_bias(c.hidden)
+        return self.gaussian(phi @ post.mean, self.scale * post.sd(phi), rng)

@@ -1,17 +1,18 @@
-"""Upper confidence bound on the learned representation (LinUCB on the last layer)."""
+"""Upper confidence bound on the learned representation (GLM-UCB on the last layer)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..posterior import with_bias
-from .base import Candidates, Choice, Policy
+from ..decision import Choice
+from .base import Candidates, Policy
 
 
 class UCB(Policy):
-    """Score = prediction + ``alpha`` * sqrt(phi' Sigma phi), the posterior width of the
-    last-layer regression (Li et al. 2010; Zhou et al. 2020 use the same width on a network's
-    gradient features). Deterministic, so the propensity is exactly 1 for the argmax.
+    """Score = logit + ``alpha`` * sd, with ``sd`` the Laplace posterior width of the last
+    layer for this context and action (Li, Lu & Zhou 2017 for generalised linear bandits; Zhou
+    et al. 2020 use the same width on a network's gradient features). Deterministic, so the
+    propensity is exactly 1 for the argmax.
     """
 
     name = "ucb"
@@ -22,8 +23,6 @@ class UCB(Policy):
 
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
         post = c.posterior
-        if post is None:  # before the first posterior: prefer the least tried action
+        if post is None:  # no posterior: prefer the least tried action
             return self.greedy(c.mean + self.alpha / np.sqrt(c.counts + 1.0))
-        phi = with_bias(c.hidden)
-        width = np.linalg.norm(phi @ post.chol, axis=1)  # sqrt(phi' L L' phi)
-        return self.greedy(c.mean + self.alpha * width)
+        return self.greedy(c.logits + self.alpha * post.sd_hidden(c.hidden))

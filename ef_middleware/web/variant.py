@@ -32,32 +32,42 @@ class Variant:
     event_id
         The logged decision's id (``None`` for default variants served to bots or on failure).
     probability
-        The policy's propensity of this choice (``None`` for a sticky re-view).
+        The policy's propensity of this choice (``None`` for a sticky re-view), computed on
+        first access.
     sticky
         Reused from an earlier decision of this visitor; no new decision was made.
     default
         The loop's default (first) variant served to a bot, an opted-out visitor or on failure.
     """
 
-    __slots__ = ("default", "event_id", "features", "id", "loop", "probability", "sticky")
+    __slots__ = ("_decision", "_probability", "default", "event_id", "features", "id", "loop",
+                 "sticky")
 
     def __init__(self, loop: str, id: str, features: Mapping[str, Any], *,
                  event_id: str | None = None, probability: float | None = None,
-                 sticky: bool = False, default: bool = False) -> None:
+                 sticky: bool = False, default: bool = False,
+                 decision: Decision | None = None) -> None:
         self.loop = loop
         self.id = id
         self.features: Mapping[str, Any] = features
         self.event_id = event_id
-        self.probability = probability
+        self._probability = probability
+        self._decision = decision
         self.sticky = sticky
         self.default = default
+
+    @property
+    def probability(self) -> float | None:
+        if self._probability is None and self._decision is not None:
+            self._probability = self._decision.probability
+        return self._probability
 
     @classmethod
     def from_decision(cls, decision: Decision, *, default: bool = False) -> Variant:
         """Wrap an engine decision (its event id only when it was logged)."""
         return cls(decision.loop, decision.action_id, decision.action.features,
                    event_id=decision.event_id if decision.logged else None,
-                   probability=decision.probability, default=default)
+                   default=default, decision=decision)
 
     def __str__(self) -> str:
         return self.id

@@ -139,7 +139,7 @@ def test_serving_model_matches_training_forward() -> None:
     num = rng.normal(size=16).astype(np.float32)
     acts = rng.normal(size=(5, 384)).astype(np.float32)
     x = np.hstack([np.tile(ctx, (5, 1)), acts, np.tile(num, (5, 1))])
-    serving = ServingModel(net, version=0)
+    serving = ServingModel(net.config, net.params, version=0)
     hidden = serving.last_hidden(serving.project_context(ctx, num), serving.project_actions(acts))
     np.testing.assert_allclose(serving.head(hidden), net.predict(x), rtol=1e-5, atol=1e-6)
 

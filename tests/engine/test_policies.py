@@ -7,7 +7,8 @@ import pytest
 
 from ef_middleware.model import ModelConfig, RewardNet, ServingModel
 from ef_middleware.policies import POLICIES, Candidates, make_policy
-from ef_middleware.posterior import LastLayerPosterior, with_bias
+from ef_middleware.policies.winprob import beta_win_probabilities, gaussian_win_probabilities
+from ef_middleware.posterior import LinearPosterior, with_bias
 
 K = 4
 
@@ -15,12 +16,15 @@ K = 4
 def candidates(seed: int = 0) -> Candidates:
     rng = np.random.default_rng(seed)
     net = RewardNet(ModelConfig(), seed=seed)
-    model = ServingModel(net, version=1)
+    model = ServingModel(net.config, net.params, version=1)
     hidden = rng.random((K, 64), dtype=np.float32)
-    post = LastLayerPosterior(65)
-    post.update(with_bias(hidden[:2]), np.array([0.2, 0.6], np.float32))
+    post = LinearPosterior(65)
+    post.update(with_bias(hidden[:2]), np.array([0.3, 0.5], np.float32),
+                np.array([0.2, 0.6], np.float32))
+    mean = np.array([0.50, 0.55, 0.45, 0.30], np.float32)
     return Candidates(
-        mean=np.array([0.50, 0.55, 0.45, 0.30], np.float32),
+        mean=mean,
+        logits=np.log(mean / (1 - mean)),
         hidden=hidden,
         counts=np.array([3, 2, 5, 0], np.float32),
         successes=np.array([1, 1, 2, 0], np.float32),
@@ -67,18 +71,60 @@ def test_uniform_and_ucb_are_exact() -> None:
     assert ucb.exact and sorted(ucb.probabilities.tolist()) == [0.0, 0.0, 0.0, 1.0]
 
 
-def test_thompson_monte_carlo_matches_the_two_arm_closed_form() -> None:
+def test_thompson_propensity_matches_the_two_arm_closed_form() -> None:
     # Two Gaussians: P(a beats b) = Phi((mu_a - mu_b) / sqrt(s_a^2 + s_b^2)).
     from math import erf, sqrt
 
     c = candidates()
-    c2 = Candidates(np.array([0.5, 0.6], np.float32), c.hidden[:2],
+    c2 = Candidates(np.array([0.5, 0.6], np.float32), np.zeros(2, np.float32), c.hidden[:2],
                     np.array([0.0, 3.0], np.float32), c.successes[:2], c.model, None)
-    policy = make_policy("thompson", {"noise": 0.3, "samples": 20000})
-    choice = policy.choose(c2, np.random.default_rng(1))
+    choice = make_policy("thompson", {"noise": 0.3}).choose(c2, np.random.default_rng(1))
     s = sqrt(0.3**2 + (0.3 / 2) ** 2)
     p_first = 0.5 * (1 + erf((0.5 - 0.6) / s / sqrt(2)))
-    assert choice.probabilities[0] == pytest.approx(p_first, abs=4 * sqrt(0.25 / 20000))
+    assert choice.exact
+    assert choice.probabilities[0] == pytest.approx(p_first, abs=5e-4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gaussian_win_probabilities_match_monte_carlo(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    k = [2, 3, 5, 8, 12, 20][seed]
+    mean = rng.normal(0.0, 1.0, k)
+    sd = np.exp(rng.normal(-1.0, 1.5, k))  # widths spread over two orders of magnitude
+    exact = gaussian_win_probabilities(mean, sd)
+    m = 400_000
+    draws = mean + sd * rng.standard_normal((m, k))
+    empirical = np.bincount(draws.argmax(axis=1), minlength=k) / m
+    assert exact.sum() == pytest.approx(1.0)
+    # 5 standard errors of the Monte Carlo frequency, plus the integration error (< 1e-3)
+    assert np.abs(exact - empirical).max() < 5 * np.sqrt(0.25 / m) + 1e-3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_beta_win_probabilities_match_monte_carlo(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    k = [2, 4, 6, 10][seed]
+    a = rng.integers(1, 300, k).astype(float)
+    b = a + rng.integers(1, 3000, k)
+    if seed == 0:
+        a, b = np.ones(k), np.ones(k) + np.arange(k)  # flat and near-flat posteriors
+    exact = beta_win_probabilities(a, b)
+    m = 400_000
+    empirical = np.bincount(rng.beta(a, b, (m, k)).argmax(axis=1), minlength=k) / m
+    assert np.abs(exact - empirical).max() < 5 * np.sqrt(0.25 / m) + 1e-3
+
+
+def test_gaussian_policy_prunes_hopeless_actions_and_ties_split_evenly() -> None:
+    c = candidates()
+    k = 60  # above MAX_EXACT: hopeless actions are pruned before integrating
+    mean = np.full(k, 0.1, np.float32)
+    mean[7] = 0.9
+    far = Candidates(mean, np.zeros(k, np.float32), np.zeros((k, 4), np.float32),
+                     np.full(k, 1e6, np.float32), np.zeros(k, np.float32), c.model, None)
+    choice = make_policy("thompson").choose(far, np.random.default_rng(0))
+    assert choice.index == 7 and choice.exact and choice.probabilities.sum() == 1.0
+    tie = gaussian_win_probabilities(np.zeros(4), np.full(4, 0.2))
+    np.testing.assert_allclose(tie, 0.25, atol=1e-9)
 
 
 def test_unknown_strategy_is_a_configuration_error() -> None:

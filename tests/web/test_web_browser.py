@@ -132,7 +132,7 @@ def test_click_on_the_cta_is_learned(server: str) -> None:
             page.wait_for_url(server + "/signup")
             status = _wait_for(server, lambda s: s["rewards"] >= 1 and s["learned"] >= 1)
             assert status["rewards"] == 1
-            assert status["learned"] >= 1 and status["updates"] >= 1
+            assert status["learned"] >= 1  # in the trainer: buffer, posterior, step budget
 
             # A second click on the same decision is refused (once per event), not learned.
             page.goto(server + "/")

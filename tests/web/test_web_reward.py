@@ -46,7 +46,7 @@ def test_reward_is_stored_and_learned(engine: Engine, loop_name: str,
     assert stats(engine, loop_name)["rewards"] == 1
     engine.get_loop(loop_name).flush()
     after = stats(engine, loop_name)
-    assert after["learned"] >= 1 and after["updates"] >= 1
+    assert after["learned"] >= 1  # handed to the trainer (a step comes every 8 samples)
 
 
 def test_default_value_is_the_top_of_the_range(engine: Engine, clock: Clock,
