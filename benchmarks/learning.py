@@ -37,6 +37,7 @@ class ShiftSpec:
     window: int = 1000  # visitors after the shift over which regret and conversions are summed
     ma_window: int = 200  # trailing moving-average window for the recovery time
     tolerance: float = 0.2  # recovered when MA expected reward >= (1 - tolerance) x oracle's MA
+    last: int = 2000  # the closing window of the run, for the lift "after T visitors"
 
 
 def play(spec: AgentSpec, problem: Problem, stream: Stream, seed: int, tick: Progress) -> Run:
@@ -82,6 +83,12 @@ def _recovery(
     return float(ends[hits[0]]) if hits.size else None
 
 
+def _lift(chosen: npt.NDArray[np.float64], expected: npt.NDArray[np.float64]) -> float | None:
+    """Expected reward of the choices over the best single arm's on the same steps, in %."""
+    best = float(expected.sum(axis=0).max())
+    return 100.0 * (float(chosen.sum()) / best - 1.0) if best > 0 else None
+
+
 def metrics(
     run: Run, stream: Stream, checkpoints: Sequence[int], shift: ShiftSpec | None = None
 ) -> Metrics:
@@ -104,8 +111,15 @@ def metrics(
     for c in checkpoints:
         if 0 < c <= stream.horizon:
             out[f"regret@{c}"] = float(regret[c - 1])
+    out["lift_pct"] = _lift(chosen, stream.expected)
+    out["oracle_lift_pct"] = _lift(oracle, stream.expected)
     if shift is not None:
         at = int(stream.meta.get("shift_at", stream.horizon))  # type: ignore[call-overload]
+        out["lift_pre_pct"] = _lift(chosen[:at], stream.expected[:at]) if at > 0 else None
+        out["lift_post_pct"] = (_lift(chosen[at:], stream.expected[at:])
+                                if at < stream.horizon else None)
+        last = max(0, stream.horizon - shift.last)
+        out["lift_last_pct"] = _lift(chosen[last:], stream.expected[last:])
         end = min(stream.horizon, at + shift.window)
         out["post_shift_regret"] = float(gap[at:end].sum()) if end > at else None
         out["post_shift_reward"] = float(stream.realized[t, run.arms][at:end].sum())

@@ -22,7 +22,7 @@ from benchmarks.report import write_json as write_results
 DEFAULTS = {
     "mushroom": ((10000, 5), (1500, 2)),
     "magic": ((10000, 5), (1500, 2)),
-    "web": ((10000, 5), (2000, 2)),
+    "web": ((20000, 5), (4000, 2)),
 }
 
 

@@ -118,16 +118,16 @@ class Engine:
         encoder = FeatureEncoder(self.embeddings, NumericSpace(config.model.numeric_dim))
         loop_seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
         loop = Loop(name, actions, config, encoder=encoder, store=self.store, seed=loop_seed,
-                    clock=self.clock, wake=lambda: self._wake(name))
+                    clock=self.clock, wake=lambda urgent: self._wake(name, urgent))
         self._loops[name] = loop
         if self._learner is not None:
             self._learner.start()
         return loop
 
-    def _wake(self, name: str) -> None:
+    def _wake(self, name: str, urgent: bool) -> None:
         if self._learner is not None and self._learner.is_alive():
-            self._learner.wake()
-        else:
+            self._learner.wake(urgent)
+        elif urgent:  # no learner thread: learning happens in flush()
             self._loops[name].learn_pending()
 
     def start(self) -> None:

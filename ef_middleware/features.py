@@ -88,15 +88,14 @@ class RunningScaler:
     """Per-dimension running mean and variance (Chan et al.'s parallel Welford) and the
     standardisation they give: ``(x - mean) / std``.
 
-    With ``fixed_scale`` the data only centre: ``(x - mean) * fixed_scale``. That keeps the
-    geometry of embedding vectors (a value unlike the seen ones stays as far from them as it
-    was, so it generalises from its neighbours) while removing their large common part.
-    Only the learner updates the statistics; ranking reads :attr:`scale`, swapped atomically.
+    A dimension's standard deviation is floored at ``min_std``, so a direction the data have
+    barely moved along is not blown up for a vector that moves along it. Only the learner
+    updates the statistics; ranking reads :attr:`scale`, swapped atomically.
     """
 
-    def __init__(self, dim: int, *, fixed_scale: float | None = None) -> None:
+    def __init__(self, dim: int, *, min_std: float = 1e-3) -> None:
         self.dim = dim
-        self.fixed_scale = fixed_scale
+        self.min_std = min_std
         self.count = np.zeros(dim, dtype=np.float64)
         self.mean = np.zeros(dim, dtype=np.float64)
         self.m2 = np.zeros(dim, dtype=np.float64)
@@ -124,12 +123,9 @@ class RunningScaler:
         self._publish()
 
     def _publish(self) -> None:
-        if self.fixed_scale is not None:
-            inv_std = np.full(self.dim, self.fixed_scale, dtype=np.float32)
-        else:
-            var = np.where(self.count > 1, self.m2 / np.maximum(self.count - 1.0, 1.0), 1.0)
-            inv_std = (1.0 / np.sqrt(np.maximum(var, 1e-12))).astype(np.float32)
-        self.scale = (self.mean.astype(np.float32), inv_std)
+        var = np.where(self.count > 1, self.m2 / np.maximum(self.count - 1.0, 1.0), 1.0)
+        std = np.maximum(np.sqrt(var), self.min_std)
+        self.scale = (self.mean.astype(np.float32), (1.0 / std).astype(np.float32))
 
     def standardise(self, values: FloatArray, mask: FloatArray | None = None,
                     clip: float = 5.0) -> FloatArray:

@@ -66,7 +66,7 @@ class Loop:
     def __init__(self, name: str, actions: Iterable[Any], settings: LoopSettings, *,
                  encoder: FeatureEncoder, store: Store, seed: int,
                  clock: Callable[[], float] = time.time,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[bool], None] = lambda urgent: None) -> None:
         self.name = name
         self.settings = settings
         self.actions: list[Action] = to_actions(actions)
@@ -247,7 +247,7 @@ class Loop:
         if earliest:
             with self._pending_lock:
                 self._enqueue(pending)
-            self._wake()
+            self._wake(False)
 
     def _enqueue(self, pending: _Pending) -> None:
         value = pending.total if pending.rewarded else float(self.settings.default_reward or 0.0)
@@ -309,7 +309,7 @@ class Loop:
         Raises ``TimeoutError`` if the learner does not get there within ``timeout`` seconds.
         """
         target = self.enqueued
-        self._wake()
+        self._wake(True)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._progress:
             while self.learned < target:

@@ -45,10 +45,11 @@ class LoopSettings:
     replay_ratio
         Gradient visits each learned sample earns: every ``batch_size / replay_ratio`` new
         samples buy one optimiser step on them plus samples replayed from the buffer.
-    early_replay_ratio, early_samples
-        A young loop trains harder: the n-th learned sample earns
-        ``max(replay_ratio, early_replay_ratio * min(1, early_samples / n))`` visits, so the
-        first few hundred visitors already shape the model.
+    min_batch_size
+        A young loop takes smaller, more frequent steps: with n samples learned, a step takes
+        ``min(batch_size, max(min_batch_size, n // 4))`` samples. Every sample is still visited
+        ``replay_ratio`` times, but the first few hundred visitors already move the model
+        (the learning-rate warmup counts steps, not samples).
     replay_size
         Most recent samples kept for replay (the network's memory).
     snapshot_every
@@ -69,8 +70,7 @@ class LoopSettings:
     embedding_scale: float = 20.0
     batch_size: int = 64
     replay_ratio: float = 8.0
-    early_replay_ratio: float = 64.0
-    early_samples: int = 200
+    min_batch_size: int = 8
     replay_size: int = 10_000
     snapshot_every: int = 100
     posterior_every: int = 256
@@ -102,13 +102,15 @@ class LoopSettings:
             raise ConfigurationError("reward_wait is in seconds and must be positive, e.g. 600")
         if self.aggregation not in ("earliest", "sum"):
             raise ConfigurationError("aggregation must be 'earliest' or 'sum'")
-        for name in ("batch_size", "replay_size", "snapshot_every", "posterior_every",
+        for name in ("batch_size", "min_batch_size", "replay_size", "snapshot_every",
+                     "posterior_every",
                      "posterior_window"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1")
-        for name in ("replay_ratio", "early_replay_ratio"):
-            if not 0 < getattr(self, name) <= 1024:
-                raise ConfigurationError(f"{name} must be in (0, 1024], e.g. 8")
+        if not 0 < self.replay_ratio <= 1024:
+            raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 8")
+        if not 1 <= self.min_batch_size <= self.batch_size:
+            raise ConfigurationError("min_batch_size must be between 1 and batch_size")
 
     def normalise(self, value: float) -> float:
         """Map a reward in ``reward_range`` to [0, 1]."""

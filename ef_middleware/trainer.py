@@ -7,9 +7,9 @@ How much to train is set per sample, not per call: every learned sample adds its
 to a budget, and each optimiser step spends ``batch_size`` of it on the new samples plus samples
 drawn from the replay buffer. A sample is thus visited about ``replay_ratio`` times while it is
 in the buffer, whether rewards arrive one by one or a thousand at once. A small ratio matters on
-noisy rewards: replaying each conversion hundreds of times teaches the network the noise. The
-first samples of a loop earn more (``early_replay_ratio``), so a young loop learns from its
-first few hundred visitors (docs/design.md, "Learning").
+noisy rewards: replaying each conversion hundreds of times teaches the network the noise. A
+young loop takes smaller steps (``min_batch_size``) so its first few hundred visitors already
+move the model (docs/design.md, "Learning").
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from ._types import Context, FloatArray, IntArray
 from .features import Action, EncodedContext, FeatureEncoder, RunningScaler
-from .model import RewardNet, ServingModel, layer_views
+from .model import FactoredInput, RewardNet, ServingModel, layer_views
 from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, with_bias
 from .settings import LoopSettings
 from .store import Store
@@ -156,10 +156,11 @@ class Trainer:
         self.rng = np.random.default_rng(seed + 1)
         self.replay = Replay(settings.replay_size, cfg.text_dim, cfg.numeric_dim)
         self.actions = ActionTable(encoder, settings.embedding_scale)
-        # Pooled context vectors share a large common part (every "device: ..." text is alike);
-        # centring it away and scaling the differences to unit size made the network learn
-        # Mushroom's edibility several times faster (docs/design.md, "Model input").
-        self.text_scaler = RunningScaler(cfg.text_dim, fixed_scale=settings.embedding_scale)
+        # Pooled context vectors share a large common part (every "device: ..." text is alike)
+        # and differ by small amounts; standardising each dimension puts those differences at
+        # unit scale, which made the network learn Mushroom's edibility several times faster
+        # (docs/design.md, "Model input").
+        self.text_scaler = RunningScaler(cfg.text_dim)
         kind = POSTERIORS.get(settings.strategy)
         self.posterior = kind(cfg.hidden[-1] + 1) if kind is not None else None
         self.stats: dict[str, list[float]] = {}  # action id -> [count, summed reward]
@@ -170,19 +171,21 @@ class Trainer:
         self._steps_since_snapshot = 0
 
     # -- inputs ----------------------------------------------------------------------------
-    def inputs(self, slots: IntArray) -> FloatArray:
-        """Model input rows for replay ``slots``, with the current input scaling."""
+    def inputs(self, slots: IntArray) -> FactoredInput:
+        """Model input for replay ``slots``, with the current input scaling."""
         r = self.replay
         text = self.text_scaler.standardise(r.text[slots])
         numeric = self.encoder.numeric.standardise(r.raw[slots], r.mask[slots])
-        return np.ascontiguousarray(
-            np.hstack([text, self.actions.vectors[r.action[slots]], numeric]), dtype=np.float32)
+        distinct, index = np.unique(r.action[slots], return_inverse=True)
+        return FactoredInput(text, self.actions.vectors[distinct], index.astype(np.int64),
+                             numeric)
 
-    def served(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def served(self, x: FactoredInput) -> tuple[FloatArray, FloatArray]:
         """Last-hidden features (with bias) and predictions of the *served* weights."""
         layers = layer_views(self.net.config, self.net.average)
-        h = x
-        for w, b in layers[:-1]:
+        w1, b1 = layers[0]
+        h = np.maximum(x.project(w1) + b1, 0.0)
+        for w, b in layers[1:-1]:
             h = np.maximum(h @ w + b, 0.0)
         w_out, b_out = layers[-1]
         logits = (h @ w_out)[:, 0] + b_out[0]
@@ -221,11 +224,8 @@ class Trainer:
 
     def _train(self, n: int) -> int:
         cfg = self.settings
-        size = cfg.batch_size
-        order = self.learned + np.arange(1, n + 1)  # 1-based rank of each new sample
-        ratio = np.maximum(cfg.replay_ratio,
-                           cfg.early_replay_ratio * np.minimum(1.0, cfg.early_samples / order))
-        self._credit += float(ratio.sum())
+        self._credit += cfg.replay_ratio * n
+        size = min(cfg.batch_size, max(cfg.min_batch_size, (self.learned + n) // 4))
         steps = 0
         while self._credit >= size:
             self._credit -= size

@@ -10,7 +10,7 @@ from typing import Any
 from benchmarks.agents.base import AgentSpec
 from benchmarks.problems.base import Context, Problem
 
-DEFAULT_STRATEGY = "thompson"
+DEFAULT_STRATEGY = "laplace"
 
 
 def engine_unavailable() -> str | None:

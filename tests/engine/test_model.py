@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from ef_middleware.model import ModelConfig, RewardNet, ServingModel, clip_by_norm, learning_rate
+from ef_middleware.model import (
+    FactoredInput,
+    ModelConfig,
+    RewardNet,
+    ServingModel,
+    clip_by_norm,
+    learning_rate,
+)
 
 SMALL = ModelConfig(text_dim=4, numeric_dim=3, hidden=(6, 5, 4), dropout=0.0)
 
@@ -153,3 +160,17 @@ def test_training_reduces_loss() -> None:
     for _ in range(300):
         last = net.train_batch(x, y)
     assert last < 0.5 * first
+
+
+def test_factored_input_gives_the_dense_loss_and_gradient() -> None:
+    net = RewardNet(SMALL, seed=4, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    batch = FactoredInput(context=rng.normal(size=(9, SMALL.text_dim)),
+                          actions=rng.normal(size=(3, SMALL.text_dim)),
+                          index=np.array([0, 2, 2, 1, 0, 0, 2, 1, 1]),
+                          numeric=rng.normal(size=(9, SMALL.numeric_dim)))
+    y = rng.random(9)
+    loss, grad = net.loss_and_grad(batch, y, train=False)
+    dense_loss, dense_grad = net.loss_and_grad(batch.dense(), y, train=False)
+    assert loss == pytest.approx(dense_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, dense_grad, rtol=1e-10, atol=1e-12)
