@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._types import FloatArray
+from ._types import Float64Array, FloatArray
 from .features import Action
 
 
@@ -29,16 +29,27 @@ class Choice:
     learner reads them when it logs the decision. ``compute`` must be deterministic.
     """
 
-    __slots__ = ("_compute", "_probabilities", "exact", "index")
+    __slots__ = ("_compute", "_probabilities", "exact", "gaussian", "index")
 
     def __init__(self, index: int, probabilities: FloatArray | None = None, exact: bool = True,
-                 compute: Callable[[], FloatArray] | None = None) -> None:
+                 compute: Callable[[], FloatArray] | None = None,
+                 gaussian: tuple[Float64Array, Float64Array] | None = None) -> None:
         if probabilities is None and compute is None:
             raise ValueError("a Choice needs probabilities or a way to compute them")
         self.index = index
         self.exact = exact
         self._probabilities = probabilities
         self._compute = compute
+        self.gaussian = gaussian  # (means, sds) of independent Gaussian scores, if that's all
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the probabilities are computed already."""
+        return self._probabilities is not None
+
+    def resolve(self, probabilities: FloatArray) -> None:
+        """Set the probabilities computed elsewhere (batched, see ``resolve_choices``)."""
+        self._probabilities = probabilities
 
     @property
     def probabilities(self) -> FloatArray:

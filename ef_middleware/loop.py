@@ -30,7 +30,7 @@ from .errors import (
 )
 from .features import Action, FeatureEncoder, to_actions
 from .model import sigmoid
-from .policies import Candidates, Policy, make_policy
+from .policies import Candidates, Policy, make_policy, resolve_choices
 from .settings import LoopSettings
 from .store import Store
 from .trainer import Sample, ServingState, Trainer, action_key
@@ -90,6 +90,7 @@ class Loop:
         self.learned = 0  # samples learned
         self.decisions = 0
         self.rewards = 0
+        self._log_chunks = 0
 
     # -- ranking ---------------------------------------------------------------------------
     @property
@@ -291,17 +292,18 @@ class Loop:
             return learned
 
     def _persist(self) -> None:
-        # Small transactions: a reward's write waits for one chunk at most, not for the batch.
+        """Append new decision records to the store's decision log, in chunks of
+        ``PERSIST_CHUNK`` records per key (JSON lines): one write per chunk, and a reward's
+        write waits for one chunk at most, not for the whole backlog."""
         expire = self.settings.reward_wait * 2 + 86_400
-        left = len(self._to_persist)
-        while left > 0:
-            items: dict[str, bytes] = {}
-            taken, left = min(PERSIST_CHUNK, left), left - min(PERSIST_CHUNK, left)
-            for _ in range(taken):
-                record = self._to_persist.popleft()
-                key = f"decision:{self.name}:{record.event_id}"
-                items[key] = json.dumps(record.to_json()).encode()
-            self.store.set_many(items, expire=expire)
+        while self._to_persist:
+            chunk = [self._to_persist.popleft()
+                     for _ in range(min(PERSIST_CHUNK, len(self._to_persist)))]
+            resolve_choices(r.choice for r in chunk)  # the propensities, vectorised
+            lines = b"\n".join(json.dumps(r.to_json()).encode() for r in chunk)
+            self._log_chunks += 1
+            key = f"decisions:{self.name}:{chunk[0].time:.6f}:{self._log_chunks}"
+            self.store.set_many({key: lines}, expire=expire)  # batch writes cull expired keys
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Block until every reward handed to learning so far has been learned.

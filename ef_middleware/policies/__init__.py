@@ -7,7 +7,7 @@ from typing import Any
 from .._types import STRATEGIES, Strategy
 from ..decision import Choice
 from ..errors import ConfigurationError
-from .base import Candidates, Policy
+from .base import Candidates, Policy, resolve_choices
 from .bernoulli import BernoulliThompson
 from .dropout import DropoutThompson
 from .epsilon_greedy import EpsilonGreedy
@@ -54,4 +54,5 @@ __all__ = [
     "Thompson",
     "Uniform",
     "make_policy",
+    "resolve_choices",
 ]

@@ -16,6 +16,7 @@ the probabilities only when asked (:class:`~ef_middleware.decision.Choice`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 
@@ -26,7 +27,12 @@ from .._types import Float64Array, FloatArray
 from ..decision import Choice
 from ..model import ServingModel
 from ..posterior import PosteriorSnapshot
-from .winprob import MAX_EXACT, gaussian_win_probabilities, live_actions
+from .winprob import (
+    MAX_EXACT,
+    gaussian_win_probabilities,
+    gaussian_win_probabilities_many,
+    live_actions,
+)
 
 
 @dataclass
@@ -103,7 +109,25 @@ class Policy(ABC):
             exact = live.size <= MAX_EXACT
         seed = None if exact else int(rng.integers(2**62))
         return Choice(index, exact=exact, compute=partial(
-            gaussian_probabilities, mu, sigma, index, self.draws(k), seed))
+            gaussian_probabilities, mu, sigma, index, self.draws(k), seed),
+            gaussian=(mu, sigma) if k <= MAX_EXACT else None)
+
+
+def resolve_choices(choices: Iterable[Choice]) -> None:
+    """Compute the probabilities of many Gaussian choices at once (the learner logs decisions
+    in batches: one vectorised integral per action count instead of one per decision)."""
+    groups: dict[int, list[Choice]] = {}
+    for choice in choices:
+        if not choice.resolved and choice.gaussian is not None:
+            groups.setdefault(choice.gaussian[0].shape[0], []).append(choice)
+    for k, group in groups.items():
+        if k <= 2:
+            continue  # the closed form is as cheap one by one
+        mean = np.stack([c.gaussian[0] for c in group if c.gaussian is not None])
+        sd = np.stack([c.gaussian[1] for c in group if c.gaussian is not None])
+        probs = gaussian_win_probabilities_many(mean, sd).astype(np.float32)
+        for choice, row in zip(group, probs, strict=True):
+            choice.resolve(row)
 
 
 def gaussian_probabilities(mu: Float64Array, sigma: Float64Array, index: int, draws: int,

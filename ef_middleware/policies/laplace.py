@@ -20,7 +20,7 @@ class Laplace(Policy):
 
     name = "laplace"
 
-    def __init__(self, *, scale: float = 0.5, samples: int = 1000) -> None:
+    def __init__(self, *, scale: float = 0.35, samples: int = 1000) -> None:
         super().__init__(samples=samples)
         if not scale > 0:
             raise ValueError("scale must be positive")

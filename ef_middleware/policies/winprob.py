@@ -35,13 +35,13 @@ Cdf = Callable[[Float64Array], Float64Array]  # (G,) grid -> (K, G) CDF of every
 
 
 def exclusive_product(f: Float64Array) -> Float64Array:
-    """``out[a, g] = prod_{b != a} f[b, g]`` for CDF values ``f`` in [0, 1].
+    """``out[..., a, g] = prod_{b != a} f[..., b, g]`` for CDF values ``f`` in [0, 1].
 
-    Computed as the full product divided by ``f[a, g]``. Where ``f[a, g]`` underflowed to 0 the
-    result is 0 instead of the product of the others, but there action ``a`` has no CDF mass, so
-    :func:`win_probabilities` multiplies it by zero anyway.
+    Computed as the full product divided by ``f[..., a, g]``. Where that underflowed to 0 the
+    result is 0 instead of the product of the others, but there action ``a`` has no CDF mass,
+    so the integral multiplies it by zero anyway.
     """
-    total = f.prod(axis=0)
+    total = f.prod(axis=-2, keepdims=True)
     out: Float64Array = total / np.maximum(f, 1e-300)
     return out
 
@@ -67,18 +67,23 @@ def win_probabilities(points: Float64Array, cdf: Cdf) -> Float64Array:
     x = np.empty(2 * grid.size - 1)
     x[0::2] = grid
     x[1::2] = 0.5 * (grid[1:] + grid[:-1])
-    f = cdf(x)
+    out: Float64Array = _integrate(cdf(x)[None])[0]
+    return out
+
+
+def _integrate(f: Float64Array) -> Float64Array:
+    """Win probabilities from CDF values ``f`` (R, K, 2G-1) on interleaved grids.
+
+    Simpson's rule per interval for the product of the other actions' CDFs (the 1/6 cancels
+    in the normalisation), times the exact CDF mass of the action on that interval.
+    """
     others = exclusive_product(f)
-    # Simpson's rule per interval for the product of the others' CDFs (the 1/6 cancels in the
-    # normalisation), times the exact CDF mass of the action on that interval.
-    simpson = others[:, 0:-2:2] + 4.0 * others[:, 1::2] + others[:, 2::2]
-    mass = f[:, 2::2] - f[:, 0:-2:2]
-    p = (mass * simpson).sum(axis=1)
-    np.maximum(p, 0.0, out=p)
-    total = p.sum()
-    if not total > 0:
-        return np.full(k, 1.0 / k)
-    out: Float64Array = p / total
+    simpson = others[..., 0:-2:2] + 4.0 * others[..., 1::2] + others[..., 2::2]
+    mass = f[..., 2::2] - f[..., 0:-2:2]
+    p = np.maximum((mass * simpson).sum(axis=-1), 0.0)
+    total = p.sum(axis=-1, keepdims=True)
+    k = f.shape[1]
+    out: Float64Array = np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / k)
     return out
 
 
@@ -94,6 +99,21 @@ def gaussian_win_probabilities(mean: Float64Array, sd: Float64Array) -> Float64A
         return out
 
     return win_probabilities(mean[:, None] + sd[:, None] * NODES[None, :], cdf)
+
+
+def gaussian_win_probabilities_many(mean: Float64Array, sd: Float64Array) -> Float64Array:
+    """:func:`gaussian_win_probabilities` for R decisions of K actions at once: ``(R, K)``
+    arrays in, ``(R, K)`` out. The learner uses it to log a batch of decisions."""
+    r = mean.shape[0]
+    points = mean[:, :, None] + sd[:, :, None] * NODES  # (R, K, n)
+    floor = points[:, :, 0].max(axis=1)
+    # Points below a row's floor collapse onto it: zero-width intervals that add nothing.
+    grid = np.sort(np.maximum(points.reshape(r, -1), floor[:, None]), axis=1)
+    x = np.empty((r, 2 * grid.shape[1] - 1))
+    x[:, 0::2] = grid
+    x[:, 1::2] = 0.5 * (grid[:, 1:] + grid[:, :-1])
+    z = (x[:, None, :] - mean[:, :, None]) / sd[:, :, None]
+    return _integrate(ndtr(z))
 
 
 def beta_win_probabilities(a: Float64Array, b: Float64Array) -> Float64Array:

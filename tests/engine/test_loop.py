@@ -55,26 +55,30 @@ def test_the_documented_api(engine: Engine) -> None:
     assert d.ranking[0].probability >= d.ranking[1].probability
     hero.reward(d.event_id, 1.0)
     hero.flush()
-    assert hero.stats()["learned"] == 1 and hero.model_version == 1  # 8 visits: a step of 8
+    assert hero.stats()["learned"] == 1 and hero.model_version == 0  # 1/8 of a step so far
+    for _ in range(7):  # replay_ratio 8, batch 64: every 8 samples buy one optimiser step
+        hero.reward(hero.rank({"device": "desktop"}).event_id, 0.0)
+    hero.flush()
+    assert hero.stats()["learned"] == 8 and hero.model_version == 1
     assert set(ef_middleware.__all__) >= {"Engine", "Loop", "Decision", "EFError"}
 
 
-def test_training_budget_follows_the_replay_ratio(engine: Engine) -> None:
-    hero = engine.loop("hero", actions=HERO)
+@pytest.mark.parametrize("min_batch", [64, 8])
+def test_training_budget_follows_the_replay_ratio(engine: Engine, min_batch: int) -> None:
+    hero = engine.loop("hero", actions=HERO, min_batch_size=min_batch)
     for i in range(300):
         hero.reward(hero.rank({"device": "mobile"}).event_id, float(i % 2))
         hero.flush()
-    # every sample earns 8 visits; with n samples learned a step takes max(8, n // 4) of them
-    # (at most 64): 32 steps of 8 for the first 32 samples, then fewer and larger ones
+    # every sample earns 8 visits; with n samples learned a step takes
+    # min(64, max(min_batch, n // 4)) of them
     credit, steps = 0.0, 0
     for n in range(1, 301):
         credit += 8.0
-        size = min(64, max(8, n // 4))
+        size = min(64, max(min_batch, n // 4))
         while credit >= size:
             credit -= size
             steps += 1
-    assert hero.model_version == steps
-    assert 60 < steps < 120
+    assert hero.model_version == steps == {64: 37, 8: 103}[min_batch]
 
 
 def two_segment_reward(context: dict[str, Any], action: str) -> float:

@@ -3,6 +3,7 @@ persisted in small transactions (real diskcache folders, real model)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Mapping
@@ -58,8 +59,9 @@ class CountingStore(DiskcacheStore):
         self.batches: list[int] = []
 
     def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
-        if any(k.startswith("decision:") for k in items):
-            self.batches.append(len(items))
+        for key, value in items.items():
+            if key.startswith("decisions:"):
+                self.batches.append(len(value.splitlines()))
         super().set_many(items, expire=expire)
 
 
@@ -73,7 +75,10 @@ def test_decisions_are_persisted_in_small_transactions(
         ids = [loop.rank({"device": "mobile", "hour": 9}).event_id for _ in range(count)]
         loop.learn_pending()
         assert store.batches == [PERSIST_CHUNK, PERSIST_CHUNK, 3]
-        assert all(store.get(f"decision:hero:{i}") is not None for i in ids)
+        logged = [json.loads(line)["event_id"] for key in store._cache.iterkeys()
+                  if key.startswith("decisions:hero:")
+                  for line in store.get(key).splitlines()]  # type: ignore[union-attr]
+        assert sorted(logged) == sorted(ids)
     finally:
         engine.close()
 
