@@ -18,6 +18,9 @@ import diskcache
 from .errors import ConfigurationError
 
 
+DISK_MIN_FILE_SIZE = 1 << 20  # values below stay in SQLite (diskcache's default: 32 KiB)
+
+
 @runtime_checkable
 class Store(Protocol):
     """Key-value state with the few atomic operations the engine relies on."""
@@ -112,13 +115,17 @@ class DiskcacheStore:
                 "DiskcacheStore needs a directory, e.g. DiskcacheStore('var/ef')")
         self.directory = path
         # No eviction by recency for model snapshots: "none" would grow forever, so keep the
-        # default least-recently-stored policy with a generous limit.
-        self._cache = diskcache.Cache(path, size_limit=size_limit)
+        # default least-recently-stored policy with a generous limit. Values under 1 MiB (a
+        # chunk of the decision log) stay in SQLite, in the transaction, instead of becoming a
+        # file of their own (diskcache's default threshold is 32 KiB).
+        self._cache = diskcache.Cache(path, size_limit=size_limit,
+                                      disk_min_file_size=DISK_MIN_FILE_SIZE)
         # Single-key writes (rewards, on the request path) go through a second handle that
         # never culls: diskcache's cull after every write costs three more SQL statements
         # (expired rows, page count, size), each a release and re-take of the GIL. The learner's
         # batch writes (set_many) still cull up to 10 expired or evicted entries per key.
-        self._append = diskcache.Cache(path, size_limit=size_limit)
+        self._append = diskcache.Cache(path, size_limit=size_limit,
+                                       disk_min_file_size=DISK_MIN_FILE_SIZE)
         self._append.reset("cull_limit", 0, update=False)
         self._writing = _FifoLock()
 

@@ -35,6 +35,9 @@ from .winprob import (
 )
 
 
+RESOLVE_CELLS = 4096  # decisions x K^2 per vectorised propensity batch
+
+
 @dataclass
 class Candidates:
     """The model's view of the K actions of one decision."""
@@ -123,11 +126,14 @@ def resolve_choices(choices: Iterable[Choice]) -> None:
     for k, group in groups.items():
         if k <= 2:
             continue  # the closed form is as cheap one by one
-        mean = np.stack([c.gaussian[0] for c in group if c.gaussian is not None])
-        sd = np.stack([c.gaussian[1] for c in group if c.gaussian is not None])
-        probs = gaussian_win_probabilities_many(mean, sd).astype(np.float32)
-        for choice, row in zip(group, probs, strict=True):
-            choice.resolve(row)
+        step = max(1, RESOLVE_CELLS // (k * k))  # keep the temporaries in the CPU cache
+        for start in range(0, len(group), step):
+            part = group[start : start + step]
+            mean = np.stack([c.gaussian[0] for c in part if c.gaussian is not None])
+            sd = np.stack([c.gaussian[1] for c in part if c.gaussian is not None])
+            probs = gaussian_win_probabilities_many(mean, sd).astype(np.float32)
+            for choice, row in zip(part, probs, strict=True):
+                choice.resolve(row)
 
 
 def gaussian_probabilities(mu: Float64Array, sigma: Float64Array, index: int, draws: int,
