@@ -61,13 +61,13 @@ def unseen(context: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    from benchmarks.agents.engine import make_engine
+    from benchmarks.agents.engine import DEFAULT_STRATEGY, make_engine
 
     folder = tempfile.mkdtemp(prefix="ef-speed-")
     engine = make_engine(folder, seed)
     try:
         t0 = time.perf_counter()
-        loop = engine.loop(f"speed-{k}", actions=actions(k), strategy="thompson")
+        loop = engine.loop(f"speed-{k}", actions=actions(k), strategy=DEFAULT_STRATEGY)
         setup = time.perf_counter() - t0
         for c in pool:  # warm-up: every context embedded, the model trained a little
             loop.reward(loop.rank(c).event_id, 1.0 if c["device"] == "mobile" else 0.0)
@@ -76,6 +76,7 @@ def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[
         warm = latency(lambda i: loop.rank(pool[i % n]), calls)
         fresh = latency(lambda i: loop.rank(unseen(pool[i % n], i)), calls)
         events = [loop.rank(pool[i % n]).event_id for i in range(calls)]
+        loop.learn_pending()  # log the decisions now: the timed part is rewards to learned
         t0 = time.perf_counter()
         for i, event in enumerate(events):
             loop.reward(event, float(i % 2))

@@ -228,6 +228,11 @@ class EmbeddingCache:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            if _STOP in batch:
+                with self._lock:
+                    self._queued.clear()
+                    self._idle.notify_all()
+                return
             try:
                 found = self._encode(batch)
             except Exception:  # a broken model: drop the batch, the texts stay stand-ins
@@ -239,10 +244,20 @@ class EmbeddingCache:
                 self._queued.difference_update(batch)
                 self._idle.notify_all()
 
+    def close(self) -> None:
+        """Stop the background thread (texts still queued stay unembedded)."""
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            self._queue.put(_STOP)
+            worker.join()
+
     def wait(self, timeout: float | None = 30.0) -> bool:
         """Block until the background queue is empty (tests, scripts); False on timeout."""
         with self._lock:
             return self._idle.wait_for(lambda: not self._queued, timeout=timeout)
+
+
+_STOP = "\x00stop"  # not a text anyone embeds: "key: value" strings are printable
 
 
 def _prefix(text: str) -> str:

@@ -145,6 +145,7 @@ class Engine:
         for loop in self._loops.values():
             loop.learn_pending()
             loop.save()
+        self.embeddings.close()
         self.store.close()
 
     def __enter__(self) -> Engine:

@@ -102,17 +102,13 @@ class RewardNet:
         total = parameter_count(config)
         self.params: Array = np.zeros(total, dtype=self.dtype)
         self.layers = layer_views(config, self.params)
-        decay = np.zeros(total, dtype=self.dtype)  # weight decay on weights, not biases
-        for (w, _), (dw, _) in zip(self.layers, layer_views(config, decay), strict=True):
-            dw[...] = 1.0
+        for w, _ in self.layers:
             # Xavier/Glorot uniform (Glorot & Bengio 2010): U(+-sqrt(6 / (fan_in + fan_out)))
             limit = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
             w[...] = self.rng.uniform(-limit, limit, size=w.shape)
-        self.decay_mask = decay
         self.m: Array = np.zeros_like(self.params)
         self.v: Array = np.zeros_like(self.params)
         self._tmp: Array = np.zeros_like(self.params)
-        self._decay: Array = np.zeros_like(self.params)
         self.average: Array = self.params.copy()
         self.step = 0
 
@@ -175,41 +171,45 @@ class RewardNet:
         """One Adam step (Kingma & Ba 2015, Algorithm 1) with global-norm clipping and
         decoupled weight decay (AdamW, Loshchilov & Hutter 2019). Returns the learning rate.
 
-        Works in place on preallocated buffers. Moments of parameters whose gradient stays zero
+        Works in place on preallocated buffers, and on ``grads``, which it overwrites. Moments
+        of parameters whose gradient stays zero
         decay geometrically into float32 denormals, which made each step ten times slower, so
         they are flushed to zero every ``DENORMAL_EVERY`` steps (numpy has no flush-to-zero).
         """
         cfg = self.config
-        tmp = self._tmp
+        tmp, m, v, params = self._tmp, self.m, self.v, self.params
         clip_by_norm(grads, cfg.clip_norm)
         self.step += 1
         lr = learning_rate(cfg, self.step)
-        self.m *= cfg.beta1
-        np.multiply(grads, 1.0 - cfg.beta1, out=tmp)
-        self.m += tmp
-        self.v *= cfg.beta2
-        np.multiply(grads, grads, out=tmp)
-        tmp *= 1.0 - cfg.beta2
-        self.v += tmp
-        # m_hat / (sqrt(v_hat) + eps) with m_hat = m / c1, v_hat = v / c2
+        # m = beta1 m + (1 - beta1) g and v = beta2 v + (1 - beta2) g^2, as m += (1 - beta1)
+        # (g - m): one pass fewer each. Every pass reads or writes the whole ~1 MB vector.
+        np.subtract(grads, m, out=tmp)
+        tmp *= 1.0 - cfg.beta1
+        m += tmp
+        np.multiply(grads, grads, out=grads)  # the caller's gradient is spent: reuse it
+        grads -= v
+        grads *= 1.0 - cfg.beta2
+        v += grads
+        # Decoupled weight decay (AdamW) on the weights before this step's update, not on
+        # the biases: the weight blocks are views, so one pass, no mask.
+        shrink = 1.0 - lr * cfg.weight_decay
+        for w, _ in self.layers:
+            w *= shrink
+        # m_hat / (sqrt(v_hat) + eps), m_hat = m / c1, v_hat = v / c2, rewritten as
+        # (sqrt(c2) / c1) m / (sqrt(v) + eps sqrt(c2)) to spare two passes.
         c1 = 1.0 - cfg.beta1**self.step
-        c2 = 1.0 - cfg.beta2**self.step
-        decay = self._decay
-        np.multiply(self.params, self.decay_mask, out=decay)  # decay uses the weights before
-        decay *= lr * cfg.weight_decay  # this step, as in AdamW
-        np.sqrt(self.v, out=tmp)
-        tmp *= 1.0 / math.sqrt(c2)
-        tmp += cfg.eps
-        np.divide(self.m, tmp, out=tmp)
-        tmp *= lr / c1
-        self.params -= tmp
-        self.params -= decay
+        root_c2 = math.sqrt(1.0 - cfg.beta2**self.step)
+        np.sqrt(v, out=tmp)
+        tmp += cfg.eps * root_c2
+        np.divide(m, tmp, out=tmp)
+        tmp *= lr * root_c2 / c1
+        params -= tmp
         # Exponential moving average of the weights (Polyak & Juditsky 1992), the weights that
         # are served: online steps on single noisy rewards make the raw weights jitter. The
         # decay ramps up as 1 - 1/step so early averages are not biased towards the init.
         keep = min(cfg.average_decay, 1.0 - 1.0 / self.step)
-        self.average *= keep
-        np.multiply(self.params, 1.0 - keep, out=tmp)
+        np.subtract(params, self.average, out=tmp)
+        tmp *= 1.0 - keep
         self.average += tmp
         if self.step % DENORMAL_EVERY == 0:
             tiny = np.finfo(self.dtype).tiny * 1e6
@@ -280,10 +280,13 @@ class FactoredInput:
     def weight_gradient(self, delta: Array) -> Array:
         """``dense().T @ delta`` without building ``dense()``: the action rows' deltas are
         summed per distinct action first."""
-        per_action = np.zeros((self.actions.shape[0], delta.shape[1]), dtype=delta.dtype)
-        np.add.at(per_action, self.index, delta)
-        out: Array = np.vstack([self.context.T @ delta, self.actions.T @ per_action,
-                                self.numeric.T @ delta])
+        onehot = np.zeros((self.actions.shape[0], self.index.shape[0]), dtype=delta.dtype)
+        onehot[self.index, np.arange(self.index.shape[0])] = 1.0
+        t, n = self.context.shape[1], self.numeric.shape[1]
+        out: Array = np.empty((2 * t + n, delta.shape[1]), dtype=delta.dtype)
+        np.matmul(self.context.T, delta, out=out[:t])
+        np.matmul(self.actions.T, onehot @ delta, out=out[t : 2 * t])
+        np.matmul(self.numeric.T, delta, out=out[2 * t :])
         return out
 
 

@@ -17,7 +17,6 @@ import diskcache
 
 from .errors import ConfigurationError
 
-
 DISK_MIN_FILE_SIZE = 1 << 20  # values below stay in SQLite (diskcache's default: 32 KiB)
 
 

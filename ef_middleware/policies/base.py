@@ -34,7 +34,6 @@ from .winprob import (
     live_actions,
 )
 
-
 RESOLVE_CELLS = 4096  # decisions x K^2 per vectorised propensity batch
 
 

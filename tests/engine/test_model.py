@@ -13,6 +13,7 @@ from ef_middleware.model import (
     RewardNet,
     ServingModel,
     clip_by_norm,
+    layer_views,
     learning_rate,
 )
 
@@ -78,7 +79,7 @@ def test_adam_step_matches_hand_computation() -> None:
     g = np.linspace(-0.3, 0.5, p0.size)
     net.apply(g.copy())
     # step 1: m = 0.1 g, v = 0.001 g^2, m_hat = g, v_hat = g^2 -> update = g / (|g| + eps)
-    expected = p0 - 0.1 * (g / (np.abs(g) + 1e-8) + 0.01 * net.decay_mask * p0)
+    expected = p0 - 0.1 * (g / (np.abs(g) + 1e-8) + 0.01 * weight_mask(net) * p0)
     np.testing.assert_allclose(net.params, expected, rtol=1e-12, atol=1e-12)
     g2 = np.full(p0.size, 0.2)
     p1 = net.params.copy()
@@ -86,7 +87,7 @@ def test_adam_step_matches_hand_computation() -> None:
     m = 0.9 * 0.1 * g + 0.1 * g2
     v = 0.999 * 0.001 * g**2 + 0.001 * g2**2
     m_hat, v_hat = m / (1 - 0.9**2), v / (1 - 0.999**2)
-    expected2 = p1 - 0.1 * (m_hat / (np.sqrt(v_hat) + 1e-8) + 0.01 * net.decay_mask * p1)
+    expected2 = p1 - 0.1 * (m_hat / (np.sqrt(v_hat) + 1e-8) + 0.01 * weight_mask(net) * p1)
     np.testing.assert_allclose(net.params, expected2, rtol=1e-10, atol=1e-12)
 
 
@@ -110,12 +111,23 @@ def test_adam_clips_before_the_moments() -> None:
     np.testing.assert_allclose(net.m, expected_m, rtol=1e-12)
 
 
-def test_weight_decay_spares_biases() -> None:
-    net = RewardNet(SMALL, seed=0)
-    w, b = net.layers[0]
-    offset = w.size
-    assert net.decay_mask[:offset].all()
-    assert not net.decay_mask[offset : offset + b.size].any()
+def weight_mask(net: RewardNet) -> np.ndarray:
+    """1 for weights, 0 for biases, in the flat parameter layout."""
+    mask = np.zeros_like(net.params)
+    for w, _ in layer_views(net.config, mask):
+        w[...] = 1.0
+    return mask
+
+
+def test_weight_decay_shrinks_weights_and_spares_biases() -> None:
+    cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
+                      learning_rate=0.1, min_learning_rate=0.1, weight_decay=0.5)
+    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    net.params[...] = 1.0
+    net.apply(np.zeros_like(net.params))  # no gradient: only the decay acts
+    mask = weight_mask(net)
+    np.testing.assert_allclose(net.params[mask == 1], 1.0 - 0.1 * 0.5)
+    np.testing.assert_allclose(net.params[mask == 0], 1.0)
 
 
 def test_xavier_initialisation_bounds() -> None:
