@@ -33,7 +33,7 @@ from .model import sigmoid
 from .policies import Candidates, Policy, make_policy, resolve_choices
 from .settings import LoopSettings
 from .store import Store
-from .trainer import Sample, ServingState, Trainer, action_key
+from .trainer import Sample, ServingState, Trainer, action_key, yield_to_requests
 
 log = logging.getLogger("ef_middleware")
 LEARN_CHUNK = 256  # samples learned between two publications of the serving state
@@ -304,6 +304,7 @@ class Loop:
             self._log_chunks += 1
             key = f"decisions:{self.name}:{chunk[0].time:.6f}:{self._log_chunks}"
             self.store.set_many({key: lines}, expire=expire)  # batch writes cull expired keys
+            yield_to_requests()
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Block until every reward handed to learning so far has been learned.

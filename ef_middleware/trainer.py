@@ -18,6 +18,7 @@ import json
 import logging
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -235,6 +236,7 @@ class Trainer:
             batch = np.concatenate([fresh, drawn])
             self.net.train_batch(self.inputs(batch), self.replay.y[batch])
             steps += 1
+            yield_to_requests()
         self._steps_since_snapshot += steps
         return steps
 
@@ -284,15 +286,19 @@ class Trainer:
         }).encode()
         blob = struct.pack("<I", len(meta)) + meta + self.net.to_bytes()
         version = self.net.step
+        # ``latest`` names the version instead of holding a second copy of the ~4 MB blob: the
+        # write is half as long for a reward waiting behind it.
         self.store.set_many({f"model:{self.name}:v{version}": blob,
-                             f"model:{self.name}:latest": blob})
+                             f"model:{self.name}:latest": f"v{version}".encode()})
         old = version - KEEP_VERSIONS * self.settings.snapshot_every
         if old > 0:
             self.store.delete(f"model:{self.name}:v{old}")
 
     def restore(self) -> bool:
         """Load the latest snapshot if one exists and fits this loop's model; report success."""
-        blob = self.store.get(f"model:{self.name}:latest")
+        latest = self.store.get(f"model:{self.name}:latest")
+        blob = None if latest is None else self.store.get(
+            f"model:{self.name}:{latest.decode('ascii', 'replace')}")
         if blob is None:
             return False
         try:
@@ -321,6 +327,17 @@ class Trainer:
                 self.posterior.precision = precision
                 self.posterior.b = np.asarray(saved["b"], dtype=np.float64)
         return True
+
+
+def yield_to_requests() -> None:
+    """Let other threads (a web server's event loop) take the interpreter lock now.
+
+    The learner shares the process with the request path. When both want the lock, CPython
+    hands it over only every ``sys.getswitchinterval()`` (5 ms), so a learner busy in Python
+    code could hold a page or a reward for up to 5 ms. Sleeping 0 s releases the lock at
+    once; the learner calls this between steps and between chunks of work.
+    """
+    time.sleep(0)
 
 
 def action_key(action: Action) -> ActionKey:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from pathlib import Path
@@ -324,3 +325,28 @@ def test_every_strategy_ranks_and_learns(engine: Engine, strategy: str) -> None:
         hero.reward(d.event_id, 1.0 if d.action_id == "video" else 0.0)
     hero.flush()
     assert hero.stats()["learned"] == 30
+
+
+def test_the_decision_log_holds_the_propensities_the_decisions_report(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    hero = eng.loop("hero", actions=[*HERO, "testimonial", "detailed"])
+    decisions = [hero.rank({"device": d, "hour": h})
+                 for d in ("mobile", "desktop") for h in range(0, 24, 3)]
+    for d in decisions[:4]:  # read now: computed on the caller's thread
+        assert 0 < d.probability <= 1
+    hero.learn_pending()  # the rest are computed in one vectorised batch while logging
+    logged = {}
+    for key in eng.store._cache.iterkeys():  # type: ignore[attr-defined]
+        if key.startswith("decisions:hero:"):
+            for line in eng.store.get(key).splitlines():  # type: ignore[union-attr]
+                record = json.loads(line)
+                logged[record["event_id"]] = record
+    assert set(logged) == {d.event_id for d in decisions}
+    for d in decisions:
+        record = logged[d.event_id]
+        assert record["actions"][record["chosen"]] == d.action_id
+        assert sum(record["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        assert record["probabilities"][record["chosen"]] == pytest.approx(d.probability, abs=1e-6)
+        assert record["exact"] is True
+    eng.close()
