@@ -130,3 +130,33 @@ def test_a_writer_that_gives_up_waiting_does_not_block_the_next(tmp_path: Path) 
         assert failed and store.get("after") == b"1" and store.get("never") is None
     finally:
         store.close()
+
+
+def test_model_snapshots_have_their_own_folder_and_queue(tmp_path: Path) -> None:
+    """A reward never waits behind a snapshot write: snapshots go to ``models/`` with a write
+    queue of their own, and snapshots an earlier version left in the main folder still load."""
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        store._cache.set("model:hero:v100", b"legacy")  # written before the split
+        store.set_many({"model:hero:v200": b"new", "model:hero:latest": b"v200",
+                        "decisions:hero:1": b"{}"})
+        assert set(store._models.iterkeys()) == {"model:hero:v200", "model:hero:latest"}
+        assert set(store._cache.iterkeys()) == {"model:hero:v100", "decisions:hero:1"}
+        assert store.get("model:hero:v100") == b"legacy"
+        assert store.get("model:hero:latest") == b"v200"
+        assert (tmp_path / "store" / "models").is_dir()
+
+        done = threading.Event()
+        with store._writing_models.held():  # a snapshot being written
+            writer = threading.Thread(
+                target=lambda: (store.set("reward:hero:e1", b"1"), done.set()))
+            writer.start()
+            assert done.wait(10), "the reward waited for the snapshot"
+        writer.join()
+        assert store.get("reward:hero:e1") == b"1"
+
+        store.delete("model:hero:v100")
+        store.delete("model:hero:v200")
+        assert store.get("model:hero:v100") is None and store.get("model:hero:v200") is None
+    finally:
+        store.close()
