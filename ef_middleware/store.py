@@ -99,7 +99,8 @@ class DiskcacheStore:
     Model snapshots (keys starting with ``model:``, about 4 MB each) live in a second diskcache
     folder, ``<directory>/models``, with a queue of their own: writing one takes 7-10 ms, and a
     reward on the request path must not wait behind it. Snapshots written by earlier versions
-    into the main folder are still found.
+    into the main folder are still found. A ``set_many`` that mixes snapshot keys with others
+    commits them in two transactions, one per folder (the engine never mixes them).
 
     Parameters
     ----------
