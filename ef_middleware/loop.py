@@ -15,7 +15,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from .errors import (
     RewardOutOfRangeError,
     UnknownEventError,
 )
-from .features import Action, FeatureEncoder, to_actions
+from .features import Action, EncodedContext, FeatureEncoder, to_actions
 from .model import sigmoid
 from .policies import Candidates, Policy, make_policy, resolve_choices
 from .settings import LoopSettings
@@ -44,11 +43,30 @@ _ids = random.Random()
 PERSIST_CHUNK = 64  # decision records per store write (one key, about 1 ms of writing)
 
 
-@dataclass
 class _Pending:
-    record: DecisionRecord
-    total: float = 0.0
-    rewarded: bool = False
+    """What a decision needs while it waits for its reward: the model's inputs, the action and
+    the reward so far. One object the garbage collector tracks per decision (the log record,
+    with its choice and ranking, is dropped once the learner has written it): decisions wait
+    ``reward_wait`` seconds, and at 1,000 a second each full collection scans them all."""
+
+    __slots__ = ("action", "context", "numeric_mask", "numeric_raw", "rewarded", "text",
+                 "time", "total")
+
+    def __init__(self, record: DecisionRecord) -> None:
+        inputs: EncodedContext = record.inputs
+        self.time = record.time
+        self.text, self.numeric_raw = inputs.text, inputs.numeric_raw
+        self.numeric_mask = inputs.numeric_mask
+        self.action = record.action
+        # The context is kept only to encode it again when a text was not embedded yet.
+        self.context = record.context if inputs.provisional else None
+        self.total = 0.0
+        self.rewarded = False
+
+    def sample(self, reward: float) -> Sample:
+        inputs = EncodedContext(self.text, self.numeric_raw, self.numeric_mask,
+                                provisional=self.context is not None)
+        return Sample(inputs, self.action, reward, self.context)
 
 
 class Loop:
@@ -252,9 +270,7 @@ class Loop:
 
     def _enqueue(self, pending: _Pending) -> None:
         value = pending.total if pending.rewarded else float(self.settings.default_reward or 0.0)
-        record = pending.record
-        self._ready.append(Sample(record.inputs, record.action, self.settings.normalise(value),
-                                  record.context))
+        self._ready.append(pending.sample(self.settings.normalise(value)))
         self.enqueued += 1
 
     def expire(self, now: float | None = None) -> int:
@@ -264,7 +280,7 @@ class Loop:
         with self._pending_lock:
             while self._pending:
                 event_id, pending = next(iter(self._pending.items()))
-                if pending.record.time > deadline:
+                if pending.time > deadline:
                     break
                 del self._pending[event_id]
                 self._enqueue(pending)

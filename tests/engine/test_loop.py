@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import threading
@@ -350,3 +351,27 @@ def test_the_decision_log_holds_the_propensities_the_decisions_report(
         assert record["probabilities"][record["chosen"]] == pytest.approx(d.probability, abs=1e-6)
         assert record["exact"] is True
     eng.close()
+
+
+def test_a_waiting_decision_is_one_object_for_the_garbage_collector(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Decisions wait for their rewards for minutes: once logged, each must cost the cyclic
+    garbage collector one tracked object, not its record, choice and ranking."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        hero = eng.loop("hero", actions=HERO)
+        decisions = [hero.rank({"device": d, "hour": h})
+                     for d in ("mobile", "desktop") for h in range(24)]
+        event_ids = [d.event_id for d in decisions]
+        del decisions
+        hero.learn_pending()  # logs the records; only the waiting state stays
+        waiting = list(hero._pending.values())
+        assert len(waiting) == 48
+        tracked = {id(r) for p in waiting for r in gc.get_referents(p) if gc.is_tracked(r)}
+        shared = {id(a) for a in hero.actions} | {id(type(p)) for p in waiting}
+        assert tracked <= shared  # nothing per decision beyond the waiting object itself
+        hero.reward(event_ids[0], 1.0)  # and it still learns from what it kept
+        hero.flush()
+        assert hero.stats()["learned"] == 1
+    finally:
+        eng.close()
