@@ -139,6 +139,12 @@ class DiskcacheStore:
                                        disk_min_file_size=DISK_MIN_FILE_SIZE)
         self._writing_models = _FifoLock()
 
+    def _shard(self, key: str) -> tuple[diskcache.Cache, _FifoLock]:
+        """The folder and write queue of ``key``: snapshots apart, everything else together."""
+        if key.startswith(MODEL_PREFIX):
+            return self._models, self._writing_models
+        return self._cache, self._writing
+
     def get(self, key: str) -> bytes | None:
         value = self._models.get(key) if key.startswith(MODEL_PREFIX) else None
         if value is None:  # every other key, and snapshots of stores from before the split
@@ -153,30 +159,26 @@ class DiskcacheStore:
             self._append.set(key, value, expire=expire)
 
     def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
-        models = {k: v for k, v in items.items() if k.startswith(MODEL_PREFIX)}
-        others = {k: v for k, v in items.items() if not k.startswith(MODEL_PREFIX)}
-        for cache, lock, part in ((self._models, self._writing_models, models),
-                                  (self._cache, self._writing, others)):
-            if part:
-                with lock.held(), cache.transact():
-                    for key, value in part.items():
-                        cache.set(key, value, expire=expire)
+        parts: dict[tuple[diskcache.Cache, _FifoLock], dict[str, bytes]] = {}
+        for key, value in items.items():
+            parts.setdefault(self._shard(key), {})[key] = value
+        for (cache, lock), part in parts.items():
+            with lock.held(), cache.transact():
+                for key, value in part.items():
+                    cache.set(key, value, expire=expire)
 
     def add(self, key: str, value: bytes, *, expire: float | None = None) -> bool:
-        if key.startswith(MODEL_PREFIX):
-            with self._writing_models.held():
-                return bool(self._models.add(key, value, expire=expire))
-        with self._writing.held():
-            return bool(self._cache.add(key, value, expire=expire))
+        cache, lock = self._shard(key)
+        with lock.held():
+            return bool(cache.add(key, value, expire=expire))
 
     def delete(self, key: str) -> None:
-        if key.startswith(MODEL_PREFIX):
-            with self._writing_models.held():
-                self._models.delete(key)
-            if key not in self._cache:  # a snapshot from before the split: nothing to queue for
-                return
-        with self._writing.held():
-            self._cache.delete(key)
+        cache, lock = self._shard(key)
+        with lock.held():
+            cache.delete(key)
+        if cache is self._models and key in self._cache:  # a snapshot from before the split
+            with self._writing.held():
+                self._cache.delete(key)
 
     def close(self) -> None:
         self._models.close()
