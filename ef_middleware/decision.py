@@ -126,7 +126,7 @@ class DecisionRecord:
     event_id: str
     time: float
     context: dict[str, Any]
-    action_ids: list[str]
+    action_ids: Sequence[str]
     choice: Choice
     model_version: int
     action: Action

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any, cast
 
 import numpy as np
 from scipy.special import ndtr
@@ -49,6 +50,17 @@ class Candidates:
     model: ServingModel
     posterior: PosteriorSnapshot | None
     learned: int = 0  # samples the model has learned from (all actions)
+    memo: dict[str, Any] = field(default_factory=dict)
+    """What a policy derives from this view alone (say, posterior widths): one view serves
+    every visitor with the same context until the model is republished (``Loop.rank``)."""
+
+    def widths(self) -> FloatArray:
+        """The last layer's Laplace posterior sd per action, computed once per view."""
+        found: FloatArray | None = self.memo.get("sd")
+        if found is None:
+            assert self.posterior is not None
+            found = self.memo["sd"] = self.posterior.sd_hidden(self.hidden)
+        return found
 
 
 class Policy(ABC):
@@ -96,11 +108,15 @@ class Policy(ABC):
             index = int(np.argmax(probs))
         return Choice(index, probs, exact)
 
-    def gaussian(self, mean: FloatArray, sd: FloatArray, rng: np.random.Generator) -> Choice:
+    def gaussian(self, mean: FloatArray | Float64Array, sd: FloatArray | Float64Array,
+                 rng: np.random.Generator, *, ready: bool = False) -> Choice:
         """Thompson sampling with independent scores ``N(mean_a, sd_a^2)``: one draw per
-        action chooses; the win probabilities are computed on demand."""
-        mu = mean.astype(np.float64)
-        sigma = np.maximum(sd.astype(np.float64), 1e-9)
+        action chooses; the win probabilities are computed on demand. ``ready``: ``mean``
+        and ``sd`` are float64 already and ``sd`` >= 1e-9 (see :func:`gaussian_scores`)."""
+        if ready:
+            mu, sigma = cast("Float64Array", mean), cast("Float64Array", sd)
+        else:
+            mu, sigma = gaussian_scores(mean, sd)
         k = mu.shape[0]
         if k == 1:
             return Choice(0, np.ones(1, dtype=np.float32))
@@ -115,24 +131,37 @@ class Policy(ABC):
             gaussian=(mu, sigma) if k <= MAX_EXACT else None)
 
 
+def gaussian_scores(mean: FloatArray | Float64Array,
+                    sd: FloatArray | Float64Array) -> tuple[Float64Array, Float64Array]:
+    """Means and standard deviations as :meth:`Policy.gaussian` draws from them."""
+    return np.asarray(mean, dtype=np.float64), np.maximum(sd, 1e-9, dtype=np.float64)
+
+
 def resolve_choices(choices: Iterable[Choice]) -> None:
     """Compute the probabilities of many Gaussian choices at once (the learner logs decisions
     in batches: one vectorised integral per action count instead of one per decision)."""
-    groups: dict[int, list[Choice]] = {}
+    # Decisions drawn from one cached view (Loop.rank) share their score arrays: one integral
+    # serves them all.
+    shared: dict[tuple[int, int], tuple[Float64Array, Float64Array, list[Choice]]] = {}
     for choice in choices:
         if not choice.resolved and choice.gaussian is not None:
-            groups.setdefault(choice.gaussian[0].shape[0], []).append(choice)
+            mu, sigma = choice.gaussian
+            shared.setdefault((id(mu), id(sigma)), (mu, sigma, []))[2].append(choice)
+    groups: dict[int, list[tuple[Float64Array, Float64Array, list[Choice]]]] = {}
+    for entry in shared.values():
+        groups.setdefault(entry[0].shape[0], []).append(entry)
     for k, group in groups.items():
         if k <= 2:
             continue  # the closed form is as cheap one by one
         step = max(1, RESOLVE_CELLS // (k * k))  # keep the temporaries in the CPU cache
         for start in range(0, len(group), step):
             part = group[start : start + step]
-            mean = np.stack([c.gaussian[0] for c in part if c.gaussian is not None])
-            sd = np.stack([c.gaussian[1] for c in part if c.gaussian is not None])
+            mean = np.stack([mu for mu, _, _ in part])
+            sd = np.stack([sigma for _, sigma, _ in part])
             probs = gaussian_win_probabilities_many(mean, sd).astype(np.float32)
-            for choice, row in zip(part, probs, strict=True):
-                choice.resolve(row)
+            for (_, _, members), row in zip(part, probs, strict=True):
+                for each in members:
+                    each.resolve(row)
 
 
 def gaussian_probabilities(mu: Float64Array, sigma: Float64Array, index: int, draws: int,

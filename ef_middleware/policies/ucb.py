@@ -25,4 +25,4 @@ class UCB(Policy):
         post = c.posterior
         if post is None:  # no posterior: prefer the least tried action
             return self.greedy(c.mean + self.alpha / np.sqrt(c.counts + 1.0))
-        return self.greedy(c.logits + self.alpha * post.sd_hidden(c.hidden))
+        return self.greedy(c.logits + self.alpha * c.widths())

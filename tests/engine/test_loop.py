@@ -23,6 +23,7 @@ from ef_middleware import (
     UnknownEventError,
     UnknownLoopError,
 )
+from ef_middleware.policies.base import gaussian_probabilities, resolve_choices
 
 HERO = [
     {"id": "minimal", "features": {"layout": "minimal", "cta": "Start free trial"}},
@@ -373,5 +374,94 @@ def test_a_waiting_decision_is_one_object_for_the_garbage_collector(
         hero.reward(event_ids[0], 1.0)  # and it still learns from what it kept
         hero.flush()
         assert hero.stats()["learned"] == 1
+    finally:
+        eng.close()
+
+
+def _trained(eng: Engine, **options: Any) -> Any:
+    """A loop whose model is published with a posterior (rebuilt every 16 samples), trained
+    on rewards that do not depend on the action, so it stays unsure which is best."""
+    hero = eng.loop("hero", actions=[*HERO, "testimonial"], posterior_every=16,
+                    min_batch_size=8, strategy_options=options)
+    for i in range(64):
+        d = hero.rank({"device": ("mobile", "desktop")[i % 2], "hour": i % 24})
+        hero.reward(d.event_id, 1.0 if i % 3 == 0 else 0.0)
+    hero.flush()
+    return hero
+
+
+def test_a_context_seen_since_the_last_publication_is_not_encoded_again(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        hero = _trained(eng, scale=4.0)
+        assert hero._serving.posterior is not None
+        calls: list[Any] = []
+        encode = hero.encoder.context
+
+        def counting(context: Any, **kwargs: Any) -> Any:
+            calls.append(context)
+            return encode(context, **kwargs)
+
+        hero.encoder.context = counting  # type: ignore[method-assign]
+        ctx = {"device": "mobile", "hour": 9.5, "returning": True}
+        first = hero.rank(ctx)
+        again = [hero.rank(dict(ctx)) for _ in range(200)]
+        assert len(calls) == 1  # one forward pass for 201 decisions
+        assert {d.model_version for d in again} == {first.model_version}
+        assert [r.predicted_reward for r in sorted(again[0].ranking, key=lambda r: r.action_id)]\
+            == [r.predicted_reward for r in sorted(first.ranking, key=lambda r: r.action_id)]
+        assert len({d.action_id for d in again}) > 1  # the policy still draws per visitor
+        hero.rank({**ctx, "hour": 10.0})  # another context: its own forward pass
+        hero.rank({"device": "mobile", "tags": ["a", "b"]})  # unhashable: never cached
+        hero.rank({"device": "mobile", "tags": ["a", "b"]})
+        hero.rank(ctx, exclude=["video"])  # another candidate set: not from the cache
+        assert len(calls) == 5
+        version = hero.model_version
+        for d in again[:32]:
+            hero.reward(d.event_id, 1.0)
+        hero.learn_pending()  # learns and publishes a new model: the cache starts over
+        assert hero.model_version != version
+        hero.rank(ctx)
+        assert len(calls) == 6
+    finally:
+        eng.close()
+
+
+def test_decisions_from_one_view_share_one_propensity_integral(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        hero = _trained(eng, scale=4.0)  # wide draws: several actions can win
+        ctx = {"device": "desktop", "hour": 15.0}
+        decisions = [hero.rank(ctx) for _ in range(300)]
+        choices = [d.choice for d in decisions]
+        assert all(c.gaussian is not None and c.gaussian[0] is choices[0].gaussian[0]  # type: ignore[index]
+                   for c in choices)
+        resolve_choices(choices)  # what the learner does when it logs them
+        mu, sigma = choices[0].gaussian  # type: ignore[misc]
+        alone = gaussian_probabilities(mu, sigma, 0, 1000, None)  # the integral, one decision
+        assert np.sum(alone > 0.05) >= 2  # a real draw, not a sure thing
+        for choice in choices:
+            np.testing.assert_allclose(choice.probabilities, alone, atol=1e-6)
+        # the draws follow the logged probabilities (300 draws: within 4.5 standard errors)
+        counts = np.bincount([c.index for c in choices], minlength=alone.size) / len(choices)
+        assert np.all(np.abs(counts - alone) <= 4.5 * np.sqrt(alone * (1 - alone) / 300) + 1e-3)
+    finally:
+        eng.close()
+
+
+def test_the_view_cache_keeps_to_its_memory_budget(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ef_middleware.loop, "VIEW_CACHE_BYTES", 64 * 1024)
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        hero = eng.loop("hero", actions=[f"v{i}" for i in range(40)])
+        for i in range(100):
+            hero.rank({"device": "mobile", "hour": i / 10})
+        per_view = 40 * 64 * 4 + 12 * 40 * 4  # last hidden rows + the per-action vectors
+        assert hero._views.limit == 64 * 1024 // per_view
+        assert 0 < len(hero._views) <= hero._views.limit
     finally:
         eng.close()
