@@ -52,10 +52,14 @@ def speed_table(engine: dict[str, Any] | None, vw: dict[str, Any]) -> str:
         "engine/VW p99",
     ]
     rows: list[list[str]] = []
-    for key, label in (("rank", "rank, warm"), ("rank_unseen", "rank, 1 unseen value")):
+    for key, label in (("rank", "rank, warm (contexts repeat)"),
+                       ("rank_new_context", "rank, warm, new context"),
+                       ("rank_unseen", "rank, 1 unseen value")):
         for k, v in vw["by_k"].items():
             e = engine["by_k"].get(k, {}).get(key) if engine else None
-            w = v[key]
+            w = v.get(key)
+            if w is None:  # results from before the measure existed
+                continue
             rows.append(
                 [
                     label,

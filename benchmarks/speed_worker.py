@@ -55,6 +55,12 @@ def latency(call: Callable[[int], object], calls: int) -> dict[str, float]:
     }
 
 
+def new_context(context: dict[str, Any], i: int) -> dict[str, Any]:
+    """The context at a fractional hour no other call uses: every value embedded already,
+    but a context the engine's per-model view cache has not seen (a full forward pass)."""
+    return {**context, "hour": (i * 0.618034) % 24.0}
+
+
 def unseen(context: dict[str, Any], i: int) -> dict[str, Any]:
     """The context with a never-seen campaign string (a fresh text to embed)."""
     return {**context, "utm_campaign": f"spring-campaign-{i}-{time.perf_counter_ns()}"}
@@ -74,6 +80,7 @@ def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[
         loop.flush()
         n = len(pool)
         warm = latency(lambda i: loop.rank(pool[i % n]), calls)
+        forward = latency(lambda i: loop.rank(new_context(pool[i % n], i)), calls)
         fresh = latency(lambda i: loop.rank(unseen(pool[i % n], i)), calls)
         events = [loop.rank(pool[i % n]).event_id for i in range(calls)]
         loop.learn_pending()  # log the decisions now: the timed part is rewards to learned
@@ -89,6 +96,7 @@ def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[
     return {
         "setup_s": setup,
         "rank": warm,
+        "rank_new_context": forward,
         "rank_unseen": fresh,
         "learn": {"n": calls, "per_s": calls / learned, "enqueue_per_s": calls / enqueued},
     }
@@ -121,6 +129,7 @@ def vw_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str,
             learn(c, 1.0 if c["device"] == "mobile" else 0.0, i)
         n = len(pool)
         warm = latency(lambda i: predict(pool[i % n]), calls)
+        forward = latency(lambda i: predict(new_context(pool[i % n], i)), calls)
         fresh = latency(lambda i: predict(unseen(pool[i % n], i)), calls)
         t0 = time.perf_counter()
         for i in range(calls):
@@ -131,6 +140,7 @@ def vw_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str,
     return {
         "setup_s": setup,
         "rank": warm,
+        "rank_new_context": forward,
         "rank_unseen": fresh,
         "learn": {"n": calls, "per_s": calls / learned, "enqueue_per_s": calls / learned},
     }

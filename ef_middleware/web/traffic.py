@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["Visitor", "conversion_rate", "main", "make_visitor", "simulate"]
+__all__ = ["Visitor", "conversion_rate", "main", "make_visitor", "page_request", "simulate"]
 
 USER_AGENTS = {
     "mobile": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
@@ -115,14 +115,21 @@ def _origin(client: httpx.Client) -> str:
     return f"{url.scheme}://{url.host}{port}"
 
 
-def _view(client: httpx.Client, visitor: Visitor, path: str, query: str) -> str | None:
+def page_request(visitor: Visitor, path: str = "/", query: str = "") -> tuple[str, dict[str, str]]:
+    """The URL (path and query) and headers of ``visitor``'s page view, as a browser sends
+    them (cookies aside): user agent, language, referrer, and a campaign for email visitors."""
     headers = {"user-agent": USER_AGENTS[visitor.device], "accept-language": visitor.language}
     referer = REFERRERS[visitor.source]
     if referer:
         headers["referer"] = referer
     if visitor.source == "email" and not query:
         query = "utm_source=newsletter&utm_medium=email&utm_campaign=launch"
-    response = client.get(path + ("?" + query if query else ""), headers=headers)
+    return path + ("?" + query if query else ""), headers
+
+
+def _view(client: httpx.Client, visitor: Visitor, path: str, query: str) -> str | None:
+    url, headers = page_request(visitor, path, query)
+    response = client.get(url, headers=headers)
     response.raise_for_status()
     return _shown_variant(response.text)
 
