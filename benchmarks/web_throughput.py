@@ -178,6 +178,17 @@ def prepare_store(path: Path, visitors: int) -> dict[str, Any]:
             "model_version": stats["model_version"]}
 
 
+def _cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def _pin_server() -> None:
+    """In the server's process before it starts: the CPUs ``main`` left to servers."""
+    cpus = os.environ.get("EF_BENCH_SERVER_CPUS")
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -193,8 +204,9 @@ def serve(factory: str, env: dict[str, str]) -> Iterator[int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", f"benchmarks.web_throughput:{factory}",
          "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level",
-         "warning"], cwd=ROOT, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error",
-                                    "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env})
+         "warning"], cwd=ROOT, preexec_fn=_pin_server,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env})
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -416,7 +428,8 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
           f"x {args.duration:g}s (rewards: {args.reward_connections} connections x "
           f"{args.rewards}); fixed rate: pages {args.page_rate:g}/s, rewards "
           f"{args.reward_rate:g}/s, {args.fixed_duration:g}s; cores={os.cpu_count()}; "
-          f"switch interval={args.switch_interval or 'default'}")
+          f"switch interval={args.switch_interval or 'default'}; client and servers on "
+          f"{'separate CPUs' if args.pin else 'shared CPUs'}")
     print()
     print("| mode | req/s (saturated) | % of bare | in-server p50 ms saturated | "
           "client p50 / p99 ms at fixed rate | in-server p50 / p99 ms at fixed rate "
@@ -465,6 +478,9 @@ def parser() -> argparse.ArgumentParser:
                    help="distinct simulated first views sent in turn in the mixed mode")
     p.add_argument("--switch-interval", type=float, default=None,
                    help="sys.setswitchinterval in both servers (default: Python's 0.005)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not put the load generators on the first CPU and the servers on "
+                        "the others (done when there are two or more)")
     p.add_argument("--tool", choices=("wrk", "python"), default="wrk" if shutil.which("wrk")
                    else "python", help="saturating load generator (default: wrk if installed)")
     p.add_argument("--quick", action="store_true",
@@ -527,6 +543,14 @@ def page_rounds(args: argparse.Namespace, work: Path, trained: Path, env: dict[s
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    cpus = _cpus()
+    if args.pin and len(cpus) >= 2:
+        # Load generators (this process, its threads, wrk) on the first CPU, servers on the
+        # others: a client and a server time-slicing one core time each other's turns.
+        os.environ["EF_BENCH_SERVER_CPUS"] = ",".join(str(c) for c in cpus[1:])
+        os.sched_setaffinity(0, {cpus[0]})
+    else:
+        args.pin = False
     if args.quick:
         args.rounds, args.duration, args.fixed_duration, args.rewards = 2, 3.0, 3.0, 1000
     if args.tool == "python":

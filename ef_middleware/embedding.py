@@ -20,6 +20,7 @@ from cachetools import LRUCache
 
 from ._types import FloatArray
 from .errors import ConfigurationError
+from .priority import BACKGROUND_NICE, lower_priority
 from .store import Store
 
 log = logging.getLogger("ef_middleware")
@@ -115,11 +116,15 @@ class EmbeddingCache:
         Vectors kept in memory (384 float32 = 1.5 KiB each).
     background
         Encode unseen texts on a background thread (see above) instead of at once.
+    nice
+        Lower that thread's CPU priority by this much
+        (:func:`~ef_middleware.priority.lower_priority`).
     """
 
     def __init__(self, embedder: Embedder, store: Store | None, *, maxsize: int = 200_000,
-                 background: bool = False) -> None:
+                 background: bool = False, nice: int = BACKGROUND_NICE) -> None:
         self.embedder = embedder
+        self.nice = nice
         self.dim = embedder.dim
         self.background = background
         self._store = store
@@ -221,6 +226,7 @@ class EmbeddingCache:
             self._queue.put(text)
 
     def _run(self) -> None:
+        lower_priority(self.nice)
         while True:
             batch = [self._queue.get()]
             while len(batch) < 64:

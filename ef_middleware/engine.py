@@ -17,6 +17,7 @@ from .errors import ConfigurationError, UnknownLoopError
 from .features import FeatureEncoder, NumericSpace
 from .learner import Learner
 from .loop import Loop
+from .priority import BACKGROUND_NICE
 from .settings import LoopSettings
 from .store import DiskcacheStore, Store
 
@@ -48,6 +49,10 @@ class Engine:
         is queued for a background thread and its key's mean vector stands in meanwhile
         (:class:`~ef_middleware.embedding.EmbeddingCache`). ``False`` embeds it at once
         (about 20 ms), so even the first ranking sees it.
+    background_nice
+        How many steps (of the OS's nice scale, at most to 19) to lower the CPU priority of the
+        learner and embedder threads, so a request that needs the core preempts them (Linux,
+        per thread; elsewhere ignored). 0 leaves them at the process's priority.
 
     Examples
     --------
@@ -64,7 +69,8 @@ class Engine:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, store: Store | None = None,
                  embedder: Embedder | None = None, seed: int = 0,
                  clock: Callable[[], float] = time.time, learner: bool = True,
-                 blas_threads: int | None = 1, embed_in_background: bool = True) -> None:
+                 blas_threads: int | None = 1, embed_in_background: bool = True,
+                 background_nice: int = BACKGROUND_NICE) -> None:
         if blas_threads is not None:
             # The model's matrices are small: threads cost more than they bring, and a web
             # worker already runs requests concurrently (docs/design.md, "Threads").
@@ -76,11 +82,13 @@ class Engine:
             store = DiskcacheStore(path)
         self.store = store
         self.embeddings = EmbeddingCache(embedder or SentenceTransformerEmbedder(), store,
-                                         background=embed_in_background)
+                                         background=embed_in_background,
+                                         nice=background_nice)
         self.seed = seed
         self.clock = clock
         self._loops: dict[str, Loop] = {}
-        self._learner: Learner | None = Learner(self) if learner else None
+        self._learner: Learner | None = (Learner(self, nice=background_nice) if learner
+                                         else None)
         self._closed = False
 
     @property

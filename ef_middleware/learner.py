@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from .priority import BACKGROUND_NICE, lower_priority
+
 if TYPE_CHECKING:
     from .engine import Engine
 
@@ -22,8 +24,10 @@ class Learner:
     cuts the linger short.
     """
 
-    def __init__(self, engine: Engine, *, tick: float = 1.0, linger: float = 0.05) -> None:
+    def __init__(self, engine: Engine, *, tick: float = 1.0, linger: float = 0.05,
+                 nice: int = BACKGROUND_NICE) -> None:
         self.engine = engine
+        self.nice = nice
         self.tick = tick
         self.linger = linger
         self._wake = threading.Event()
@@ -56,6 +60,7 @@ class Learner:
             self._thread.join()
 
     def _run(self) -> None:
+        lower_priority(self.nice)
         while not self._stop.is_set():
             if self._wake.wait(self.tick) and not self._urgent.is_set():
                 self._urgent.wait(self.linger)  # gather the rewards arriving meanwhile

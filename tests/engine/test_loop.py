@@ -5,7 +5,10 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -463,5 +466,47 @@ def test_the_view_cache_keeps_to_its_memory_budget(
         per_view = 40 * 64 * 4 + 12 * 40 * 4  # last hidden rows + the per-action vectors
         assert hero._views.limit == 64 * 1024 // per_view
         assert 0 < len(hero._views) <= hero._views.limit
+    finally:
+        eng.close()
+
+
+def _nice(thread: threading.Thread) -> int:
+    assert thread.native_id is not None
+    return os.getpriority(os.PRIO_PROCESS, thread.native_id)
+
+
+def _eventually(check: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_background_threads_yield_the_cpu_to_requests(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    eng = Engine(tmp_path / "ef", embedder=embedder)
+    try:
+        hero = eng.loop("hero", actions=HERO)
+        hero.rank({"referrer": "google"})
+        hero.rank({"referrer": "a search engine never seen"})  # embedded in the background
+        learner = eng._learner._thread  # type: ignore[union-attr]
+        worker = eng.embeddings._worker
+        assert learner is not None and worker is not None
+        assert _eventually(lambda: _nice(learner) == min(19, base + 19))
+        assert _eventually(lambda: _nice(worker) == min(19, base + 19))
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    finally:
+        eng.close()
+    eng = Engine(tmp_path / "ef2", embedder=embedder, background_nice=0)
+    try:
+        eng.loop("hero", actions=HERO)
+        learner = eng._learner._thread  # type: ignore[union-attr]
+        assert learner is not None and _eventually(lambda: learner.native_id is not None)
+        time.sleep(0.1)
+        assert _nice(learner) == base
     finally:
         eng.close()
