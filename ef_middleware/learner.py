@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from .priority import BACKGROUND_NICE, lower_priority
@@ -12,6 +15,57 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 log = logging.getLogger("ef_middleware")
+
+
+class Lease:
+    """Who learns from a store: one process should, and a second one says so.
+
+    Each learner holds an expiring key in the store and renews it every ``renew_every``
+    seconds. A learner that finds the key held by another process logs one warning: pending
+    decisions live in the memory of the process that made them, so with several web workers on
+    one store each would learn its own model, and a reward that reaches another worker than
+    the deciding one is rejected as unknown (docs/architecture.md, "Not built yet").
+    """
+
+    KEY = "lease:learner"
+
+    def __init__(self, engine: Engine, *, seconds: float = 30.0,
+                 renew_every: float = 5.0) -> None:
+        self.store = engine.store
+        self.seconds = seconds
+        self.renew_every = renew_every
+        self.token = f"pid {os.getpid()} on {socket.gethostname()} ({id(engine):x})".encode()
+        self.holder: bytes | None = None
+        self._next = 0.0
+
+    def renew(self) -> None:
+        """Take or extend the lease (at most every ``renew_every`` s); warn once per holder."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.renew_every
+        try:
+            if not self.store.add(self.KEY, self.token, expire=self.seconds):
+                holder = self.store.get(self.KEY)
+                if holder != self.token:
+                    if holder is not None and holder != self.holder:
+                        log.warning("ef_middleware: %s already learns from this store; run one "
+                                    "process (one web worker) per store, or each learns its "
+                                    "own model and misses the others' rewards",
+                                    holder.decode(errors="replace"))
+                    self.holder = holder
+                    return
+                self.store.set(self.KEY, self.token, expire=self.seconds)
+            self.holder = self.token
+        except Exception as exc:  # the lease only informs: never stop learning for it
+            log.debug("ef_middleware: learner lease: %s", exc)
+
+    def release(self) -> None:
+        try:
+            if self.store.get(self.KEY) == self.token:
+                self.store.delete(self.KEY)
+        except Exception as exc:
+            log.debug("ef_middleware: learner lease: %s", exc)
 
 
 class Learner:
@@ -35,6 +89,7 @@ class Learner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.lease = Lease(engine)
 
     def start(self) -> None:
         with self._lock:
@@ -58,10 +113,12 @@ class Learner:
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
+        self.lease.release()
 
     def _run(self) -> None:
         lower_priority(self.nice)
         while not self._stop.is_set():
+            self.lease.renew()
             if self._wake.wait(self.tick) and not self._urgent.is_set():
                 self._urgent.wait(self.linger)  # gather the rewards arriving meanwhile
             self._wake.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import os
 import sys
@@ -510,3 +511,36 @@ def test_background_threads_yield_the_cpu_to_requests(
         assert _nice(learner) == base
     finally:
         eng.close()
+
+
+def test_a_second_learner_on_one_store_says_so(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Two processes (here: two engines) learning from one store each keep their own pending
+    decisions; the second one's learner warns, once."""
+    caplog.set_level(logging.WARNING, logger="ef_middleware")
+    first = Engine(tmp_path / "ef", embedder=embedder)
+    first.start()
+    assert _eventually(lambda: first._learner.lease.holder is not None)  # type: ignore[union-attr]
+    assert not [r for r in caplog.records if "already learns" in r.getMessage()]
+    second = Engine(tmp_path / "ef", embedder=embedder)
+    second.start()
+    try:
+        assert _eventually(lambda: any("already learns from this store" in r.getMessage()
+                                       for r in caplog.records))
+        second._learner.lease._next = 0.0  # type: ignore[union-attr]
+        second._learner.wake()  # type: ignore[union-attr]  # renews: no second warning
+        time.sleep(0.2)
+        assert sum("already learns" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        second.close()
+        first.close()
+    caplog.clear()
+    third = Engine(tmp_path / "ef", embedder=embedder)  # the first released its lease
+    third.start()
+    try:
+        assert _eventually(lambda: third._learner.lease.holder is not None)  # type: ignore[union-attr]
+        assert third._learner.lease.holder == third._learner.lease.token  # type: ignore[union-attr]
+        assert not [r for r in caplog.records if "already learns" in r.getMessage()]
+    finally:
+        third.close()
