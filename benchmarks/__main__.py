@@ -24,6 +24,24 @@ def _strategies(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def _loop_settings(text: str) -> dict[str, int | float | str]:
+    """``key=value,key=value`` -> LoopSettings overrides (numbers parsed)."""
+    out: dict[str, int | float | str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+        for kind in (int, float):
+            try:
+                out[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = value.strip()
+    return out
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("benchmark", choices=(*BENCHMARKS, "all"),
@@ -50,6 +68,13 @@ def parser() -> argparse.ArgumentParser:
         "--sync-learner",
         action="store_true",
         help="Engine(learner=False): learn inside flush() instead of the thread",
+    )
+    p.add_argument(
+        "--loop-settings",
+        type=_loop_settings,
+        default={},
+        help="LoopSettings for every engine agent, e.g. min_batch_size=32,posterior_window=1024"
+             " (the agents' names then carry them)",
     )
     p.add_argument("--no-vw", action="store_true", help="skip the Vowpal Wabbit peer")
     p.add_argument("--vw-args", default=DEFAULT_ARGS, help=f"VW arguments ({DEFAULT_ARGS!r})")

@@ -32,7 +32,9 @@ def agent_specs(args: Namespace) -> list[AgentSpec]:
     if args.strategies:
         reason = engine_unavailable()
         if reason is None:
-            specs += [engine_spec(s, args.flush_every, args.sync_learner) for s in args.strategies]
+            specs += [engine_spec(s, args.flush_every, args.sync_learner,
+                                  getattr(args, "loop_settings", {}))
+                      for s in args.strategies]
         else:
             print(f"[bench] engine not available, skipping it ({reason})", file=sys.stderr)
     specs.append(UNIFORM)

@@ -61,7 +61,8 @@ class EngineAgent:
     """Ranks with ``loop.rank``, rewards the chosen event and flushes every ``flush_every``."""
 
     def __init__(
-        self, problem: Problem, seed: int, strategy: str, flush_every: int = 1, sync: bool = False
+        self, problem: Problem, seed: int, strategy: str, flush_every: int = 1, sync: bool = False,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self._dir = tempfile.mkdtemp(prefix="ef-bench-")
         self._engine: Any = make_engine(self._dir, seed, sync)
@@ -72,6 +73,7 @@ class EngineAgent:
             reward_range=problem.reward_range,
             reward_wait=1e9,
             aggregation="earliest",
+            **(settings or {}),
         )
         self._index = {a.id: i for i, a in enumerate(problem.actions)}
         self._flush_every = max(1, flush_every)
@@ -101,9 +103,11 @@ class EngineAgent:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def engine_spec(strategy: str, flush_every: int = 1, sync: bool = False) -> AgentSpec:
+def engine_spec(strategy: str, flush_every: int = 1, sync: bool = False,
+                settings: dict[str, Any] | None = None) -> AgentSpec:
+    suffix = ",".join(f"{k}={v}" for k, v in (settings or {}).items())
     return AgentSpec(
-        f"ef:{strategy}",
-        lambda problem, seed: EngineAgent(problem, seed, strategy, flush_every, sync),
+        f"ef:{strategy}" + (f"[{suffix}]" if suffix else ""),
+        lambda problem, seed: EngineAgent(problem, seed, strategy, flush_every, sync, settings),
         "engine",
     )
