@@ -66,7 +66,7 @@ Waiting = tuple[float, FloatArray, FloatArray, FloatArray, int, Context | None, 
 class _View:
     """One context's forward pass over a candidate set: what every policy chooses from."""
 
-    __slots__ = ("actions", "candidates", "encoded", "ids", "predicted")
+    __slots__ = ("actions", "candidates", "encoded", "ids", "numbers", "predicted")
 
     def __init__(self, encoded: EncodedContext, actions: list[Action], predicted: FloatArray,
                  candidates: Candidates) -> None:
@@ -75,6 +75,7 @@ class _View:
         self.ids = tuple(a.id for a in actions)  # shared by decisions: immutable
         self.predicted = predicted  # predicted rewards in the loop's reward range
         self.candidates = candidates
+        self.numbers: dict[int, int] = {}  # action index -> Loop._action_table index
 
 
 class _Views(dict[tuple[Any, ...], _View]):
@@ -187,7 +188,8 @@ class Loop:
         )
         inputs = view.encoded
         waiting = (record.time, inputs.text, inputs.numeric_raw, inputs.numeric_mask,
-                   self._action_number(chosen), record.context if inputs.provisional else None,
+                   self._action_number(view, choice.index),
+                   record.context if inputs.provisional else None,
                    0.0, False)
         with self._pending_lock:
             self._pending[record.event_id] = waiting
@@ -197,8 +199,15 @@ class Loop:
         return Decision(self.name, record.event_id, chosen, choice, view.ids, view.predicted,
                         state.version)
 
-    def _action_number(self, action: Action) -> int:
-        """``action``'s index in the table of waiting decisions' actions (added if new)."""
+    def _action_number(self, view: _View, index: int) -> int:
+        """The index of ``view``'s action ``index`` in the table of waiting decisions'
+        actions (added if new), memoised on the view."""
+        found = view.numbers.get(index)
+        if found is None:
+            found = view.numbers[index] = self._intern(view.actions[index])
+        return found
+
+    def _intern(self, action: Action) -> int:
         key = action_key(action)
         found = self._action_index.get(key)
         if found is None:
