@@ -170,7 +170,8 @@ class Loop:
             The chosen action, its propensity and every candidate ranked.
         """
         state = self._serving
-        view = self._cached_view(state, context) if actions is None and not exclude else None
+        own = actions is None and not exclude and not isinstance(exclude, str)
+        view = self._cached_view(state, context) if own else None
         if view is None:
             view = self._view(state, context, *self._candidates(state, actions, exclude))
         with self._rng_lock:

@@ -224,6 +224,9 @@ def test_per_call_actions_and_exclusions(engine: Engine) -> None:
     hero.flush()
     with pytest.raises(InvalidInputError, match="every action is excluded"):
         hero.rank({}, exclude=["minimal", "video"])
+    for one_string in ("video", ""):
+        with pytest.raises(InvalidInputError, match="not one string"):
+            hero.rank({"device": "mobile"}, exclude=one_string)
 
 
 def test_earliest_aggregation_takes_one_reward(engine: Engine) -> None:
