@@ -126,7 +126,8 @@ def run_web(args: Namespace) -> dict[str, Any]:
         list(range(args.first_seed, args.first_seed + args.early_seeds)),
     )
     default = f"ef:{DEFAULT_STRATEGY}"
-    early_specs = [s for s in specs if s.name in (default, "uniform") or s.kind == "vw"]
+    early_specs = [s for s in specs if s.name in (default, "uniform") or s.kind == "vw"
+                   or s.name.startswith(default + "[")]  # the default with --loop-settings
     start = time.perf_counter()
     early_runs = experiment(WebSim(shift_kind="none"), early_specs, early_seeds, early_h, args)
     wall_early = time.perf_counter() - start

@@ -40,6 +40,7 @@ class ModelConfig:
     clip_norm: float = 1.0
     dropout: float = 0.0  # the thompson-dropout strategy trains with 0.1 unless set
     average_decay: float = 0.99  # Polyak averaging of the weights that are served
+    average_ramp: int = 0  # 0: decay ramps as 1 - 1/step; N: as (1 + step) / (N + step)
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -207,7 +208,9 @@ class RewardNet:
         # Exponential moving average of the weights (Polyak & Juditsky 1992), the weights that
         # are served: online steps on single noisy rewards make the raw weights jitter. The
         # decay ramps up as 1 - 1/step so early averages are not biased towards the init.
-        keep = min(cfg.average_decay, 1.0 - 1.0 / self.step)
+        ramp = (1.0 - 1.0 / self.step if not cfg.average_ramp
+                else (1.0 + self.step) / (cfg.average_ramp + self.step))
+        keep = min(cfg.average_decay, ramp)
         np.subtract(params, self.average, out=tmp)
         tmp *= 1.0 - keep
         self.average += tmp

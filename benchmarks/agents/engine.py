@@ -57,6 +57,17 @@ def make_engine(path: str, seed: int, sync: bool = False) -> Any:
     return Engine(path, **kwargs)
 
 
+def _loop_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """``--loop-settings`` as ``engine.loop`` keywords: ``model.x=v`` set ModelConfig fields."""
+    from ef_middleware.model import ModelConfig
+
+    out = {k: v for k, v in settings.items() if not k.startswith("model.")}
+    model = {k[len("model."):]: v for k, v in settings.items() if k.startswith("model.")}
+    if model:
+        out["model"] = ModelConfig(**model)
+    return out
+
+
 class EngineAgent:
     """Ranks with ``loop.rank``, rewards the chosen event and flushes every ``flush_every``."""
 
@@ -73,7 +84,7 @@ class EngineAgent:
             reward_range=problem.reward_range,
             reward_wait=1e9,
             aggregation="earliest",
-            **(settings or {}),
+            **_loop_kwargs(settings or {}),
         )
         self._index = {a.id: i for i, a in enumerate(problem.actions)}
         self._flush_every = max(1, flush_every)

@@ -186,3 +186,21 @@ def test_factored_input_gives_the_dense_loss_and_gradient() -> None:
     dense_loss, dense_grad = net.loss_and_grad(batch.dense(), y, train=False)
     assert loss == pytest.approx(dense_loss, rel=1e-12)
     np.testing.assert_allclose(grad, dense_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ramp", [0, 10])
+def test_served_average_follows_its_ramp(ramp: int) -> None:
+    """The served weights are an exponential moving average whose decay ramps up: as
+    1 - 1/step (the plain mean of all iterates so far) or as (1 + step) / (ramp + step)."""
+    cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
+                      learning_rate=0.1, min_learning_rate=0.1, clip_norm=1e9,
+                      average_decay=0.9, average_ramp=ramp)
+    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    average = net.params.copy()
+    rng = np.random.default_rng(0)
+    for step in range(1, 40):
+        net.apply(rng.normal(size=net.params.size))
+        growth = 1 - 1 / step if not ramp else (1 + step) / (ramp + step)
+        keep = min(0.9, growth)
+        average = keep * average + (1 - keep) * net.params
+        np.testing.assert_allclose(net.average, average, rtol=1e-10, atol=1e-12)
