@@ -13,7 +13,7 @@ import io
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -243,7 +243,8 @@ class RewardNet:
     def from_bytes(cls, data: bytes) -> RewardNet:
         with np.load(io.BytesIO(data)) as npz:
             meta = json.loads(npz["meta"].tobytes().decode())
-            cfg = meta["config"]
+            known = {f.name for f in fields(ModelConfig)}  # a newer version's extra settings
+            cfg = {k: v for k, v in meta["config"].items() if k in known}
             cfg["hidden"] = tuple(cfg["hidden"])
             net = cls(ModelConfig(**cfg), dtype=npz["params"].dtype.type)
             net.params[...] = npz["params"]

@@ -204,3 +204,23 @@ def test_served_average_follows_its_ramp(ramp: int) -> None:
         keep = min(0.9, growth)
         average = keep * average + (1 - keep) * net.params
         np.testing.assert_allclose(net.average, average, rtol=1e-10, atol=1e-12)
+
+
+def test_a_snapshot_from_another_version_loads() -> None:
+    """Settings a snapshot lacks take their defaults; settings it has that this version does
+    not know are ignored (the shapes decide whether it fits)."""
+    import io
+    import json as json_
+
+    net = RewardNet(SMALL, seed=3)
+    with np.load(io.BytesIO(net.to_bytes())) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json_.loads(arrays["meta"].tobytes().decode())
+    del meta["config"]["average_ramp"]
+    meta["config"]["a_setting_from_the_future"] = 1
+    arrays["meta"] = np.frombuffer(json_.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    back = RewardNet.from_bytes(buf.getvalue())
+    assert back.config == SMALL
+    np.testing.assert_array_equal(back.params, net.params)
