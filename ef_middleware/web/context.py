@@ -161,8 +161,13 @@ def primary_language(accept_language: str | None) -> str | None:
     """The primary subtag of the preferred language (``"fr-CA;q=0.9, en"`` -> ``"fr"``)."""
     if not accept_language:
         return None
+    return _primary_language(accept_language[:256])
+
+
+@functools.lru_cache(maxsize=1024)  # browsers send a handful of distinct headers
+def _primary_language(accept_language: str) -> str | None:
     best, best_q = None, -1.0
-    for item in accept_language[:256].split(","):
+    for item in accept_language.split(","):
         tag, _, params = item.strip().partition(";")
         tag = tag.strip()
         quality = 1.0
