@@ -9,7 +9,6 @@ as "no data" in the page path; the reward route tells those cases apart with
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import math
 import secrets
@@ -19,7 +18,6 @@ from typing import Any, Literal, NamedTuple
 
 from itsdangerous import BadData, SignatureExpired, Signer, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int
-from itsdangerous.signer import HMACAlgorithm
 
 __all__ = [
     "DECISIONS_SALT",
@@ -88,17 +86,6 @@ class _CompactJSON:
         return json.loads(text)
 
 
-class _OneShotHMAC(HMACAlgorithm):
-    """HMAC-SHA1 in one call to OpenSSL (``hmac.digest``): itsdangerous's default signature,
-    without building an ``hmac.HMAC`` object for every cookie signed or checked."""
-
-    def __init__(self) -> None:
-        super().__init__(hashlib.sha1)
-
-    def get_signature(self, key: bytes, value: bytes) -> bytes:
-        return hmac.digest(key, value, "sha1")
-
-
 class _CookieSerializer(URLSafeTimedSerializer):
     """``URLSafeTimedSerializer`` with the same output format, minus per-call waste.
 
@@ -156,9 +143,7 @@ def make_serializer(
     # itsdangerous signs with the *last* key of its list. hashlib.sha1 itself (the default is a
     # wrapper function) lets hmac use OpenSSL's HMAC directly: same signature, half the time.
     return _CookieSerializer(list(reversed(secret_keys)), salt=salt, serializer=_CompactJSON,
-                             signer=_ClockSigner,
-                             signer_kwargs={"digest_method": hashlib.sha1,
-                                            "algorithm": _OneShotHMAC()})
+                             signer=_ClockSigner, signer_kwargs={"digest_method": hashlib.sha1})
 
 
 def signed_age(raw: str | None, now: float) -> float | None:
