@@ -536,8 +536,8 @@ def page_rounds(args: argparse.Namespace, work: Path, trained: Path, env: dict[s
         for mode in PAGE_MODES:
             fixed[mode] = fixed_run(ports[mode], args, pages[mode])
         for mode in ("new visitor", "new visitors, mixed"):
-            sent = 0.0  # warm-up requests come on top, so this is a lower bound
-            sent += sum(r[mode]["requests"] for r in rounds) + fixed[mode]["requests"]
+            # Warm-up requests come on top, so this is a lower bound.
+            sent = sum(r[mode]["requests"] for r in rounds) + fixed[mode]["requests"]
             checks[mode] = _check_decisions(ports[mode], mode, sent)
 
 

@@ -244,15 +244,14 @@ class Loop:
         one context do not change: only the policy's draw does. Contexts with unhashable
         values (lists) are not cached, nor are those whose texts are not embedded yet.
         """
-        try:
-            key = tuple(context.items())
-            hash(key)
-        except (TypeError, AttributeError):
-            return None
         views = self._views
         if views.state is not state:
             views = self._views = _Views(state)
-        found = views.get(key)
+        try:
+            key = tuple(context.items())
+            found = views.get(key)  # hashes the key once: unhashable values raise here
+        except (TypeError, AttributeError):
+            return None
         if found is None:
             found = self._view(state, context, *self._candidates(state, None, ()))
             if not found.encoded.provisional:
