@@ -111,7 +111,8 @@ def _bare() -> FastAPI:
 class ServerTimer:
     """Times each request inside the server, from the app's call to its last body byte
     handed to uvicorn, per path; ``GET /_bench/timings`` answers the percentiles so far (ms)
-    and starts over. This is the route's own latency, without the client, the kernel and
+    (and starts over) and the CPU seconds the process and its event loop's thread have used
+    so far. This is the route's own latency, without the client, the kernel and
     HTTP parsing, which the open-loop client's numbers include."""
 
     def __init__(self, app: Any) -> None:
@@ -124,7 +125,11 @@ class ServerTimer:
             return
         path = scope["path"]
         if path == "/_bench/timings":
-            body = json.dumps({p: _percentiles(t) for p, t in self.times.items()}).encode()
+            report: dict[str, Any] = {p: _percentiles(t) for p, t in self.times.items()}
+            # CPU seconds so far: the whole process (learner and embedder threads included)
+            # and the event loop's thread alone, which answers this request.
+            report["cpu"] = {"process": time.process_time(), "loop": time.thread_time()}
+            body = json.dumps(report).encode()
             self.times = {}
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json")]})
@@ -307,14 +312,21 @@ def saturated_run(port: int, args: argparse.Namespace,
     """Requests per second at saturation for ``duration`` seconds, with the server's own
     timings of those requests."""
     timings = f"http://127.0.0.1:{port}/_bench/timings"
-    httpx.get(timings)
+    before = httpx.get(timings).json()["cpu"]
     if args.tool == "wrk":
         result = _wrk(port, duration, args.connections, pages)
     else:
         result = closed_loop("127.0.0.1", port, _page_requests(port, pages),
                              connections=args.connections, duration=duration).summary()
-    result["server"] = httpx.get(timings).json().get("/", {})
-    return result
+    report = httpx.get(timings).json()
+    server: dict[str, float] = report.get("/", {})
+    # Server CPU per request: unlike requests per second, it hardly moves when another
+    # tenant of the host takes the CPU away, so it shows the cost of a page more steadily.
+    served = server.get("requests") or result.get("requests") or math.nan
+    out: dict[str, Any] = {**result, "server": server}
+    for kind in ("process", "loop"):
+        out[f"cpu_us_{kind}"] = (report["cpu"][kind] - before[kind]) / served * 1e6
+    return out
 
 
 def fixed_run(port: int, args: argparse.Namespace,
@@ -417,8 +429,14 @@ def summarise(rounds: list[dict[str, Any]],
                "server_p99": _median([x.get("server", {}).get("p99", math.nan) for x in slow]),
                "server_p99_worst": max(x.get("server", {}).get("p99", math.nan)
                                        for x in slow)}
+        if mode in PAGE_MODES:
+            row["cpu_us"] = _median([x.get("cpu_us_process", math.nan) for x in sat])
+            row["cpu_us_loop"] = _median([x.get("cpu_us_loop", math.nan) for x in sat])
         if mode in PAGE_MODES and "bare" in rounds[0]:
             row["share"] = _median([r[mode]["rps"] / r["bare"]["rps"] for r in rounds])
+            # The share the CPU cost implies: the bare page's CPU per request over this one's.
+            row["cpu_share"] = _median([r["bare"]["cpu_us_process"] / r[mode]["cpu_us_process"]
+                                        for r in rounds])
         out[mode] = row
     return out
 
@@ -431,14 +449,18 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
           f"switch interval={args.switch_interval or 'default'}; client and servers on "
           f"{'separate CPUs' if args.pin else 'shared CPUs'}")
     print()
-    print("| mode | req/s (saturated) | % of bare | in-server p50 ms saturated | "
+    print("| mode | req/s (saturated) | % of bare | server CPU us/request (event loop) | "
+          "% of bare by CPU | in-server p50 ms saturated | "
           "client p50 / p99 ms at fixed rate | in-server p50 / p99 ms at fixed rate "
           "(worst round) | client p50 / p99 ms saturated | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, s in summary.items():
         share = f"{100 * s['share']:.0f}%" if "share" in s else "-"
+        cpu = f"{s['cpu_us']:.0f} ({s['cpu_us_loop']:.0f})" if "cpu_us" in s else "-"
+        cpu_share = f"{100 * s['cpu_share']:.0f}%" if "cpu_share" in s else "-"
         rate = args.reward_rate if mode == "reward" else args.page_rate
-        print(f"| {mode} | {s['rps']:.0f} | {share} | {s['sat_server_p50']:.2f} | "
+        print(f"| {mode} | {s['rps']:.0f} | {share} | {cpu} | {cpu_share} | "
+              f"{s['sat_server_p50']:.2f} | "
               f"{s['fixed_p50']:.2f} / "
               f"{s['fixed_p99']:.2f} (at {rate:g}/s) | {s['server_p50']:.2f} / "
               f"{s['server_p99']:.2f} ({s['server_p99_worst']:.2f}) | "
@@ -531,7 +553,8 @@ def page_rounds(args: argparse.Namespace, work: Path, trained: Path, env: dict[s
                 result[mode] = saturated_run(ports[mode], args, pages[mode], args.duration)
             rounds.append(result)
             print(f"round {index + 1}/{args.rounds}: " + ", ".join(
-                f"{m} {result[m]['rps']:.0f}/s" for m in PAGE_MODES), file=sys.stderr,
+                f"{m} {result[m]['rps']:.0f}/s ({result[m]['cpu_us_process']:.0f} us CPU)"
+                for m in PAGE_MODES), file=sys.stderr,
                 flush=True)
         for mode in PAGE_MODES:
             fixed[mode] = fixed_run(ports[mode], args, pages[mode])

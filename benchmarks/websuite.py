@@ -129,9 +129,14 @@ def run_web(args: Namespace) -> dict[str, Any]:
     early_specs = [s for s in specs if s.name in (default, "uniform") or s.kind == "vw"
                    or s.name.startswith(default + "[")]  # the default with --loop-settings
     start = time.perf_counter()
-    early_runs = experiment(WebSim(shift_kind="none"), early_specs, early_seeds, early_h, args)
+    early_runs: list[Run] = []
+    early_text = "(not run: --early-seeds 0)"
+    diffs: dict[str, Any] = {}
+    if early_seeds:
+        early_runs = experiment(WebSim(shift_kind="none"), early_specs, early_seeds, early_h,
+                                args)
+        early_text, diffs = _early_table(early_runs, early_h, default)
     wall_early = time.perf_counter() - start
-    early_text, diffs = _early_table(early_runs, early_h, default)
     print(
         f"## web, first {early_h} visitors: {len(early_seeds)} seeds, no shift; "
         f"wall {wall_early:.0f}s\n\n{early_text}\n"
