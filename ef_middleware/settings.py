@@ -51,6 +51,11 @@ class LoopSettings:
         ``batch_size``; smaller steps early cost a third of the lift on the web simulator).
     replay_size
         Most recent samples kept for replay (the network's memory).
+    replay_recency
+        Mean age, in samples, of the samples replayed (ages drawn from an exponential
+        distribution; default 1,000): recent samples are replayed more, so the network follows
+        a changing population sooner while older samples still hold it steady. ``None`` draws
+        uniformly from the whole buffer.
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
@@ -71,6 +76,7 @@ class LoopSettings:
     replay_ratio: float = 8.0
     min_batch_size: int = 64
     replay_size: int = 5_000
+    replay_recency: float | None = 1_000.0
     snapshot_every: int = 100
     posterior_every: int = 256
     posterior_window: int = 2048
@@ -106,6 +112,9 @@ class LoopSettings:
                      "posterior_window"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1")
+        if self.replay_recency is not None and not self.replay_recency > 0:
+            raise ConfigurationError("replay_recency is a mean age in samples and must be "
+                                     "positive, e.g. 1000 (or None: uniform)")
         if not 0 < self.replay_ratio <= 1024:
             raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 8")
         if not 1 <= self.min_batch_size <= self.batch_size:

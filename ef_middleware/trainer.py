@@ -136,6 +136,16 @@ class Replay:
         self.size = min(self.size + y.shape[0], self.capacity)
         return slots
 
+    def draw(self, rng: np.random.Generator, n: int, mean_age: float | None) -> IntArray:
+        """Slots of ``n`` samples to replay: uniform over the buffer, or (``mean_age``) with
+        exponentially distributed ages, folded back into the buffer when they overshoot."""
+        if mean_age is None:
+            uniform: IntArray = rng.integers(0, self.size, size=n)
+            return uniform
+        ages = rng.exponential(mean_age, size=n).astype(np.int64) % self.size
+        out: IntArray = (self.head - 1 - ages) % self.capacity
+        return out
+
     def recent(self, n: int) -> IntArray:
         """Slots of the ``n`` most recent samples."""
         n = min(n, self.size)
@@ -232,7 +242,7 @@ class Trainer:
             self._credit -= size
             fresh = np.asarray(self._fresh[:size], dtype=np.int64)
             del self._fresh[:size]
-            drawn = self.rng.integers(0, self.replay.size, size=size - fresh.size)
+            drawn = self.replay.draw(self.rng, size - fresh.size, cfg.replay_recency)
             batch = np.concatenate([fresh, drawn])
             self.net.train_batch(self.inputs(batch), self.replay.y[batch])
             steps += 1

@@ -312,6 +312,8 @@ def test_configuration_is_checked_when_the_loop_is_made(engine: Engine) -> None:
         engine.loop("b", actions=HERO, rewardrange=(0, 1))
     with pytest.raises(ConfigurationError, match="strategy"):
         engine.loop("c", actions=HERO, strategy="softmax")
+    with pytest.raises(ConfigurationError, match="replay_recency"):
+        engine.loop("e", actions=HERO, replay_recency=0)
     with pytest.raises(InvalidInputError, match="unique"):
         engine.loop("d", actions=["x", "x"])
     with pytest.raises(UnknownLoopError):

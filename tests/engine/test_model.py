@@ -224,3 +224,23 @@ def test_a_snapshot_from_another_version_loads() -> None:
     back = RewardNet.from_bytes(buf.getvalue())
     assert back.config == SMALL
     np.testing.assert_array_equal(back.params, net.params)
+
+
+def test_replay_draws_uniformly_or_by_recency() -> None:
+    from ef_middleware.trainer import Replay
+
+    replay = Replay(1000, text_dim=2, numeric_dim=1)
+    for start in range(0, 1300, 100):  # wraps around: the head is not at slot 0
+        n = np.arange(start, start + 100, dtype=np.float32)
+        replay.add(np.zeros((100, 2), np.float32), np.zeros((100, 1), np.float32),
+                   np.ones((100, 1), np.float32), np.zeros(100, np.int64), n)
+    rng = np.random.default_rng(0)
+    newest = 1299.0
+    uniform = newest - replay.y[replay.draw(rng, 20_000, None)]
+    assert uniform.min() == 0 and uniform.max() == 999
+    assert abs(uniform.mean() - 499.5) < 10
+    recent = newest - replay.y[replay.draw(rng, 20_000, 100.0)]
+    assert recent.min() == 0 and recent.max() <= 999
+    # Exponential ages of mean 100, floored: mean about 99.5 (a tail beyond 1000 is negligible).
+    assert abs(recent.mean() - 99.5) < 4
+    assert np.mean(recent < 100) == pytest.approx(1 - math.exp(-1), abs=0.02)
