@@ -14,10 +14,11 @@ import math
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple, cast
 
 from itsdangerous import BadData, SignatureExpired, Signer, TimestampSigner, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int
+from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int, want_bytes
 
 __all__ = [
     "DECISIONS_SALT",
@@ -43,6 +44,7 @@ DECISIONS_SALT = "ef_middleware.web.decisions"
 VISITOR_SALT = "ef_middleware.web.visitor"
 MAX_ENTRIES = 16  # loops remembered in one decision cookie (oldest dropped first)
 MAX_ID = 128  # characters of an event id, action id or loop name we accept from a cookie
+KNOWN_VALUES = 4096  # signed values remembered per serializer (about 1.5 MB at most)
 
 
 class DecisionEntry(NamedTuple):
@@ -93,11 +95,49 @@ class _CookieSerializer(URLSafeTimedSerializer):
     of the signing (``zlib.compress`` allocates its 256 KB state every call), so payloads are
     never compressed; compressed ones (a leading ``.``) still load. The signer is built once
     per salt instead of once per call.
+
+    A visitor sends the same cookie with every page view and reward, so the last
+    :data:`KNOWN_VALUES` values this serializer signed or verified are remembered with their
+    payload and signing time: a known value is not verified or decoded again, and its age is
+    still checked on every load. Whether a value verifies depends only on the value and this
+    serializer's keys, which never change, so remembering it changes no answer. Callers must
+    not modify a loaded payload (it may be shared).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._signers: dict[str | bytes | None, Signer] = {}
+        self._known: dict[tuple[str | bytes | None, bytes], tuple[Any, int]] = {}
+
+    def _remember(self, key: tuple[str | bytes | None, bytes], payload: Any, stamp: int) -> None:
+        if len(self._known) >= KNOWN_VALUES:
+            del self._known[next(iter(self._known))]  # the oldest
+        self._known[key] = (payload, stamp)
+
+    def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
+        signed = str(super().dumps(obj, salt))
+        stamp = bytes_to_int(base64_decode(signed.rsplit(".", 2)[-2]))
+        self._remember((salt, signed.encode("ascii")), obj, stamp)
+        return signed
+
+    def loads(self, s: str | bytes, max_age: int | None = None,  # type: ignore[override]
+              return_timestamp: bool = False, salt: str | bytes | None = None) -> Any:
+        key = (salt, want_bytes(s))
+        known = self._known.get(key)
+        if known is None:
+            payload, signed_at = super().loads(s, return_timestamp=True, salt=salt)
+            known = (payload, int(signed_at.timestamp()))
+            self._remember(key, *known)
+        payload, stamp = known
+        if max_age is not None:  # as TimestampSigner.unsign checks it
+            age = cast("TimestampSigner", self.make_signer(salt)).get_timestamp() - stamp
+            if age > max_age or age < 0:
+                bound = f"> {max_age}" if age > max_age else "< 0"
+                raise SignatureExpired(f"Signature age {age} {bound} seconds", payload=payload,
+                                       date_signed=_utc(stamp))
+        if return_timestamp:
+            return payload, _utc(stamp)
+        return payload
 
     def dump_payload(self, obj: Any) -> bytes:
         return base64_encode(_CompactJSON.dumps(obj).encode("utf-8"))
@@ -107,6 +147,10 @@ class _CookieSerializer(URLSafeTimedSerializer):
         if found is None:
             found = self._signers[salt] = super().make_signer(salt)
         return found
+
+
+def _utc(stamp: int) -> datetime:
+    return datetime.fromtimestamp(stamp, tz=UTC)
 
 
 def make_serializer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, Signer, URLSafeTimedSerializer
 from web_helpers import Clock, tamper
 
 from ef_middleware.web import cookies as ck
@@ -103,6 +103,50 @@ def test_set_cookie_attributes() -> None:
         "ef_d=v; Max-Age=60; Path=/; HttpOnly; SameSite=Lax")
     assert ck.set_cookie("ef_d", "v", max_age=60.9, secure=True, domain="example.com") == (
         "ef_d=v; Max-Age=60; Path=/; Domain=example.com; Secure; HttpOnly; SameSite=Lax")
+
+
+def test_a_known_value_is_verified_once_and_still_expires(
+        clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    signer_side = serializer(clock)  # signed the value: knows it
+    reader = serializer(clock)  # meets it first in a request
+    raw = ck.dump_decisions(signer_side, {"hero": ENTRY})
+    verified: list[bytes] = []
+    verify = Signer.verify_signature
+
+    def counting(self: Signer, value: bytes, sig: bytes) -> bool:
+        verified.append(value)
+        return verify(self, value, sig)
+
+    monkeypatch.setattr(Signer, "verify_signature", counting)
+    for _ in range(3):
+        assert ck.load_decisions_strict(signer_side, raw, max_age=60) == {"hero": ENTRY}
+        assert ck.load_decisions_strict(reader, raw, max_age=60) == {"hero": ENTRY}
+    assert len(verified) == 1  # the reader, the first time
+    with pytest.raises(ck.BadDecisionCookie):
+        ck.load_decisions_strict(reader, tamper(raw), max_age=60)
+    assert ck.load_decisions(reader, tamper(raw), max_age=60, now=clock.now) == {}
+    clock.advance(-1)  # signed "in the future": refused, as itsdangerous does
+    with pytest.raises(ck.ExpiredDecisionCookie):
+        ck.load_decisions_strict(reader, raw, max_age=60)
+    clock.advance(61)
+    assert ck.load_decisions_strict(signer_side, raw, max_age=60) == {"hero": ENTRY}
+    clock.advance(1)
+    for each in (signer_side, reader):
+        with pytest.raises(ck.ExpiredDecisionCookie):
+            ck.load_decisions_strict(each, raw, max_age=60)
+    payload, signed_at = reader.loads(raw, return_timestamp=True)
+    assert payload == {"hero": ["e" * 32, "video", 1_800_000_000]}
+    assert signed_at.timestamp() == 1_800_000_000
+
+
+def test_known_values_are_bounded(clock: Clock) -> None:
+    s = serializer(clock)
+    signed = [ck.dump_decisions(s, {"hero": ck.DecisionEntry(f"e{i}", "video", 1)})
+              for i in range(ck.KNOWN_VALUES + 10)]
+    assert len(s._known) == ck.KNOWN_VALUES  # type: ignore[attr-defined]
+    # The forgotten ones still load, verified again.
+    assert ck.load_decisions_strict(s, signed[0], max_age=60) == {
+        "hero": ck.DecisionEntry("e0", "video", 1)}
 
 
 def test_format_is_itsdangerous_both_ways(clock: Clock) -> None:
