@@ -111,7 +111,10 @@ class _CookieSerializer(URLSafeTimedSerializer):
 
     def _remember(self, key: tuple[str | bytes | None, bytes], payload: Any, stamp: int) -> None:
         if len(self._known) >= KNOWN_VALUES:
-            del self._known[next(iter(self._known))]  # the oldest
+            try:
+                del self._known[next(iter(self._known))]  # the oldest
+            except (KeyError, RuntimeError, StopIteration):  # another thread evicted it first
+                pass
         self._known[key] = (payload, stamp)
 
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
