@@ -53,9 +53,10 @@ class LoopSettings:
         Most recent samples kept for replay (the network's memory).
     replay_recency
         Mean age, in samples, of the samples replayed (ages drawn from an exponential
-        distribution; default 1,000): recent samples are replayed more, so the network follows
-        a changing population sooner while older samples still hold it steady. ``None`` draws
-        uniformly from the whole buffer.
+        distribution): recent samples are replayed more, so the network follows a changing
+        population sooner while older samples still hold it steady. ``None`` (default) draws
+        uniformly from the whole buffer (a mean age of 1,000 helped on development seeds and
+        not on held-out ones: docs/design.md).
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
@@ -76,7 +77,7 @@ class LoopSettings:
     replay_ratio: float = 8.0
     min_batch_size: int = 64
     replay_size: int = 5_000
-    replay_recency: float | None = 1_000.0
+    replay_recency: float | None = None
     snapshot_every: int = 100
     posterior_every: int = 256
     posterior_window: int = 2048
