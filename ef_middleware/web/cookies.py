@@ -8,6 +8,7 @@ as "no data" in the page path; the reward route tells those cases apart with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -111,10 +112,9 @@ class _CookieSerializer(URLSafeTimedSerializer):
 
     def _remember(self, key: tuple[str | bytes | None, bytes], payload: Any, stamp: int) -> None:
         if len(self._known) >= KNOWN_VALUES:
-            try:
+            # Another thread may evict at the same time: then there is nothing left to do.
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
                 del self._known[next(iter(self._known))]  # the oldest
-            except (KeyError, RuntimeError, StopIteration):  # another thread evicted it first
-                pass
         self._known[key] = (payload, stamp)
 
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
