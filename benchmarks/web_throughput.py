@@ -619,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         "web-throughput-quick.json" if args.quick else "web-throughput.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
-        "command": "scripts/bench web-throughput " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["scripts/bench web-throughput",
+                             *(sys.argv[1:] if argv is None else argv)]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": {"python": platform.python_version(), "cores": os.cpu_count(),
                         "platform": platform.platform()},
