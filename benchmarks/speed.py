@@ -16,7 +16,7 @@ import time
 from argparse import Namespace
 from typing import Any
 
-from benchmarks.agents.engine import engine_unavailable
+from benchmarks.agents.engine import DEFAULT_STRATEGY, engine_unavailable
 from benchmarks.paths import REPO_ROOT
 from benchmarks.report import table, write_json
 
@@ -135,7 +135,7 @@ def run_speed(args: Namespace) -> dict[str, Any]:
             "quick": args.quick,
             "ks": args.ks,
             "calls": calls,
-            "engine_strategy": "thompson",
+            "engine_strategy": DEFAULT_STRATEGY,
         },
         "wall_seconds": wall,
         "engine": engine,

@@ -19,9 +19,10 @@ class LoopSettings:
     Parameters
     ----------
     strategy
-        Exploration policy: ``laplace`` (default: Thompson sampling on a Bayesian last layer),
-        ``thompson``, ``thompson-dropout``, ``neural-linear``, ``ucb``, ``epsilon-greedy``,
-        ``uniform`` (A/B split) or ``bernoulli-ts`` (no context).
+        Exploration policy: ``thompson`` (default: Thompson sampling with noise that shrinks
+        with each variant's data), ``laplace`` (on a Bayesian last layer), ``thompson-dropout``,
+        ``neural-linear``, ``ucb``, ``epsilon-greedy``, ``uniform`` (A/B split) or
+        ``bernoulli-ts`` (no context).
     strategy_options
         Keyword options of the policy, e.g. ``{"epsilon": 0.1}`` or ``{"noise": 0.2}``.
     reward_range
@@ -64,7 +65,7 @@ class LoopSettings:
         ``posterior_window`` ones (its memory; between rebuilds each sample is folded in).
     """
 
-    strategy: Strategy = "laplace"
+    strategy: Strategy = "thompson"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     reward_range: tuple[float, float] = (0.0, 1.0)
     default_reward: float | None = None

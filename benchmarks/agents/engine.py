@@ -10,7 +10,7 @@ from typing import Any
 from benchmarks.agents.base import AgentSpec
 from benchmarks.problems.base import Context, Problem
 
-DEFAULT_STRATEGY = "laplace"
+DEFAULT_STRATEGY = "thompson"
 
 
 def engine_unavailable() -> str | None:

@@ -1,4 +1,4 @@
-"""Thompson sampling on a Bayesian logistic last layer (the default strategy)."""
+"""Thompson sampling on a Bayesian logistic last layer: exploration per visitor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Thompson sampling with prediction noise that shrinks as an action gathers data."""
+"""Thompson sampling with prediction noise that shrinks as an action gathers data (the default
+strategy)."""
 
 from __future__ import annotations
 

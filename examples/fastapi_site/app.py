@@ -49,7 +49,7 @@ def create_app(engine: Engine | None = None) -> FastAPI:
     # A visitor who has not converted within reward_wait seconds counts as a non-conversion.
     wait = float(os.environ.get("EF_REWARD_WAIT", "600"))
     if LOOP not in engine.loops:  # a given engine may bring its own loop
-        engine.loop(LOOP, actions=HERO, reward_wait=wait)  # default strategy: laplace
+        engine.loop(LOOP, actions=HERO, reward_wait=wait)  # default strategy: thompson
     templates = setup_templates(Jinja2Templates(directory=TEMPLATES))
     show_context = os.environ.get("EF_DEMO_PANEL", "1") == "1"
     app = FastAPI(title="ef_middleware demo", docs_url=None, redoc_url=None)

@@ -393,10 +393,11 @@ def test_waiting_decisions_cost_the_garbage_collector_nothing(
 
 
 def _trained(eng: Engine, **options: Any) -> Any:
-    """A loop whose model is published with a posterior (rebuilt every 16 samples), trained
-    on rewards that do not depend on the action, so it stays unsure which is best."""
+    """A ``laplace`` loop whose model is published with a posterior (rebuilt every 16
+    samples), trained on rewards that do not depend on the action, so it stays unsure which is
+    best."""
     hero = eng.loop("hero", actions=[*HERO, "testimonial"], posterior_every=16,
-                    min_batch_size=8, strategy_options=options)
+                    min_batch_size=8, strategy="laplace", strategy_options=options)
     for i in range(64):
         d = hero.rank({"device": ("mobile", "desktop")[i % 2], "hour": i % 24})
         hero.reward(d.event_id, 1.0 if i % 3 == 0 else 0.0)
