@@ -101,8 +101,10 @@ class _CookieSerializer(URLSafeTimedSerializer):
     :data:`KNOWN_VALUES` values this serializer signed or verified are remembered with their
     payload and signing time: a known value is not verified or decoded again, and its age is
     still checked on every load. Whether a value verifies depends only on the value and this
-    serializer's keys, which never change, so remembering it changes no answer. Callers must
-    not modify a loaded payload (it may be shared).
+    serializer's keys, which never change, so remembering it changes no answer. A value signed
+    here loads as the object given to :meth:`dumps`, which is what decoding it would give for
+    the JSON-native payloads of this module (dicts with str keys, lists, str, int). Callers
+    must not modify a loaded payload (it may be shared).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
