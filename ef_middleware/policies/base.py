@@ -16,7 +16,7 @@ the probabilities only when asked (:class:`~ef_middleware.decision.Choice`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -107,6 +107,18 @@ class Policy(ABC):
         if probs[index] <= 0:  # float rounding at the very top: take a real option
             index = int(np.argmax(probs))
         return Choice(index, probs, exact)
+
+    def gaussian_view(self, c: Candidates, rng: np.random.Generator,
+                      scores: Callable[[], tuple[FloatArray, FloatArray]]) -> Choice:
+        """:meth:`gaussian` on the ``(mean, sd)`` that ``scores`` computes from the view alone,
+        computed once per view: ``Loop.rank`` serves one view to every visitor with the same
+        context until the model is republished, and decisions drawn from shared score arrays
+        share one propensity integral (:func:`resolve_choices`)."""
+        found = c.memo.get(self.name)
+        if found is None:
+            found = c.memo[self.name] = gaussian_scores(*scores())
+        mean, sd = found
+        return self.gaussian(mean, sd, rng, ready=True)
 
     def gaussian(self, mean: FloatArray | Float64Array, sd: FloatArray | Float64Array,
                  rng: np.random.Generator, *, ready: bool = False) -> Choice:

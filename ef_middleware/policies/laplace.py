@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..decision import Choice
-from .base import Candidates, Policy, gaussian_scores
+from .base import Candidates, Policy
 
 
 class Laplace(Policy):
@@ -29,8 +29,4 @@ class Laplace(Policy):
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
         if c.posterior is None:
             return self.greedy(c.logits)
-        scores = c.memo.get("laplace")
-        if scores is None:  # once per view (Loop.rank caches views per context)
-            scores = c.memo["laplace"] = gaussian_scores(c.logits, self.scale * c.widths())
-        mean, sd = scores
-        return self.gaussian(mean, sd, rng, ready=True)
+        return self.gaussian_view(c, rng, lambda: (c.logits, self.scale * c.widths()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._types import FloatArray
 from ..decision import Choice
 from ..posterior import with_bias
 from .base import Candidates, Policy
@@ -32,5 +33,10 @@ class NeuralLinear(Policy):
         post = c.posterior
         if post is None or post.mean is None:
             return self.greedy(c.mean)
-        phi = with_bias(c.hidden)
-        return self.gaussian(phi @ post.mean, self.scale * post.sd(phi), rng)
+        mean = post.mean
+
+        def scores() -> tuple[FloatArray, FloatArray]:
+            phi = with_bias(c.hidden)
+            return phi @ mean, self.scale * post.sd(phi)
+
+        return self.gaussian_view(c, rng, scores)

@@ -26,4 +26,4 @@ class Thompson(Policy):
         self.noise = noise
 
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
-        return self.gaussian(c.mean, self.noise / np.sqrt(c.counts + 1.0), rng)
+        return self.gaussian_view(c, rng, lambda: (c.mean, self.noise / np.sqrt(c.counts + 1.0)))

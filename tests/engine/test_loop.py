@@ -392,12 +392,12 @@ def test_waiting_decisions_cost_the_garbage_collector_nothing(
         eng.close()
 
 
-def _trained(eng: Engine, **options: Any) -> Any:
-    """A ``laplace`` loop whose model is published with a posterior (rebuilt every 16
-    samples), trained on rewards that do not depend on the action, so it stays unsure which is
-    best."""
+def _trained(eng: Engine, strategy: str = "laplace", **options: Any) -> Any:
+    """A loop (``laplace`` unless said) whose model is published with a posterior (rebuilt
+    every 16 samples), trained on rewards that do not depend on the action, so it stays unsure
+    which is best."""
     hero = eng.loop("hero", actions=[*HERO, "testimonial"], posterior_every=16,
-                    min_batch_size=8, strategy="laplace", strategy_options=options)
+                    min_batch_size=8, strategy=strategy, strategy_options=options)
     for i in range(64):
         d = hero.rank({"device": ("mobile", "desktop")[i % 2], "hour": i % 24})
         hero.reward(d.event_id, 1.0 if i % 3 == 0 else 0.0)
@@ -443,11 +443,14 @@ def test_a_context_seen_since_the_last_publication_is_not_encoded_again(
         eng.close()
 
 
+@pytest.mark.parametrize(("strategy", "options"), [
+    ("laplace", {"scale": 4.0}), ("thompson", {"noise": 2.0}), ("neural-linear", {"scale": 4.0})])
 def test_decisions_from_one_view_share_one_propensity_integral(
-        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+        tmp_path: Path, embedder: SentenceTransformerEmbedder, strategy: str,
+        options: dict[str, float]) -> None:
     eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
     try:
-        hero = _trained(eng, scale=4.0)  # wide draws: several actions can win
+        hero = _trained(eng, strategy, **options)  # wide draws: several actions can win
         ctx = {"device": "desktop", "hour": 15.0}
         decisions = [hero.rank(ctx) for _ in range(300)]
         choices = [d.choice for d in decisions]
