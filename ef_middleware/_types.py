@@ -14,6 +14,7 @@ Strategy: TypeAlias = Literal[
     "thompson-dropout",
     "neural-linear",
     "ucb",
+    "squarecb",
     "epsilon-greedy",
     "uniform",
     "bernoulli-ts",

@@ -21,7 +21,7 @@ class LoopSettings:
     strategy
         Exploration policy: ``thompson`` (default: Thompson sampling with noise that shrinks
         with each variant's data), ``laplace`` (on a Bayesian last layer), ``thompson-dropout``,
-        ``neural-linear``, ``ucb``, ``epsilon-greedy``, ``uniform`` (A/B split) or
+        ``neural-linear``, ``ucb``, ``squarecb``, ``epsilon-greedy``, ``uniform`` (A/B split) or
         ``bernoulli-ts`` (no context).
     strategy_options
         Keyword options of the policy, e.g. ``{"epsilon": 0.1}`` or ``{"noise": 0.2}``.

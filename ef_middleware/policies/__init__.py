@@ -13,6 +13,7 @@ from .dropout import DropoutThompson
 from .epsilon_greedy import EpsilonGreedy
 from .laplace import Laplace
 from .neural_linear import NeuralLinear
+from .squarecb import SquareCB
 from .thompson import Thompson
 from .ucb import UCB
 from .uniform import Uniform
@@ -23,6 +24,7 @@ POLICIES: dict[str, type[Policy]] = {
     "thompson-dropout": DropoutThompson,
     "neural-linear": NeuralLinear,
     "ucb": UCB,
+    "squarecb": SquareCB,
     "epsilon-greedy": EpsilonGreedy,
     "uniform": Uniform,
     "bernoulli-ts": BernoulliThompson,
@@ -51,6 +53,7 @@ __all__ = [
     "Laplace",
     "NeuralLinear",
     "Policy",
+    "SquareCB",
     "Thompson",
     "Uniform",
     "make_policy",

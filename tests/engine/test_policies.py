@@ -63,6 +63,20 @@ def test_epsilon_greedy_propensities_are_exact() -> None:
     assert choice.exact
 
 
+def test_squarecb_weights_the_inverse_gaps_exactly() -> None:
+    c = candidates()  # means 0.50, 0.55 (best), 0.45, 0.30
+    c.learned = 400  # gamma = 10 * 400 ** 0.5 = 200
+    policy = make_policy("squarecb")
+    choice = policy.choose(c, np.random.default_rng(0))
+    others = [1 / (4 + 200 * 0.05), 1 / (4 + 200 * 0.10), 1 / (4 + 200 * 0.25)]
+    expected = [others[0], 1 - sum(others), others[1], others[2]]
+    np.testing.assert_allclose(choice.probabilities, expected, rtol=1e-5)
+    assert choice.exact
+    fresh = candidates()  # nothing learned yet: gamma = 0, a uniform split
+    np.testing.assert_allclose(policy.choose(fresh, np.random.default_rng(0)).probabilities,
+                               0.25, rtol=1e-6)
+
+
 def test_uniform_and_ucb_are_exact() -> None:
     rng = np.random.default_rng(0)
     uniform = make_policy("uniform").choose(candidates(), rng)
