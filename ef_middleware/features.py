@@ -209,6 +209,21 @@ class NumericSpace:
         self.scaler.restore(state)
 
 
+TEXT_SEPARATOR = "\x1f"  # joins a context's texts into one string (see Loop's waiting tuple)
+
+
+def _clean(value: str) -> str:
+    return value.strip()[:MAX_TEXT].replace(TEXT_SEPARATOR, " ")
+
+
+def join_texts(texts: tuple[str, ...]) -> str:
+    return TEXT_SEPARATOR.join(texts)
+
+
+def split_texts(joined: str) -> tuple[str, ...]:
+    return tuple(joined.split(TEXT_SEPARATOR)) if joined else ()
+
+
 @dataclass
 class EncodedContext:
     """A context as the model sees it: pooled text vector, raw numbers and their mask."""
@@ -217,6 +232,7 @@ class EncodedContext:
     numeric_raw: FloatArray
     numeric_mask: FloatArray
     provisional: bool = False  # a text was not embedded yet: its key's mean stands in
+    texts: tuple[str, ...] = ()  # the "key: value" texts that were pooled
 
 
 class FeatureEncoder:
@@ -270,20 +286,21 @@ class FeatureEncoder:
             if value is None:
                 continue
             if isinstance(value, str):
-                texts.append(f"{key.strip().lower()}: {value.strip()[:MAX_TEXT]}")
+                texts.append(f"{key.strip().lower()}: {_clean(value)}")
             elif isinstance(value, int | float):  # bool included
                 numeric.put(key.strip().lower(), value, values, mask)
             elif (isinstance(value, list | tuple | set | frozenset)
                   and all(isinstance(v, str) for v in value)):
                 name = key.strip().lower()
-                texts.extend(f"{name}: {v.strip()[:MAX_TEXT]}" for v in value)
+                texts.extend(f"{name}: {_clean(v)}" for v in value)
             else:
                 raise InvalidInputError(
                     f"context feature {key!r} has unsupported type {type(value).__name__}: use "
                     "str, int, float, bool, None or a list of str"
                 )
         pooled, complete = self.pool(texts, block=block)
-        return EncodedContext(pooled, values, mask, provisional=not complete)
+        return EncodedContext(pooled, values, mask, provisional=not complete,
+                              texts=tuple(texts))
 
     def actions(self, actions: Sequence[Action]) -> FloatArray:
         """Pooled text vectors of ``actions``, one row each."""

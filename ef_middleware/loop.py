@@ -28,7 +28,7 @@ from .errors import (
     RewardOutOfRangeError,
     UnknownEventError,
 )
-from .features import Action, EncodedContext, FeatureEncoder, to_actions
+from .features import Action, EncodedContext, FeatureEncoder, join_texts, split_texts, to_actions
 from .model import sigmoid
 from .policies import Candidates, Policy, make_policy, resolve_choices
 from .settings import LoopSettings
@@ -58,18 +58,24 @@ _RAW: Final = 2
 _MASK: Final = 3
 _ACTION: Final = 4
 _CONTEXT: Final = 5
-_TOTAL: Final = 6
-_REWARDED: Final = 7
-Waiting = tuple[float, FloatArray, FloatArray, FloatArray, int, Context | None, float, bool]
+_TEXTS: Final = 6
+_LOGIT: Final = 7
+_TOTAL: Final = 8
+_REWARDED: Final = 9
+Waiting = tuple[float, FloatArray, FloatArray, FloatArray, int, Context | None, str, float,
+                float, bool]
 
 
 class _View:
     """One context's forward pass over a candidate set: what every policy chooses from."""
 
-    __slots__ = ("actions", "candidates", "encoded", "ids", "numbers", "predicted")
+    __slots__ = ("actions", "candidates", "encoded", "ids", "joined", "network_logits",
+                 "numbers", "predicted")
 
     def __init__(self, encoded: EncodedContext, actions: list[Action], predicted: FloatArray,
-                 candidates: Candidates) -> None:
+                 candidates: Candidates, network_logits: FloatArray) -> None:
+        self.network_logits = network_logits  # the network's own, before the correction
+        self.joined = join_texts(encoded.texts)  # a str: the waiting tuples stay untracked
         self.encoded = encoded
         self.actions = actions
         self.ids = tuple(a.id for a in actions)  # shared by decisions: immutable
@@ -190,8 +196,8 @@ class Loop:
         inputs = view.encoded
         waiting = (record.time, inputs.text, inputs.numeric_raw, inputs.numeric_mask,
                    self._action_number(view, choice.index),
-                   record.context if inputs.provisional else None,
-                   0.0, False)
+                   record.context if inputs.provisional else None, view.joined,
+                   float(view.network_logits[choice.index]), 0.0, False)
         with self._pending_lock:
             self._pending[record.event_id] = waiting
             self._arrivals.append(record.event_id)
@@ -220,7 +226,8 @@ class Loop:
         return found
 
     def _view(self, state: ServingState, context: Context, candidates: list[Action],
-              rows: FloatArray, counts: FloatArray, successes: FloatArray) -> _View:
+              rows: FloatArray, counts: FloatArray, successes: FloatArray, *,
+              own: bool = False) -> _View:
         """The model's forward pass for ``context`` and these candidates."""
         encoded = self.encoder.context(context)
         model = state.model
@@ -228,12 +235,16 @@ class Loop:
         text = np.clip((encoded.text - text_mean) * text_inv, -5.0, 5.0)
         numeric = self.encoder.numeric.standardise(encoded.numeric_raw, encoded.numeric_mask)
         hidden = model.last_hidden(model.project_context(text, numeric), rows)
-        logits = model.logits(hidden)
+        network = logits = model.logits(hidden)
+        if state.correction is not None:
+            ids = [a.id for a in candidates]  # own: the loop's actions, rows memoised
+            logits = network + state.correction.offsets(
+                encoded.texts, ids, state.offset_rows if own else None)
         mean = sigmoid(logits).astype(np.float32)
         low, high = self.settings.reward_range
         return _View(encoded, candidates, low + mean * (high - low),
                      Candidates(mean, logits, hidden, counts, successes, model,
-                                state.posterior, state.learned))
+                                state.posterior, state.learned), network)
 
     def _cached_view(self, state: ServingState, context: Context) -> _View | None:
         """The view of the loop's own actions for ``context``, from the cache when this
@@ -253,7 +264,7 @@ class Loop:
         except (TypeError, AttributeError):
             return None
         if found is None:
-            found = self._view(state, context, *self._candidates(state, None, ()))
+            found = self._view(state, context, *self._candidates(state, None, ()), own=True)
             if not found.encoded.provisional:
                 views.put(key, found)
         return found
@@ -364,9 +375,10 @@ class Loop:
                  else float(self.settings.default_reward or 0.0))
         context = pending[_CONTEXT]
         inputs = EncodedContext(pending[_TEXT], pending[_RAW], pending[_MASK],
-                                provisional=context is not None)
+                                provisional=context is not None,
+                                texts=split_texts(pending[_TEXTS]))
         self._ready.append(Sample(inputs, self._action_table[pending[_ACTION]],
-                                  self.settings.normalise(value), context))
+                                  self.settings.normalise(value), context, pending[_LOGIT]))
         self.enqueued += 1
 
     def expire(self, now: float | None = None) -> int:

@@ -58,6 +58,12 @@ class LoopSettings:
         population sooner while older samples still hold it steady. ``None`` (default) draws
         uniformly from the whole buffer (a mean age of 1,000 helped on development seeds and
         not on held-out ones: docs/design.md).
+    correction_rate
+        Step size of the fast correction (:mod:`~ef_middleware.correction`): a logit offset per
+        (context text, action), learned online from the network's errors, so that a new
+        campaign or a segment whose taste changed is followed within hundreds of visitors,
+        not the thousands the replayed network needs. The step is shared among a sample's
+        cells (one per context text, one for the action). ``0`` turns it off.
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
@@ -79,6 +85,7 @@ class LoopSettings:
     min_batch_size: int = 64
     replay_size: int = 5_000
     replay_recency: float | None = None
+    correction_rate: float = 4.0
     snapshot_every: int = 100
     posterior_every: int = 256
     posterior_window: int = 2048
@@ -117,6 +124,9 @@ class LoopSettings:
         if self.replay_recency is not None and not self.replay_recency > 0:
             raise ConfigurationError("replay_recency is a mean age in samples and must be "
                                      "positive, e.g. 1000 (or None: uniform)")
+        if not (math.isfinite(self.correction_rate) and self.correction_rate >= 0):
+            raise ConfigurationError("correction_rate must be a finite number >= 0, e.g. 4 "
+                                     "(0 turns the correction off)")
         if not 0 < self.replay_ratio <= 1024:
             raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 8")
         if not 1 <= self.min_batch_size <= self.batch_size:

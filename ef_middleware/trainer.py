@@ -20,11 +20,12 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._types import Context, FloatArray, IntArray
+from .correction import Correction
 from .features import Action, EncodedContext, FeatureEncoder, RunningScaler
 from .model import FactoredInput, RewardNet, ServingModel, layer_views
 from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, with_bias
@@ -51,6 +52,8 @@ class ServingState:
     posterior: PosteriorSnapshot | None
     text_scale: tuple[FloatArray, FloatArray]  # context text standardisation (mean, 1/std)
     learned: int  # samples learned so far
+    correction: Correction | None  # live: the learner updates it between publications
+    offset_rows: dict[str, FloatArray] = field(default_factory=dict)  # for the own actions
 
     @property
     def version(self) -> int:
@@ -65,6 +68,7 @@ class Sample:
     action: Action
     reward: float
     context: Context | None = None  # to encode again if ``inputs`` were provisional
+    logit: float = 0.0  # the network's logit for the action when it was chosen
 
 
 class ActionTable:
@@ -175,6 +179,8 @@ class Trainer:
         kind = POSTERIORS.get(settings.strategy)
         self.posterior = kind(cfg.hidden[-1] + 1) if kind is not None else None
         self.stats: dict[str, list[float]] = {}  # action id -> [count, summed reward]
+        rate = settings.correction_rate
+        self.correction = Correction(rate) if rate > 0 else None
         self.learned = 0
         self._credit = 0.0
         self._fresh: list[int] = []  # replay slots not yet in a gradient step
@@ -226,6 +232,9 @@ class Trainer:
             entry = self.stats.setdefault(s.action.id, [0.0, 0.0])
             entry[0] += 1.0
             entry[1] += s.reward
+        if self.correction is not None:
+            for s in samples:
+                self.correction.update(s.inputs.texts, s.action.id, s.logit, s.reward)
         steps = self._train(n)
         self.learned += n
         self._update_posterior(slots)
@@ -276,7 +285,7 @@ class Trainer:
         post = self.posterior.snapshot() if self.posterior is not None else None
         return ServingState(model, tuple(actions), {a.id: i for i, a in enumerate(actions)},
                             np.ascontiguousarray(rows), counts, succ, post,
-                            self.text_scaler.scale, self.learned)
+                            self.text_scaler.scale, self.learned, self.correction)
 
     def action_rows(self, actions: Sequence[Action], model: ServingModel) -> FloatArray:
         """Layer-1 action rows of ``actions`` under ``model`` (for per-call action lists)."""
@@ -291,6 +300,7 @@ class Trainer:
             "version": self.net.step, "learned": self.learned,
             "numeric": self.encoder.numeric.state(), "text": self.text_scaler.state(),
             "stats": self.stats,
+            "correction": None if self.correction is None else self.correction.state(),
             "posterior": None if self.posterior is None else {
                 "precision": self.posterior.precision.tolist(), "b": self.posterior.b.tolist()},
         }).encode()
@@ -330,6 +340,8 @@ class Trainer:
         if "text" in meta:
             self.text_scaler.restore(meta["text"])
         self.stats = {str(k): [float(v[0]), float(v[1])] for k, v in meta["stats"].items()}
+        if self.correction is not None and meta.get("correction"):
+            self.correction.restore(meta["correction"])
         saved = meta.get("posterior")
         if self.posterior is not None and saved is not None:
             precision = np.asarray(saved["precision"], dtype=np.float64)

@@ -314,6 +314,8 @@ def test_configuration_is_checked_when_the_loop_is_made(engine: Engine) -> None:
         engine.loop("c", actions=HERO, strategy="softmax")
     with pytest.raises(ConfigurationError, match="replay_recency"):
         engine.loop("e", actions=HERO, replay_recency=0)
+    with pytest.raises(ConfigurationError, match="correction_rate"):
+        engine.loop("f", actions=HERO, correction_rate=float("nan"))
     with pytest.raises(InvalidInputError, match="unique"):
         engine.loop("d", actions=["x", "x"])
     with pytest.raises(UnknownLoopError):

@@ -1,0 +1,107 @@
+"""The fast correction: per (context text, action) logit offsets learned online."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ef_middleware import Engine, SentenceTransformerEmbedder
+from ef_middleware.correction import Correction
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_offsets_learn_what_the_network_misses_and_only_there() -> None:
+    rng = np.random.default_rng(0)
+    fix = Correction(rate=0.3)
+    texts = ("utm_campaign: summer_launch", "device: mobile")
+    for _ in range(3000):  # the network says 10%, the campaign's visitors click 30%
+        fix.update(texts, "video", logit(0.1), float(rng.random() < 0.3))
+    video, minimal = fix.offsets(texts, ["video", "minimal"])
+    assert video == pytest.approx(logit(0.3) - logit(0.1), abs=0.25)
+    assert minimal == 0.0  # no data on this action: no correction
+    assert fix.offsets(("device: desktop",), ["video"])[0] != 0.0  # the action's own cell
+
+
+def test_a_calibrated_network_keeps_the_offsets_near_zero() -> None:
+    rng = np.random.default_rng(1)
+    fix = Correction(rate=0.3)
+    for _ in range(5000):
+        p = rng.choice([0.05, 0.2])
+        texts = ("referrer: email",) if p > 0.1 else ("referrer: search",)
+        fix.update(texts, "minimal", logit(p), float(rng.random() < p))
+    offsets = [fix.offsets((t,), ["minimal"])[0] for t in ("referrer: email", "referrer: search")]
+    assert max(abs(o) for o in offsets) < 0.25
+
+
+def test_a_new_cell_moves_faster_than_an_old_one() -> None:
+    fix = Correction(rate=0.3)
+    for _ in range(500):  # an old cell, calibrated
+        fix.update(("referrer: email",), "a", logit(0.5), 1.0)
+        fix.update(("referrer: email",), "a", logit(0.5), 0.0)
+    old = fix.cells["referrer: email"]["a"][0]
+    fix.update(("referrer: email",), "a", logit(0.5), 1.0)
+    fix.update(("utm_campaign: new",), "a", logit(0.5), 1.0)
+    moved_old = fix.cells["referrer: email"]["a"][0] - old
+    moved_new = fix.cells["utm_campaign: new"]["a"][0]
+    # AdaGrad, the step shared by two cells (the action's and the text's): 0.3 / 2 * 0.5 /
+    # sqrt(1 + 0.25) for the new cell, / sqrt(1 + ~250) for the old one
+    assert moved_new == pytest.approx(0.15 * 0.5 / math.sqrt(1.25), rel=0.05)
+    assert moved_new > 5 * moved_old > 0
+
+
+def test_the_correction_is_saved_and_restored(tmp_path: Path,
+                                              embedder: SentenceTransformerEmbedder) -> None:
+    ctx = {"device": "tablet", "utm_campaign": "summer"}
+    first = Engine(tmp_path / "ef", embedder=embedder, seed=5)
+    hero = first.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
+    for _ in range(30):
+        d = hero.rank(ctx)
+        hero.reward(d.event_id, 1.0 if d.action_id == "video" else 0.0)
+    hero.flush()
+    cells = dict(hero.trainer.correction.cells)  # type: ignore[union-attr]
+    assert cells and any(abs(c[0]) > 0.1 for per in cells.values() for c in per.values())
+    before = {r.action_id: r.predicted_reward for r in hero.rank(ctx).ranking}
+    first.close()
+    second = Engine(tmp_path / "ef", embedder=embedder, seed=99)
+    again = second.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
+    assert again.restored
+    assert again.trainer.correction.cells == cells  # type: ignore[union-attr]
+    after = {r.action_id: r.predicted_reward for r in again.rank(ctx).ranking}
+    assert after == pytest.approx(before, rel=1e-6)
+    second.close()
+
+
+def test_a_sample_moves_its_prediction_as_far_with_many_texts_as_with_one() -> None:
+    """The step is shared among a sample's cells: unshared, a Mushroom context (22 texts)
+    moved its logit 22 times as far and locked the loop onto one action."""
+    totals = []
+    for n in (1, 22):
+        fix = Correction(rate=0.6)
+        texts = tuple(f"attribute{i}: x" for i in range(n))
+        fix.update(texts, "eat", 0.0, 1.0)
+        totals.append(float(fix.offsets(texts, ["eat"])[0]))
+    assert totals[0] == pytest.approx(totals[1], rel=1e-5)
+    assert totals[0] == pytest.approx(0.6 * 0.5 / math.sqrt(1.25), rel=1e-5)
+
+
+def test_memoised_rows_give_the_same_offsets() -> None:
+    fix = Correction(rate=2.0)
+    ids = [f"a{i}" for i in range(50)]
+    rng = np.random.default_rng(3)
+    for i in range(500):
+        fix.update((f"device: d{i % 3}", f"referrer: r{i % 5}"), ids[i % 50], -2.0,
+                   float(rng.random() < 0.3))
+    memo: dict[str, np.ndarray] = {}
+    texts = ("device: d1", "referrer: r2", "language: never seen")
+    first = fix.offsets(texts, ids, memo)
+    np.testing.assert_array_equal(first, fix.offsets(texts, ids))
+    assert set(memo) == {"", "device: d1", "referrer: r2"}
+    row = memo["device: d1"]
+    np.testing.assert_array_equal(fix.offsets(texts, ids, memo), first)
+    assert memo["device: d1"] is row  # reused, not recomputed
