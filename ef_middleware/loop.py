@@ -72,13 +72,14 @@ class _View:
     __slots__ = ("actions", "candidates", "encoded", "ids", "joined", "network_logits",
                  "numbers", "predicted")
 
-    def __init__(self, encoded: EncodedContext, actions: list[Action], predicted: FloatArray,
-                 candidates: Candidates, network_logits: FloatArray) -> None:
+    def __init__(self, encoded: EncodedContext, actions: list[Action], ids: tuple[str, ...],
+                 predicted: FloatArray, candidates: Candidates,
+                 network_logits: FloatArray) -> None:
         self.network_logits = network_logits  # the network's own, before the correction
         self.joined = join_texts(encoded.texts)  # a str: the waiting tuples stay untracked
         self.encoded = encoded
         self.actions = actions
-        self.ids = tuple(a.id for a in actions)  # shared by decisions: immutable
+        self.ids = ids  # the actions' ids, shared by decisions: immutable
         self.predicted = predicted  # predicted rewards in the loop's reward range
         self.candidates = candidates
         self.numbers: dict[int, int] = {}  # action index -> Loop._action_table index
@@ -236,13 +237,13 @@ class Loop:
         numeric = self.encoder.numeric.standardise(encoded.numeric_raw, encoded.numeric_mask)
         hidden = model.last_hidden(model.project_context(text, numeric), rows)
         network = logits = model.logits(hidden)
-        if state.correction is not None:
-            ids = [a.id for a in candidates]  # own: the loop's actions, rows memoised
+        ids = tuple(a.id for a in candidates)
+        if state.correction is not None:  # own: the loop's actions, rows memoised
             logits = network + state.correction.offsets(
                 encoded.texts, ids, state.offset_rows if own else None)
         mean = sigmoid(logits).astype(np.float32)
         low, high = self.settings.reward_range
-        return _View(encoded, candidates, low + mean * (high - low),
+        return _View(encoded, candidates, ids, low + mean * (high - low),
                      Candidates(mean, logits, hidden, counts, successes, model,
                                 state.posterior, state.learned), network)
 
