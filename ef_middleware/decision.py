@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ._types import Float64Array, FloatArray
 from .features import Action
@@ -21,26 +22,69 @@ class RankedAction:
     predicted_reward: float
 
 
+LAZY_PROPENSITIES: dict[str, Callable[..., FloatArray]] = {}
+"""The functions that compute a :class:`Choice`'s probabilities on demand, by name (policies
+register theirs): a choice names its function instead of holding it, so what the loop keeps
+about a decision until it logs it is made of plain values only (see :meth:`Choice.state`)."""
+
+Lazy = tuple[str, tuple[Any, ...]]
+"""``(name in LAZY_PROPENSITIES, arguments)``: how to compute the probabilities later."""
+
+ChoiceState = tuple[Any, ...]
+"""A :class:`Choice` as one flat tuple of plain values: index, exact, probabilities (or
+``None``), the lazy function's name (or ``None``), then its arguments."""
+
+
 class Choice:
     """A policy's answer: the chosen index and every action's probability of being chosen.
 
     The choice is drawn on the request path; the probabilities may be computed on first use
-    (``compute``), so a page view that only needs the chosen variant never pays for them. The
-    learner reads them when it logs the decision. ``compute`` must be deterministic.
+    (``lazy``: a function of :data:`LAZY_PROPENSITIES` and its arguments), so a page view that
+    only needs the chosen variant never pays for them. The learner reads them when it logs
+    the decision. The function must be deterministic.
     """
 
-    __slots__ = ("_compute", "_probabilities", "exact", "gaussian", "index")
+    __slots__ = ("_probabilities", "exact", "index", "lazy")
 
     def __init__(self, index: int, probabilities: FloatArray | None = None, exact: bool = True,
-                 compute: Callable[[], FloatArray] | None = None,
-                 gaussian: tuple[Float64Array, Float64Array] | None = None) -> None:
-        if probabilities is None and compute is None:
+                 lazy: Lazy | None = None) -> None:
+        if probabilities is None and lazy is None:
             raise ValueError("a Choice needs probabilities or a way to compute them")
+        if lazy is not None and lazy[0] not in LAZY_PROPENSITIES:
+            raise ValueError(f"unknown propensity function {lazy[0]!r}")
         self.index = index
         self.exact = exact
         self._probabilities = probabilities
-        self._compute = compute
-        self.gaussian = gaussian  # (means, sds) of independent Gaussian scores, if that's all
+        self.lazy = lazy
+
+    @classmethod
+    def from_state(cls, state: ChoiceState) -> Choice:
+        """The choice that :meth:`state` describes."""
+        index, exact, probabilities, name = state[:4]
+        return cls(index, probabilities, exact, None if name is None else (name, state[4:]))
+
+    def state(self) -> ChoiceState:
+        """This choice as one flat tuple of plain values (ints, floats, str, numpy arrays).
+
+        The loop keeps this (inside its log entry), not the choice, until the learner logs the
+        decision. The garbage collector stops tracking a tuple whose items are all untracked,
+        one level of nesting per collection, and stops at a dict or any other object: every
+        object kept for a second reaches the oldest generation and is scanned by each full
+        collection until it goes.
+        """
+        lazy = self.lazy
+        if lazy is None:
+            return self.index, self.exact, self._probabilities, None
+        return (self.index, self.exact, self._probabilities, lazy[0], *lazy[1])
+
+    @property
+    def gaussian(self) -> tuple[Float64Array, Float64Array] | None:
+        """``(means, sds)`` of the independent Gaussian scores the choice was drawn from, when
+        its probabilities are their win probabilities (``gaussian_probabilities``)."""
+        if self.lazy is None or self.lazy[0] != "gaussian":
+            return None
+        mu, sigma = self.lazy[1][:2]
+        return mu, sigma
 
     @property
     def resolved(self) -> bool:
@@ -56,8 +100,9 @@ class Choice:
         """``(K,)`` probabilities, summing to 1 (closed form, integral or Monte Carlo)."""
         probs = self._probabilities
         if probs is None:
-            assert self._compute is not None
-            probs = self._probabilities = self._compute()
+            assert self.lazy is not None
+            name, args = self.lazy
+            probs = self._probabilities = LAZY_PROPENSITIES[name](*args)
         return probs
 
     def __repr__(self) -> str:
@@ -119,28 +164,31 @@ class Decision:
                 f"action_id={self.action_id!r}, model_version={self.model_version})")
 
 
-@dataclass
-class DecisionRecord:
-    """The logged decision: what counterfactual evaluation and the learner need."""
+LogEntry = tuple[Any, ...]
+"""What a loop keeps of a decision until its learner logs it, one flat tuple of plain values:
+event id, time, the context as JSON (bytes), the candidates' ids (a tuple shared by every
+decision of a view), the chosen action's number in the loop's action table, model version, then
+the choice's :meth:`Choice.state`."""
 
-    event_id: str
-    time: float
-    context: dict[str, Any]
-    action_ids: Sequence[str]
-    choice: Choice
-    model_version: int
-    action: Action
-    inputs: Any = field(repr=False, default=None)  # EncodedContext, memory only
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "time": self.time,
-            "context": self.context,
-            "actions": self.action_ids,
-            "chosen": self.choice.index,
-            "probabilities": [float(p) for p in self.choice.probabilities],
-            "exact": self.choice.exact,
-            "model_version": self.model_version,
-            "action_features": dict(self.action.features),
-        }
+def log_record(entry: LogEntry, choice: Choice, action: Action) -> dict[str, Any]:
+    """The logged decision (one JSON line of the decision log, for ``orjson.dumps``): what
+    counterfactual evaluation needs. ``choice`` is ``Choice.from_state(entry[6:])``, its
+    probabilities resolved or computed now; ``action`` is the chosen action."""
+    event_id, time, context, action_ids, _, model_version = entry[:6]
+    return {
+        "event_id": event_id,
+        "time": time,
+        "context": orjson.Fragment(context),
+        "actions": action_ids,
+        "chosen": choice.index,
+        "probabilities": [float(p) for p in choice.probabilities],
+        "exact": choice.exact,
+        "model_version": model_version,
+        "action_features": dict(action.features),
+    }
+
+
+def context_json(context: Mapping[str, Any]) -> bytes:
+    """The context as the decision log writes it (values JSON cannot hold become strings)."""
+    return orjson.dumps(context, default=str, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from ._types import Context, FloatArray
-from .decision import Choice, Decision, DecisionRecord
+from .decision import Choice, Decision, LogEntry, context_json, log_record
 from .errors import (
     DuplicateRewardError,
     InvalidInputError,
@@ -140,7 +140,7 @@ class Loop:
         self._action_table: list[Action] = []  # actions of waiting decisions, by index
         self._action_index: dict[ActionKey, int] = {}
         self._pending_lock = threading.Lock()
-        self._to_persist: deque[DecisionRecord] = deque()
+        self._to_persist: deque[LogEntry] = deque()
         self._ready: deque[Sample] = deque()
         self._progress = threading.Condition()
         self._train_lock = threading.Lock()
@@ -184,27 +184,23 @@ class Loop:
         with self._rng_lock:
             choice = self.policy.choose(view.candidates, self._rng)
         chosen = view.actions[choice.index]
-        record = DecisionRecord(
-            event_id=event_id or f"{_ids.getrandbits(128):032x}",
-            time=self.clock(),
-            context=dict(context),
-            action_ids=view.ids,
-            choice=choice,
-            model_version=state.version,
-            action=chosen,
-            inputs=view.encoded,
-        )
+        event_id = event_id or f"{_ids.getrandbits(128):032x}"
+        now = self.clock()
+        number = self._action_number(view, choice.index)
         inputs = view.encoded
-        waiting = (record.time, inputs.text, inputs.numeric_raw, inputs.numeric_mask,
-                   self._action_number(view, choice.index),
-                   record.context if inputs.provisional else None, view.joined,
+        # Both kept as flat tuples of plain values, which the garbage collector stops tracking
+        # (see Choice.state).
+        waiting = (now, inputs.text, inputs.numeric_raw, inputs.numeric_mask, number,
+                   dict(context) if inputs.provisional else None, view.joined,
                    float(view.network_logits[choice.index]), 0.0, False)
+        logged = (event_id, now, context_json(context), view.ids, number, state.version,
+                  *choice.state())
         with self._pending_lock:
-            self._pending[record.event_id] = waiting
-            self._arrivals.append(record.event_id)
-            self._to_persist.append(record)
+            self._pending[event_id] = waiting
+            self._arrivals.append(event_id)
+            self._to_persist.append(logged)
             self.decisions += 1
-        return Decision(self.name, record.event_id, chosen, choice, view.ids, view.predicted,
+        return Decision(self.name, event_id, chosen, choice, view.ids, view.predicted,
                         state.version)
 
     def _action_number(self, view: _View, index: int) -> int:
@@ -426,12 +422,15 @@ class Loop:
         write waits for one chunk at most, not for the whole backlog."""
         expire = self.settings.reward_wait * 2 + 86_400
         backlog = [self._to_persist.popleft() for _ in range(len(self._to_persist))]
-        resolve_choices(r.choice for r in backlog)  # the propensities, vectorised
+        choices = [Choice.from_state(entry[6:]) for entry in backlog]
+        resolve_choices(choices)  # the propensities, vectorised
+        table = self._action_table
         for start in range(0, len(backlog), PERSIST_CHUNK):
-            chunk = backlog[start : start + PERSIST_CHUNK]
-            lines = b"\n".join(orjson.dumps(r.to_json()) for r in chunk)
+            chunk = range(start, min(start + PERSIST_CHUNK, len(backlog)))
+            lines = b"\n".join(orjson.dumps(log_record(backlog[i], choices[i],
+                                                       table[backlog[i][4]])) for i in chunk)
             self._log_chunks += 1
-            key = f"decisions:{self.name}:{chunk[0].time:.6f}:{self._log_chunks}"
+            key = f"decisions:{self.name}:{backlog[start][1]:.6f}:{self._log_chunks}"
             self.store.set_many({key: lines}, expire=expire)  # batch writes cull expired keys
             yield_to_requests()
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, cast
 
 import numpy as np
 from scipy.special import ndtr
 
 from .._types import Float64Array, FloatArray
-from ..decision import Choice
+from ..decision import LAZY_PROPENSITIES, Choice
 from ..model import ServingModel
 from ..posterior import PosteriorSnapshot
 from .winprob import (
@@ -132,15 +131,14 @@ class Policy(ABC):
         k = mu.shape[0]
         if k == 1:
             return Choice(0, np.ones(1, dtype=np.float32))
-        index = int(np.argmax(mu + sigma * rng.standard_normal(k)))
+        index = int((mu + sigma * rng.standard_normal(k)).argmax())
         exact = k <= MAX_EXACT
         if not exact:  # prune now, to know whether the integral will do
             live = live_actions(mu, sigma)
             exact = live.size <= MAX_EXACT
         seed = None if exact else int(rng.integers(2**62))
-        return Choice(index, exact=exact, compute=partial(
-            gaussian_probabilities, mu, sigma, index, self.draws(k), seed),
-            gaussian=(mu, sigma) if k <= MAX_EXACT else None)
+        return Choice(index, exact=exact,
+                      lazy=("gaussian", (mu, sigma, index, self.draws(k), seed)))
 
 
 def gaussian_scores(mean: FloatArray | Float64Array,
@@ -156,8 +154,9 @@ def resolve_choices(choices: Iterable[Choice]) -> None:
     # serves them all.
     shared: dict[tuple[int, int], tuple[Float64Array, Float64Array, list[Choice]]] = {}
     for choice in choices:
-        if not choice.resolved and choice.gaussian is not None:
-            mu, sigma = choice.gaussian
+        gaussian = choice.gaussian
+        if not choice.resolved and gaussian is not None and gaussian[0].shape[0] <= MAX_EXACT:
+            mu, sigma = gaussian
             shared.setdefault((id(mu), id(sigma)), (mu, sigma, []))[2].append(choice)
     groups: dict[int, list[tuple[Float64Array, Float64Array, list[Choice]]]] = {}
     for entry in shared.values():
@@ -203,3 +202,6 @@ def gaussian_probabilities(mu: Float64Array, sigma: Float64Array, index: int, dr
         counts[np.searchsorted(live, index)] += 1.0  # the draw that made the choice
         probs[live] = counts / (draws + 1)
     return probs
+
+
+LAZY_PROPENSITIES["gaussian"] = gaussian_probabilities

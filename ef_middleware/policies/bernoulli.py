@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 
 from .._types import Float64Array, FloatArray
-from ..decision import Choice
+from ..decision import LAZY_PROPENSITIES, Choice
 from .base import Candidates, Policy
 from .winprob import MAX_EXACT, beta_win_probabilities
 
@@ -30,7 +28,7 @@ class BernoulliThompson(Policy):
         index = int(np.argmax(rng.beta(a, b)))
         seed = None if k <= MAX_EXACT else int(rng.integers(2**62))
         return Choice(index, exact=k <= MAX_EXACT,
-                      compute=partial(_probabilities, a, b, index, self.draws(k), seed))
+                      lazy=("beta", (a, b, index, self.draws(k), seed)))
 
 
 def _probabilities(a: Float64Array, b: Float64Array, index: int, draws: int,
@@ -42,3 +40,6 @@ def _probabilities(a: Float64Array, b: Float64Array, index: int, draws: int,
     counts[index] += 1.0  # the draw that made the choice
     out: FloatArray = (counts / (draws + 1)).astype(np.float32)
     return out
+
+
+LAZY_PROPENSITIES["beta"] = _probabilities

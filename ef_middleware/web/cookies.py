@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, cast
 
+import orjson
 from itsdangerous import BadData, SignatureExpired, Signer, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int, want_bytes
 
@@ -75,18 +76,17 @@ class ExpiredDecisionCookie(BadDecisionCookie):
 
 
 class _CompactJSON:
-    """itsdangerous's compact JSON (no spaces, UTF-8 kept), with one encoder built once:
-    ``json.dumps`` with arguments builds a new encoder on every call."""
-
-    _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    """itsdangerous's compact JSON (no spaces, UTF-8 kept), written and read by orjson (already
+    the decision log's): for our payloads of ids and ints the text is the same as
+    ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``, in a tenth of the time."""
 
     @staticmethod
     def dumps(obj: Any) -> str:
-        return _CompactJSON._encoder.encode(obj)
+        return orjson.dumps(obj).decode("utf-8")
 
     @staticmethod
     def loads(text: str | bytes) -> Any:
-        return json.loads(text)
+        return orjson.loads(text)
 
 
 class _CookieSerializer(URLSafeTimedSerializer):
@@ -99,31 +99,37 @@ class _CookieSerializer(URLSafeTimedSerializer):
 
     A visitor sends the same cookie with every page view and reward, so the last
     :data:`KNOWN_VALUES` values this serializer signed or verified are remembered with their
-    payload and signing time: a known value is not verified or decoded again, and its age is
-    still checked on every load. Whether a value verifies depends only on the value and this
-    serializer's keys, which never change, so remembering it changes no answer. A value signed
-    here loads as the object given to :meth:`dumps`, which is what decoding it would give for
-    the JSON-native payloads of this module (dicts with str keys, lists, str, int). Callers
-    must not modify a loaded payload (it may be shared).
+    payload's JSON text and signing time: a known value is not verified or base64-decoded
+    again, and its age is still checked on every load. Whether a value verifies depends only
+    on the value and this serializer's keys, which never change, so remembering it changes no
+    answer. The memory holds only str, bytes and int, in tuples, which the garbage collector
+    stops tracking: holding the decoded payloads (a dict and a list per cookie) kept about
+    16,000 objects that every full collection scanned.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._signers: dict[str | bytes | None, Signer] = {}
-        self._known: dict[tuple[str | bytes | None, bytes], tuple[Any, int]] = {}
+        # An OrderedDict: popping its oldest entry takes constant time (a dict's first entry
+        # is found by skipping the slots of those deleted before it).
+        self._known: OrderedDict[tuple[str | bytes | None, bytes], tuple[str, int | None]] = (
+            OrderedDict())
 
-    def _remember(self, key: tuple[str | bytes | None, bytes], payload: Any, stamp: int) -> None:
+    def _remember(self, key: tuple[str | bytes | None, bytes], text: str,
+                  stamp: int | None) -> None:
         if len(self._known) >= KNOWN_VALUES:
             # Another thread may evict at the same time: then there is nothing left to do.
-            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
-                del self._known[next(iter(self._known))]  # the oldest
-        self._known[key] = (payload, stamp)
+            with contextlib.suppress(KeyError):
+                self._known.popitem(last=False)  # the oldest
+        self._known[key] = (text, stamp)
 
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
-        signed = str(super().dumps(obj, salt))
-        stamp = bytes_to_int(base64_decode(signed.rsplit(".", 2)[-2]))
-        self._remember((salt, signed.encode("ascii")), obj, stamp)
-        return signed
+        # Serializer.dumps, keeping the JSON text to remember. The signing time is read from
+        # the value when it comes back (many never do).
+        text = _CompactJSON.dumps(obj)
+        signed = self.make_signer(salt).sign(base64_encode(text.encode("utf-8")))
+        self._remember((salt, signed), text, None)
+        return signed.decode("ascii")
 
     def loads(self, s: str | bytes, max_age: int | None = None,  # type: ignore[override]
               return_timestamp: bool = False, salt: str | bytes | None = None) -> Any:
@@ -131,9 +137,12 @@ class _CookieSerializer(URLSafeTimedSerializer):
         known = self._known.get(key)
         if known is None:
             payload, signed_at = super().loads(s, return_timestamp=True, salt=salt)
-            known = (payload, int(signed_at.timestamp()))
-            self._remember(key, *known)
-        payload, stamp = known
+            stamp = int(signed_at.timestamp())
+            self._remember(key, _CompactJSON.dumps(payload), stamp)
+        else:
+            text, known_stamp = known
+            payload = _CompactJSON.loads(text)
+            stamp = _signed_at(key[1]) if known_stamp is None else known_stamp
         if max_age is not None:  # as TimestampSigner.unsign checks it
             age = cast("TimestampSigner", self.make_signer(salt)).get_timestamp() - stamp
             if age > max_age or age < 0:
@@ -152,6 +161,11 @@ class _CookieSerializer(URLSafeTimedSerializer):
         if found is None:
             found = self._signers[salt] = super().make_signer(salt)
         return found
+
+
+def _signed_at(signed: bytes) -> int:
+    """The signing time of a value signed here (``payload.timestamp.signature``)."""
+    return bytes_to_int(base64_decode(signed.rsplit(b".", 2)[-2]))
 
 
 def _utc(stamp: int) -> datetime:
@@ -278,8 +292,10 @@ def dump_decisions(
     serializer: URLSafeTimedSerializer, entries: Mapping[str, DecisionEntry]
 ) -> str:
     """Sign the decisions (ids only); keeps the newest :data:`MAX_ENTRIES` loops."""
-    newest = sorted(entries.items(), key=lambda kv: kv[1].issued_at)[-MAX_ENTRIES:]
-    payload = {loop: [e.event_id, e.action_id, e.issued_at] for loop, e in newest}
+    items: Any = entries.items()
+    if len(entries) > MAX_ENTRIES:
+        items = sorted(items, key=lambda kv: kv[1].issued_at)[-MAX_ENTRIES:]
+    payload = {loop: [e.event_id, e.action_id, e.issued_at] for loop, e in items}
     return str(serializer.dumps(payload))
 
 

@@ -365,6 +365,43 @@ def test_the_decision_log_holds_the_propensities_the_decisions_report(
     eng.close()
 
 
+@pytest.mark.parametrize("strategy", ["thompson", "bernoulli-ts", "epsilon-greedy"])
+def test_decisions_not_logged_yet_cost_the_garbage_collector_nothing(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder, strategy: str) -> None:
+    """Under load the learner thread (low priority) may log decisions seconds late. Until it
+    does, what the loop keeps of them must not be tracked by the cyclic garbage collector:
+    objects kept that long reach the oldest generation, and each full collection walked them
+    all (a Choice and its partial per decision before this test). The log still holds each
+    decision's own propensities, computed late (lazily for the Thompson strategies)."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False, embed_in_background=False)
+    try:
+        hero = eng.loop("hero", actions=[*HERO, "testimonial"], strategy=strategy)
+        decisions = [hero.rank({"device": d, "hour": h})
+                     for d in ("mobile", "desktop") for h in range(24) for _ in range(3)]
+        for _ in range(3):  # a tuple is untracked by a collection, once its items are
+            gc.collect()
+        entries = list(hero._to_persist)
+        assert len(entries) == 144
+        assert not any(gc.is_tracked(e) for e in entries)
+        hero.learn_pending()
+        logged = {}
+        for key in eng.store._cache.iterkeys():  # type: ignore[attr-defined]
+            if key.startswith("decisions:hero:"):
+                for line in eng.store.get(key).splitlines():  # type: ignore[union-attr]
+                    record = json.loads(line)
+                    logged[record["event_id"]] = record
+        assert set(logged) == {d.event_id for d in decisions}
+        for d in decisions:
+            record = logged[d.event_id]
+            assert record["actions"][record["chosen"]] == d.action_id
+            assert record["action_features"] == dict(d.action.features)
+            assert record["probabilities"][record["chosen"]] == pytest.approx(d.probability,
+                                                                              abs=1e-6)
+            assert sum(record["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    finally:
+        eng.close()
+
+
 def test_waiting_decisions_cost_the_garbage_collector_nothing(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """Decisions wait for their rewards for minutes, hundreds of thousands at a time: once
