@@ -15,6 +15,7 @@ the probabilities only when asked (:class:`~ef_middleware.decision.Choice`).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from .winprob import (
 )
 
 RESOLVE_CELLS = 4096  # decisions x K^2 per vectorised propensity batch
+SMALL_K = 16  # up to this many actions, a Gaussian Thompson draw runs on Python floats
+NORMALS_CHUNK = 256  # standard normals drawn from the generator at a time (see Normals)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Policy(ABC):
         if samples < 1:
             raise ValueError("samples must be at least 1")
         self.samples = samples
+        self._normal_stream: Normals | None = None
 
     @abstractmethod
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
@@ -115,9 +119,28 @@ class Policy(ABC):
         share one propensity integral (:func:`resolve_choices`)."""
         found = c.memo.get(self.name)
         if found is None:
-            found = c.memo[self.name] = gaussian_scores(*scores())
-        mean, sd = found
-        return self.gaussian(mean, sd, rng, ready=True)
+            mean, sd = gaussian_scores(*scores())
+            small = (mean.tolist(), sd.tolist()) if 1 < mean.shape[0] <= SMALL_K else None
+            found = c.memo[self.name] = (mean, sd, small)
+        mean, sd, small = found
+        if small is None:
+            return self.gaussian(mean, sd, rng, ready=True)
+        # A few actions: the same draw on Python floats, without a numpy call per decision.
+        means, sds = small
+        z = self._normals(rng).take(len(means))
+        index, best = 0, -math.inf
+        for i, (m, d, e) in enumerate(zip(means, sds, z, strict=True)):
+            score = m + d * e  # as numpy computes mean + sd * z: the same float
+            if score > best:  # the first of equal scores, as argmax
+                index, best = i, score
+        return Choice(index, exact=True,
+                      lazy=("gaussian", (mean, sd, index, self.draws(len(means)), None)))
+
+    def _normals(self, rng: np.random.Generator) -> Normals:
+        normals = self._normal_stream
+        if normals is None or normals.rng is not rng:
+            normals = self._normal_stream = Normals(rng)
+        return normals
 
     def gaussian(self, mean: FloatArray | Float64Array, sd: FloatArray | Float64Array,
                  rng: np.random.Generator, *, ready: bool = False) -> Choice:
@@ -139,6 +162,29 @@ class Policy(ABC):
         seed = None if exact else int(rng.integers(2**62))
         return Choice(index, exact=exact,
                       lazy=("gaussian", (mu, sigma, index, self.draws(k), seed)))
+
+
+class Normals:
+    """Standard normal draws from ``rng``, drawn :data:`NORMALS_CHUNK` at a time and handed
+    out ``k`` at a time: the same numbers in the same order as one ``rng.standard_normal(k)``
+    per call, as long as nothing else draws from ``rng`` meanwhile (Gaussian Thompson
+    sampling over up to ``MAX_EXACT`` actions draws nothing else)."""
+
+    __slots__ = ("_at", "_buffer", "rng")
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self._buffer: list[float] = []
+        self._at = 0
+
+    def take(self, k: int) -> list[float]:
+        at = self._at
+        if at + k > len(self._buffer):
+            fresh: list[float] = self.rng.standard_normal(max(NORMALS_CHUNK, k)).tolist()
+            self._buffer = self._buffer[at:] + fresh
+            at = 0
+        self._at = at + k
+        return self._buffer[at : at + k]
 
 
 def gaussian_scores(mean: FloatArray | Float64Array,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ef_middleware.model import ModelConfig, RewardNet, ServingModel
-from ef_middleware.policies import POLICIES, Candidates, make_policy
+from ef_middleware.policies import POLICIES, Candidates, base, make_policy
 from ef_middleware.policies.winprob import beta_win_probabilities, gaussian_win_probabilities
 from ef_middleware.posterior import LinearPosterior, with_bias
 
@@ -54,6 +54,25 @@ def test_probabilities_are_a_distribution_and_match_choice_frequencies(strategy:
     # binomial standard error of the empirical frequency, plus Monte Carlo noise of estimates
     tolerance = 4 * np.sqrt(expected * (1 - expected) / n) + 0.01
     assert np.all(np.abs(empirical - expected) <= tolerance), (strategy, empirical, expected)
+
+
+@pytest.mark.parametrize("strategy", ["thompson", "laplace", "neural-linear"])
+def test_few_actions_are_drawn_on_floats_exactly_as_numpy_would(
+        strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With up to SMALL_K actions the Gaussian draw runs on Python floats, from normals drawn
+    in chunks: the choices are the very ones of ``argmax(mean + sd * standard_normal(k))``
+    with the generator's numbers in the same order, across chunk boundaries."""
+    monkeypatch.setattr(base, "NORMALS_CHUNK", 10)  # 4 actions: a draw straddles chunks
+    policy = make_policy(strategy, {"noise": 2.0} if strategy == "thompson" else {"scale": 4.0})
+    c = candidates()
+    rng, reference = np.random.default_rng(7), np.random.default_rng(7)
+    choices = [policy.choose(c, rng) for _ in range(700)]
+    mean, sd, small = c.memo[policy.name]
+    assert small is not None  # the float path ran
+    expected = [int(np.argmax(mean + sd * reference.standard_normal(K))) for _ in range(700)]
+    assert [choice.index for choice in choices] == expected
+    assert len(set(expected)) >= 2  # wide draws: not one sure winner
+    assert all(choice.exact and choice.gaussian is not None for choice in choices)
 
 
 def test_epsilon_greedy_propensities_are_exact() -> None:
