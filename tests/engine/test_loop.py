@@ -340,6 +340,17 @@ def test_every_strategy_ranks_and_learns(engine: Engine, strategy: str) -> None:
     assert hero.stats()["learned"] == 30
 
 
+def _decision_log(eng: Engine, loop: str) -> dict[str, dict[str, Any]]:
+    """The loop's logged decisions in the store, by event id."""
+    logged = {}
+    for key in eng.store._cache.iterkeys():  # type: ignore[attr-defined]
+        if key.startswith(f"decisions:{loop}:"):
+            for line in eng.store.get(key).splitlines():  # type: ignore[union-attr]
+                record = json.loads(line)
+                logged[record["event_id"]] = record
+    return logged
+
+
 def test_the_decision_log_holds_the_propensities_the_decisions_report(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
@@ -349,12 +360,7 @@ def test_the_decision_log_holds_the_propensities_the_decisions_report(
     for d in decisions[:4]:  # read now: computed on the caller's thread
         assert 0 < d.probability <= 1
     hero.learn_pending()  # the rest are computed in one vectorised batch while logging
-    logged = {}
-    for key in eng.store._cache.iterkeys():  # type: ignore[attr-defined]
-        if key.startswith("decisions:hero:"):
-            for line in eng.store.get(key).splitlines():  # type: ignore[union-attr]
-                record = json.loads(line)
-                logged[record["event_id"]] = record
+    logged = _decision_log(eng, "hero")
     assert set(logged) == {d.event_id for d in decisions}
     for d in decisions:
         record = logged[d.event_id]
@@ -384,12 +390,7 @@ def test_decisions_not_logged_yet_cost_the_garbage_collector_nothing(
         assert len(entries) == 144
         assert not any(gc.is_tracked(e) for e in entries)
         hero.learn_pending()
-        logged = {}
-        for key in eng.store._cache.iterkeys():  # type: ignore[attr-defined]
-            if key.startswith("decisions:hero:"):
-                for line in eng.store.get(key).splitlines():  # type: ignore[union-attr]
-                    record = json.loads(line)
-                    logged[record["event_id"]] = record
+        logged = _decision_log(eng, "hero")
         assert set(logged) == {d.event_id for d in decisions}
         for d in decisions:
             record = logged[d.event_id]
