@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -191,4 +192,8 @@ def log_record(entry: LogEntry, choice: Choice, action: Action) -> dict[str, Any
 
 def context_json(context: Mapping[str, Any]) -> bytes:
     """The context as the decision log writes it (values JSON cannot hold become strings)."""
-    return orjson.dumps(context, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+    try:
+        return orjson.dumps(context, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:  # an int beyond 64 bits: the standard library writes it
+        return json.dumps(context, default=str, ensure_ascii=False,
+                          separators=(",", ":")).encode("utf-8")

@@ -403,6 +403,21 @@ def test_decisions_not_logged_yet_cost_the_garbage_collector_nothing(
         eng.close()
 
 
+def test_a_context_int_beyond_64_bits_is_ranked_and_logged(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """orjson, which writes the decision log, refuses such ints: the log falls back to the
+    standard library for that context (the log once failed in the learner thread instead)."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False, embed_in_background=False)
+    try:
+        hero = eng.loop("hero", actions=HERO)
+        d = hero.rank({"device": "mobile", "order": 10**30})
+        hero.learn_pending()
+        assert _decision_log(eng, "hero")[d.event_id]["context"] == {
+            "device": "mobile", "order": 10**30}
+    finally:
+        eng.close()
+
+
 def test_waiting_decisions_cost_the_garbage_collector_nothing(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """Decisions wait for their rewards for minutes, hundreds of thousands at a time: once
