@@ -21,8 +21,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import orjson
 
 from ._types import Context, FloatArray, IntArray
 from .correction import Correction
@@ -298,14 +300,16 @@ class Trainer:
     def save(self) -> None:
         """Write a versioned snapshot and the ``latest`` pointer; keep the last few versions."""
         self._steps_since_snapshot = 0
-        meta = json.dumps({
+        # orjson: with 200,000 correction cells (the cap) the standard library took 238 ms to
+        # write this, holding the interpreter lock, and orjson 26 ms.
+        meta = orjson.dumps({
             "version": self.net.step, "learned": self.learned,
             "numeric": self.encoder.numeric.state(), "text": self.text_scaler.state(),
             "stats": self.stats,
             "correction": None if self.correction is None else self.correction.state(),
             "posterior": None if self.posterior is None else {
-                "precision": self.posterior.precision.tolist(), "b": self.posterior.b.tolist()},
-        }).encode()
+                "precision": self.posterior.precision, "b": self.posterior.b},
+        }, option=orjson.OPT_SERIALIZE_NUMPY)
         blob = struct.pack("<I", len(meta)) + meta + self.net.to_bytes()
         version = self.net.step
         # ``latest`` names the version instead of holding a second copy of the ~4 MB blob: the
@@ -325,7 +329,7 @@ class Trainer:
             return False
         try:
             (size,) = struct.unpack_from("<I", blob)
-            meta = json.loads(blob[4 : 4 + size])
+            meta = _loads(blob[4 : 4 + size])
             net = RewardNet.from_bytes(blob[4 + size :])
         except (ValueError, KeyError, struct.error) as exc:
             log.warning("ef_middleware: loop %r: unreadable snapshot ignored (%s)", self.name, exc)
@@ -351,6 +355,15 @@ class Trainer:
                 self.posterior.precision = precision
                 self.posterior.b = np.asarray(saved["b"], dtype=np.float64)
         return True
+
+
+def _loads(text: bytes) -> Any:
+    """A snapshot's meta: orjson's, or the standard library's for older snapshots (which may
+    spell NaN, refused by orjson)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def yield_to_requests() -> None:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
@@ -105,3 +106,22 @@ def test_memoised_rows_give_the_same_offsets() -> None:
     row = memo["device: d1"]
     np.testing.assert_array_equal(fix.offsets(texts, ids, memo), first)
     assert memo["device: d1"] is row  # reused, not recomputed
+
+
+def test_state_is_flat_and_older_rows_still_restore() -> None:
+    """The snapshot holds the cells as one flat list of numbers (no list per cell, which cost
+    garbage collections at 200,000 cells); snapshots written as rows still load."""
+    c = Correction(4.0)
+    c.update(["device: tablet", "utm_campaign: summer"], "video", 0.0, 1.0)
+    c.update(["device: mobile"], "minimal", 0.0, 0.0)
+    state = c.state()
+    assert state["texts"] == list(c.cells)
+    assert len(state["cells"]) == 4 * c.size
+    assert all(isinstance(v, (int, float)) for v in state["cells"])
+    again = Correction(4.0)
+    again.restore(orjson.loads(orjson.dumps(state)))
+    assert again.cells == c.cells and again.size == c.size
+    rows = [[t, a, cell[0], cell[1]] for t, per in c.cells.items() for a, cell in per.items()]
+    older = Correction(4.0)
+    older.restore(rows)
+    assert older.cells == c.cells and older.size == c.size
