@@ -68,10 +68,10 @@ class Choice:
         """This choice as one flat tuple of plain values (ints, floats, str, numpy arrays).
 
         The loop keeps this (inside its log entry), not the choice, until the learner logs the
-        decision. The garbage collector stops tracking a tuple whose items are all untracked,
-        one level of nesting per collection, and stops at a dict or any other object: every
-        object kept for a second reaches the oldest generation and is scanned by each full
-        collection until it goes.
+        decision. The garbage collector stops tracking a tuple once its items are untracked
+        (one level of nesting per collection); a tuple holding a dict or an instance stays
+        tracked. A tracked object kept for a second reaches the oldest generation, and each
+        full collection scans it until it goes.
         """
         lazy = self.lazy
         if lazy is None:

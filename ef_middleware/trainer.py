@@ -308,7 +308,9 @@ class Trainer:
             "stats": self.stats,
             "correction": None if self.correction is None else self.correction.state(),
             "posterior": None if self.posterior is None else {
-                "precision": self.posterior.precision, "b": self.posterior.b},
+                # orjson writes C-contiguous arrays only
+                "precision": np.ascontiguousarray(self.posterior.precision),
+                "b": np.ascontiguousarray(self.posterior.b)},
         }, option=orjson.OPT_SERIALIZE_NUMPY)
         blob = struct.pack("<I", len(meta)) + meta + self.net.to_bytes()
         version = self.net.step
