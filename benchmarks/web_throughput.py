@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -202,14 +202,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(factory: str, env: dict[str, str]) -> Iterator[int]:
-    """Run ``benchmarks.web_throughput:<factory>`` under uvicorn; yields its port once the
+def serve(factory: str, env: dict[str, str], root: Path = ROOT) -> Iterator[int]:
+    """Run ``benchmarks.web_throughput:<factory>`` under uvicorn from ``root`` (a checkout:
+    its ``ef_middleware`` and ``benchmarks`` are the ones imported); yields its port once the
     lifespan startup is done and ``/`` answers."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", f"benchmarks.web_throughput:{factory}",
          "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level",
-         "warning"], cwd=ROOT, preexec_fn=_pin_server,
+         "warning"], cwd=root, preexec_fn=_pin_server,
         env={**os.environ, "TRANSFORMERS_VERBOSITY": "error",
              "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env})
     try:
@@ -401,17 +402,63 @@ def reward_run(port: int, args: argparse.Namespace) -> dict[str, Any]:
             "posted": fixed.requests + saturated.requests}
 
 
+def page_modes(compare: tuple[str, Path] | None) -> tuple[str, ...]:
+    """The page modes of a run: :data:`PAGE_MODES`, and the compared checkout's new visitor."""
+    return PAGE_MODES if compare is None else (*PAGE_MODES, compare[0])
+
+
+@contextmanager
+def checkout(revision: str, work: Path) -> Iterator[Path]:
+    """A detached ``git worktree`` of ``revision`` under ``work``, removed afterwards."""
+    path = work / "compare"
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), revision],
+                   cwd=ROOT, check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT,
+                       check=False)
+
+
+def _prepare_elsewhere(root: Path, store: Path, visitors: int) -> None:
+    """:func:`prepare_store` run by the checkout at ``root`` (same visitors, same seed)."""
+    store.mkdir(parents=True, exist_ok=True)
+    if visitors:
+        code = ("import sys; from pathlib import Path; "
+                "from benchmarks.web_throughput import prepare_store; "
+                "prepare_store(Path(sys.argv[1]), int(sys.argv[2]))")
+        subprocess.run([sys.executable, "-c", code, str(store), str(visitors)], cwd=root,
+                       check=True, capture_output=True,
+                       env={**os.environ, "TRANSFORMERS_VERBOSITY": "error",
+                            "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+
+
+def compare_report(rounds: list[dict[str, Any]], mode: str) -> str:
+    """Per round, the new visitor's share of bare with this engine and the compared one."""
+    pairs = [(r["new visitor"]["rps"] / r["bare"]["rps"], r[mode]["rps"] / r["bare"]["rps"])
+             for r in rounds if "bare" in r and mode in r]
+    if not pairs:
+        return ""
+    diffs = [100 * (a - b) for a, b in pairs]
+    ahead = sum(d > 0 for d in diffs)
+    spread = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    per_round = ", ".join(f"{100 * a:.0f} vs {100 * b:.0f}" for a, b in pairs)
+    return (f"new visitor, % of bare, this checkout vs {mode} per round: {per_round}; "
+            f"difference {statistics.mean(diffs):+.1f} points (standard error {spread:.1f}), "
+            f"ahead in {ahead} of {len(diffs)} rounds")
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def summarise(rounds: list[dict[str, Any]],
-              fixed: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
+              page_modes: Sequence[str] = PAGE_MODES) -> dict[str, dict[str, float]]:
     """Medians over rounds; ``share`` is the median of each round's ratio to that round's
     bare page; the fixed-rate columns come from ``fixed`` (pages: one run per mode) or from
     each round's reward run."""
     out: dict[str, dict[str, float]] = {}
-    for mode in (*PAGE_MODES, "reward"):
+    for mode in (*page_modes, "reward"):
         runs = [r[mode] for r in rounds if mode in r]
         if not runs:
             continue
@@ -429,10 +476,10 @@ def summarise(rounds: list[dict[str, Any]],
                "server_p99": _median([x.get("server", {}).get("p99", math.nan) for x in slow]),
                "server_p99_worst": max(x.get("server", {}).get("p99", math.nan)
                                        for x in slow)}
-        if mode in PAGE_MODES:
+        if mode in page_modes:
             row["cpu_us"] = _median([x.get("cpu_us_process", math.nan) for x in sat])
             row["cpu_us_loop"] = _median([x.get("cpu_us_loop", math.nan) for x in sat])
-        if mode in PAGE_MODES and "bare" in rounds[0]:
+        if mode in page_modes and "bare" in rounds[0]:
             row["share"] = _median([r[mode]["rps"] / r["bare"]["rps"] for r in rounds])
             # The share the CPU cost implies: the bare page's CPU per request over this one's.
             row["cpu_share"] = _median([r["bare"]["cpu_us_process"] / r[mode]["cpu_us_process"]
@@ -505,6 +552,10 @@ def parser() -> argparse.ArgumentParser:
                         "the others (done when there are two or more)")
     p.add_argument("--tool", choices=("wrk", "python"), default="wrk" if shutil.which("wrk")
                    else "python", help="saturating load generator (default: wrk if installed)")
+    p.add_argument("--compare", metavar="REVISION", default=None,
+                   help="also serve a new visitor with the engine of this git revision (a "
+                        "temporary git worktree) in every round: an A/B that this host's "
+                        "drift between runs cannot blur")
     p.add_argument("--quick", action="store_true",
                    help="2 rounds, 3 s bursts, 3 s fixed, 1000 rewards")
     p.add_argument("--json", type=Path, default=None,
@@ -522,41 +573,50 @@ def _store_copy(trained: Path, work: Path, name: str) -> Path:
 
 def page_rounds(args: argparse.Namespace, work: Path, trained: Path, env: dict[str, str],
                 rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
-                checks: dict[str, float]) -> None:
+                checks: dict[str, float], compare: tuple[str, Path] | None = None) -> None:
     """All page servers up at once; each round sends one saturated burst to each, in a
     rotating order, so a round's ratios to the bare page are taken within seconds of each
     other (this machine's speed drifts by 2x over minutes). Then one fixed-rate run each.
-    The personalized servers keep their decisions across rounds, as a live site does."""
+    The personalized servers keep their decisions across rounds, as a live site does.
+    ``compare``: ``(mode name, checkout)``, a new visitor served by another checkout's engine
+    in the same rounds."""
+    modes = page_modes(compare)
     one_page = [("/", {"user-agent": UA})]
     pages = {"bare": one_page, "new visitor": one_page,
              "new visitors, mixed": mixed_pages(args.mixed_pages)}
     with ExitStack() as stack:
         ports: dict[str, int] = {}
-        for mode in PAGE_MODES:
+        for mode in modes:
             if mode == "bare":
                 ports[mode] = stack.enter_context(serve("bare_app", env))
                 continue
-            store = _store_copy(trained, work, mode)
+            root = compare[1] if compare is not None and mode == compare[0] else ROOT
+            if root == ROOT:
+                store = _store_copy(trained, work, mode)
+            else:  # trained by that engine: its snapshots' format may differ
+                store = work / "store-compare"
+                _prepare_elsewhere(root, store, args.train_visitors)
+                pages[mode] = one_page
             ports[mode] = stack.enter_context(serve("personalized_app",
-                                                    {**env, "EF_STORE": str(store)}))
+                                                    {**env, "EF_STORE": str(store)}, root))
         with httpx.Client(headers={"user-agent": UA}) as client:
             client.get(f"http://127.0.0.1:{ports['sticky visitor']}/").raise_for_status()
             pages["sticky visitor"] = [("/", {
                 "user-agent": UA,
                 "cookie": f"ef_d={client.cookies['ef_d']}; ef_v={client.cookies['ef_v']}"})]
-        for mode in PAGE_MODES:  # warm-up
+        for mode in modes:  # warm-up
             saturated_run(ports[mode], args, pages[mode], 2.0)
         for index in range(args.rounds):
-            start = index % len(PAGE_MODES)
+            start = index % len(modes)
             result: dict[str, Any] = {"loadavg_before": os.getloadavg()[0]}
-            for mode in PAGE_MODES[start:] + PAGE_MODES[:start]:
+            for mode in modes[start:] + modes[:start]:
                 result[mode] = saturated_run(ports[mode], args, pages[mode], args.duration)
             rounds.append(result)
             print(f"round {index + 1}/{args.rounds}: " + ", ".join(
                 f"{m} {result[m]['rps']:.0f}/s ({result[m]['cpu_us_process']:.0f} us CPU)"
-                for m in PAGE_MODES), file=sys.stderr,
+                for m in modes), file=sys.stderr,
                 flush=True)
-        for mode in PAGE_MODES:
+        for mode in modes:
             fixed[mode] = fixed_run(ports[mode], args, pages[mode])
         for mode in ("new visitor", "new visitors, mixed"):
             # Warm-up requests come on top, so this is a lower bound.
@@ -595,8 +655,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trained: {training}", file=sys.stderr, flush=True)
         env = {"EF_SECRET_KEY": "bench-secret", "EF_REWARD_WAIT": "600", "EF_DEMO_PANEL": "0",
                **tuning}
+        compare: tuple[str, Path] | None = None
         if not args.no_pages:
-            page_rounds(args, work, trained, env, rounds, fixed, checks)
+            with ExitStack() as stack:
+                if args.compare:
+                    compare = (f"new visitor @{args.compare}",
+                               stack.enter_context(checkout(args.compare, work)))
+                page_rounds(args, work, trained, env, rounds, fixed, checks, compare)
         for index in range(args.rounds if not args.no_rewards else 0):
             # A fresh server and store per reward run: none inherits another's backlog.
             env["EF_STORE"] = str(_store_copy(trained, work, f"rewards-{index}"))
@@ -609,8 +674,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rewards {index + 1}/{args.rounds}: in-server p99 "
                   f"{reward['fixed']['server'].get('p99', math.nan):.2f} ms",
                   file=sys.stderr, flush=True)
-    summary = summarise(rounds, fixed)
+    summary = summarise(rounds, fixed, page_modes(compare))
     met = print_report(summary, args)
+    if compare is not None:
+        print(compare_report(rounds, compare[0]))
     if "reward" in summary:
         posted = sum(r["reward"]["posted"] for r in rounds)
         stored = sum(r["reward"]["stored_rewards"] for r in rounds)
