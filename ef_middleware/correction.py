@@ -12,13 +12,13 @@ The offsets of a context's texts and of the action itself are added to the netwo
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ._types import FloatArray
+from .priority import yield_to_requests
 
 ACTION_CELL = ""  # the text key of an action's own offset
 Cell = list[float]  # [offset, summed squared gradients]
@@ -114,7 +114,7 @@ class Correction:
             for action, (offset, total) in self.cells[text].items():
                 flat += (i, actions.setdefault(action, len(actions)), offset, total)
             if (i + 1) % 4096 == 0:
-                time.sleep(0)  # as trainer.yield_to_requests
+                yield_to_requests()
         return {"texts": texts, "actions": list(actions), "cells": flat}
 
     def restore(self, state: Mapping[str, Any] | Sequence[Sequence[Any]]) -> None:

@@ -31,9 +31,10 @@ from .errors import (
 from .features import Action, EncodedContext, FeatureEncoder, join_texts, split_texts, to_actions
 from .model import sigmoid
 from .policies import Candidates, Policy, make_policy, resolve_choices
+from .priority import yield_to_requests
 from .settings import LoopSettings
 from .store import Store
-from .trainer import ActionKey, Sample, ServingState, Trainer, action_key, yield_to_requests
+from .trainer import ActionKey, Sample, ServingState, Trainer, action_key
 
 log = logging.getLogger("ef_middleware")
 LEARN_CHUNK = 256  # samples learned between two publications of the serving state

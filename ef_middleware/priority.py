@@ -6,8 +6,9 @@ import logging
 import os
 import sys
 import threading
+import time
 
-__all__ = ["BACKGROUND_NICE", "lower_priority"]
+__all__ = ["BACKGROUND_NICE", "lower_priority", "yield_to_requests"]
 
 log = logging.getLogger("ef_middleware")
 BACKGROUND_NICE = 19  # the default: background work yields the core to any request
@@ -34,3 +35,14 @@ def lower_priority(nice: int) -> bool:
                   threading.current_thread().name, exc)
         return False
     return True
+
+
+def yield_to_requests() -> None:
+    """Let other threads (a web server's event loop) take the interpreter lock now.
+
+    The learner shares the process with the request path. When both want the lock, CPython
+    hands it over only every ``sys.getswitchinterval()`` (5 ms), so a learner busy in Python
+    code could hold a page or a reward for up to 5 ms. Sleeping 0 s releases the lock at
+    once; the learner calls this between steps and between chunks of work.
+    """
+    time.sleep(0)

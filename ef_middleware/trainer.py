@@ -18,7 +18,6 @@ import json
 import logging
 import struct
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from .correction import Correction
 from .features import Action, EncodedContext, FeatureEncoder, RunningScaler
 from .model import FactoredInput, RewardNet, ServingModel, layer_views
 from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, with_bias
+from .priority import yield_to_requests
 from .settings import LoopSettings
 from .store import Store
 
@@ -366,17 +366,6 @@ def _loads(text: bytes) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
-
-
-def yield_to_requests() -> None:
-    """Let other threads (a web server's event loop) take the interpreter lock now.
-
-    The learner shares the process with the request path. When both want the lock, CPython
-    hands it over only every ``sys.getswitchinterval()`` (5 ms), so a learner busy in Python
-    code could hold a page or a reward for up to 5 ms. Sleeping 0 s releases the lock at
-    once; the learner calls this between steps and between chunks of work.
-    """
-    time.sleep(0)
 
 
 def action_key(action: Action) -> ActionKey:
