@@ -133,8 +133,7 @@ class Policy(ABC):
             score = m + d * e  # as numpy computes mean + sd * z: the same float
             if score > best:  # the first of equal scores, as argmax
                 index, best = i, score
-        return Choice(index, exact=True,
-                      lazy=("gaussian", (mean, sd, index, self.draws(len(means)), None)))
+        return self._gaussian_choice(mean, sd, index, exact=True, seed=None)
 
     def _normals(self, rng: np.random.Generator) -> Normals:
         normals = self._normal_stream
@@ -160,8 +159,14 @@ class Policy(ABC):
             live = live_actions(mu, sigma)
             exact = live.size <= MAX_EXACT
         seed = None if exact else int(rng.integers(2**62))
-        return Choice(index, exact=exact,
-                      lazy=("gaussian", (mu, sigma, index, self.draws(k), seed)))
+        return self._gaussian_choice(mu, sigma, index, exact=exact, seed=seed)
+
+    def _gaussian_choice(self, mu: Float64Array, sigma: Float64Array, index: int, *,
+                         exact: bool, seed: int | None) -> Choice:
+        """The choice of ``index`` among independent Gaussian scores, its probabilities
+        computed later by :func:`gaussian_probabilities` (``seed``: its Monte Carlo draws)."""
+        return Choice(index, exact=exact, lazy=("gaussian", (mu, sigma, index,
+                                                             self.draws(mu.shape[0]), seed)))
 
 
 class Normals:
