@@ -8,8 +8,8 @@ as "no data" in the page path; the reward route tells those cases apart with
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import hmac
 import math
 import secrets
 from collections import OrderedDict
@@ -20,7 +20,13 @@ from typing import Any, Literal, NamedTuple, cast
 
 import orjson
 from itsdangerous import BadData, SignatureExpired, Signer, TimestampSigner, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int, want_bytes
+from itsdangerous.encoding import (
+    base64_decode,
+    base64_encode,
+    bytes_to_int,
+    int_to_bytes,
+    want_bytes,
+)
 
 __all__ = [
     "DECISIONS_SALT",
@@ -110,24 +116,31 @@ class _CookieSerializer(URLSafeTimedSerializer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._signers: dict[str | bytes | None, Signer] = {}
+        self._signing: dict[str | bytes | None, _SigningKey] = {}
         # An OrderedDict: popping its oldest entry takes constant time (a dict's first entry
         # is found by skipping the slots of those deleted before it).
-        self._known: OrderedDict[tuple[str | bytes | None, bytes], tuple[str, int | None]] = (
+        self._known: OrderedDict[tuple[str | bytes | None, bytes], tuple[bytes, int | None]] = (
             OrderedDict())
 
-    def _remember(self, key: tuple[str | bytes | None, bytes], text: str,
+    def _remember(self, key: tuple[str | bytes | None, bytes], text: bytes,
                   stamp: int | None) -> None:
         if len(self._known) >= KNOWN_VALUES:
-            # Another thread may evict at the same time: then there is nothing left to do.
-            with contextlib.suppress(KeyError):
+            try:  # noqa: SIM105 - contextlib.suppress costs three calls, on every signing
                 self._known.popitem(last=False)  # the oldest
+            except KeyError:  # another thread evicted at the same time: nothing left to do
+                pass
         self._known[key] = (text, stamp)
 
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
-        # Serializer.dumps, keeping the JSON text to remember. The signing time is read from
-        # the value when it comes back (many never do).
-        text = _CompactJSON.dumps(obj)
-        signed = self.make_signer(salt).sign(base64_encode(text.encode("utf-8")))
+        # Serializer.dumps and TimestampSigner.sign in one step (see _SigningKey), keeping the
+        # JSON text to remember. The signing time is read from the value when it comes back
+        # (many never do).
+        text = orjson.dumps(obj)
+        found = self._signing.get(salt)
+        if found is None:
+            found = self._signing[salt] = _SigningKey(
+                cast("TimestampSigner", self.make_signer(salt)))
+        signed = found.sign(base64_encode(text))
         self._remember((salt, signed), text, None)
         return signed.decode("ascii")
 
@@ -138,10 +151,10 @@ class _CookieSerializer(URLSafeTimedSerializer):
         if known is None:
             payload, signed_at = super().loads(s, return_timestamp=True, salt=salt)
             stamp = int(signed_at.timestamp())
-            self._remember(key, _CompactJSON.dumps(payload), stamp)
+            self._remember(key, orjson.dumps(payload), stamp)
         else:
             text, known_stamp = known
-            payload = _CompactJSON.loads(text)
+            payload = orjson.loads(text)
             stamp = _signed_at(key[1]) if known_stamp is None else known_stamp
         if max_age is not None:  # as TimestampSigner.unsign checks it
             age = cast("TimestampSigner", self.make_signer(salt)).get_timestamp() - stamp
@@ -161,6 +174,36 @@ class _CookieSerializer(URLSafeTimedSerializer):
         if found is None:
             found = self._signers[salt] = super().make_signer(salt)
         return found
+
+
+class _SigningKey:
+    """Signing with one salt's newest key, prepared once: ``TimestampSigner.sign``'s output,
+    byte for byte, with the per-call work done ahead.
+
+    ``sign`` spends about 60 Python calls per value (encodings, key derivation, ``hmac.new``),
+    and a new visitor's page signs two cookies. Here the derived key's HMAC state is keyed once
+    and copied per value, and the timestamp's encoding is kept for the second it stands for;
+    the parts come from itsdangerous itself (its key derivation, ``int_to_bytes``,
+    ``base64_encode``), and a test checks the output against itsdangerous's signer.
+    Verification stays itsdangerous's.
+    """
+
+    def __init__(self, signer: TimestampSigner) -> None:
+        self._clock = signer.get_timestamp
+        self._sep = want_bytes(signer.sep)
+        self._mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
+        self._stamp: tuple[int, bytes] = (-1, b"")
+
+    def sign(self, value: bytes) -> bytes:
+        now = self._clock()
+        second, stamp = self._stamp
+        if second != now:
+            stamp = base64_encode(int_to_bytes(now))
+            self._stamp = (now, stamp)
+        value = value + self._sep + stamp
+        mac = self._mac.copy()
+        mac.update(value)
+        return value + self._sep + base64_encode(mac.digest())
 
 
 def _signed_at(signed: bytes) -> int:
