@@ -8,6 +8,7 @@ as "no data" in the page path; the reward route tells those cases apart with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -119,11 +120,10 @@ class _CookieSerializer(URLSafeTimedSerializer):
         self._signing: dict[str | bytes | None, _SigningKey] = {}
         # An OrderedDict: popping its oldest entry takes constant time (a dict's first entry
         # is found by skipping the slots of those deleted before it).
-        self._known: OrderedDict[tuple[str | bytes | None, bytes], tuple[bytes, int | None]] = (
+        self._known: OrderedDict[tuple[str | bytes | None, bytes], tuple[bytes, int]] = (
             OrderedDict())
 
-    def _remember(self, key: tuple[str | bytes | None, bytes], text: bytes,
-                  stamp: int | None) -> None:
+    def _remember(self, key: tuple[str | bytes | None, bytes], text: bytes, stamp: int) -> None:
         if len(self._known) >= KNOWN_VALUES:
             try:  # noqa: SIM105 - contextlib.suppress costs three calls, on every signing
                 self._known.popitem(last=False)  # the oldest
@@ -133,15 +133,14 @@ class _CookieSerializer(URLSafeTimedSerializer):
 
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
         # Serializer.dumps and TimestampSigner.sign in one step (see _SigningKey), keeping the
-        # JSON text to remember. The signing time is read from the value when it comes back
-        # (many never do).
+        # JSON text and the signing time to remember.
         text = orjson.dumps(obj)
         found = self._signing.get(salt)
         if found is None:
             found = self._signing[salt] = _SigningKey(
                 cast("TimestampSigner", self.make_signer(salt)))
-        signed = found.sign(base64_encode(text))
-        self._remember((salt, signed), text, None)
+        signed, stamp = found.sign(base64_encode(text))
+        self._remember((salt, signed), text, stamp)
         return signed.decode("ascii")
 
     def loads(self, s: str | bytes, max_age: int | None = None,  # type: ignore[override]
@@ -153,9 +152,8 @@ class _CookieSerializer(URLSafeTimedSerializer):
             stamp = int(signed_at.timestamp())
             self._remember(key, orjson.dumps(payload), stamp)
         else:
-            text, known_stamp = known
+            text, stamp = known
             payload = orjson.loads(text)
-            stamp = _signed_at(key[1]) if known_stamp is None else known_stamp
         if max_age is not None:  # as TimestampSigner.unsign checks it
             age = cast("TimestampSigner", self.make_signer(salt)).get_timestamp() - stamp
             if age > max_age or age < 0:
@@ -194,7 +192,8 @@ class _SigningKey:
         self._mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
         self._stamp: tuple[int, bytes] = (-1, b"")
 
-    def sign(self, value: bytes) -> bytes:
+    def sign(self, value: bytes) -> tuple[bytes, int]:
+        """The signed value and its signing time (seconds since the epoch)."""
         now = self._clock()
         second, stamp = self._stamp
         if second != now:
@@ -203,12 +202,7 @@ class _SigningKey:
         value = value + self._sep + stamp
         mac = self._mac.copy()
         mac.update(value)
-        return value + self._sep + base64_encode(mac.digest())
-
-
-def _signed_at(signed: bytes) -> int:
-    """The signing time of a value signed here (``payload.timestamp.signature``)."""
-    return bytes_to_int(base64_decode(signed.rsplit(b".", 2)[-2]))
+        return value + self._sep + base64_encode(mac.digest()), now
 
 
 def _utc(stamp: int) -> datetime:
@@ -259,9 +253,14 @@ def signed_age(raw: str | None, now: float) -> float | None:
     """
     if not raw:
         return None
+    stamp = _stamp_of(raw)
+    return None if stamp is None else now - stamp
+
+
+@functools.lru_cache(maxsize=KNOWN_VALUES)  # a visitor sends the same cookie with every view
+def _stamp_of(raw: str) -> int | None:
     try:
-        stamp = raw.rsplit(".", 2)[-2]
-        return now - bytes_to_int(base64_decode(stamp))
+        return bytes_to_int(base64_decode(raw.rsplit(".", 2)[-2]))
     except (IndexError, ValueError, TypeError):
         return None
 
