@@ -8,6 +8,7 @@ as "no data" in the page path; the reward route tells those cases apart with
 
 from __future__ import annotations
 
+import binascii
 import functools
 import hashlib
 import hmac
@@ -139,7 +140,7 @@ class _CookieSerializer(URLSafeTimedSerializer):
         if found is None:
             found = self._signing[salt] = _SigningKey(
                 cast("TimestampSigner", self.make_signer(salt)))
-        signed, stamp = found.sign(base64_encode(text))
+        signed, stamp = found.sign(_urlsafe_b64(text))
         self._remember((salt, signed), text, stamp)
         return signed.decode("ascii")
 
@@ -181,8 +182,9 @@ class _SigningKey:
     ``sign`` spends about 60 Python calls per value (encodings, key derivation, ``hmac.new``),
     and a new visitor's page signs two cookies. Here the derived key's HMAC state is keyed once
     and copied per value, and the timestamp's encoding is kept for the second it stands for;
-    the parts come from itsdangerous itself (its key derivation, ``int_to_bytes``,
-    ``base64_encode``), and a test checks the output against itsdangerous's signer.
+    the parts come from itsdangerous itself (its key derivation, ``int_to_bytes``) or
+    encode as it does (:func:`_urlsafe_b64`), and a test checks the output against
+    itsdangerous's signer.
     Verification stays itsdangerous's.
     """
 
@@ -202,7 +204,16 @@ class _SigningKey:
         value = value + self._sep + stamp
         mac = self._mac.copy()
         mac.update(value)
-        return value + self._sep + base64_encode(mac.digest()), now
+        return value + self._sep + _urlsafe_b64(mac.digest()), now
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _urlsafe_b64(data: bytes) -> bytes:
+    """itsdangerous's ``base64_encode`` (URL-safe alphabet, no padding) in three calls instead
+    of eight: it runs twice per signed value."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
 
 
 def _utc(stamp: int) -> datetime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from itsdangerous import BadSignature, Signer, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 from web_helpers import Clock, tamper
 
 from ef_middleware.web import cookies as ck
@@ -181,6 +182,9 @@ def test_signed_value_is_itsdangerous_own_byte_for_byte(clock: Clock) -> None:
         assert first == plain.dumps(payload)
         clock.advance(1.5)
         assert ours.dumps(payload) == plain.dumps(payload) != first
+    for size in range(64):  # every padding case of the encoding
+        data = bytes(range(256 - size, 256))
+        assert ck._urlsafe_b64(data) == base64_encode(data)
 
 
 def test_cookie_attributes_match_set_cookie() -> None:
