@@ -55,6 +55,7 @@ VISITOR_SALT = "ef_middleware.web.visitor"
 MAX_ENTRIES = 16  # loops remembered in one decision cookie (oldest dropped first)
 MAX_ID = 128  # characters of an event id, action id or loop name we accept from a cookie
 KNOWN_VALUES = 4096  # signed values remembered per serializer (about 1.5 MB at most)
+MAX_REMEMBERED = 512  # characters of an unverified cookie whose timestamp is remembered
 
 
 class DecisionEntry(NamedTuple):
@@ -264,11 +265,13 @@ def signed_age(raw: str | None, now: float) -> float | None:
     """
     if not raw:
         return None
-    stamp = _stamp_of(raw)
+    # Values of our size are remembered (a visitor sends the same one with every view); a
+    # longer one is not ours, and is not kept.
+    stamp = _stamp_of(raw) if len(raw) <= MAX_REMEMBERED else _stamp_of.__wrapped__(raw)
     return None if stamp is None else now - stamp
 
 
-@functools.lru_cache(maxsize=KNOWN_VALUES)  # a visitor sends the same cookie with every view
+@functools.lru_cache(maxsize=KNOWN_VALUES)
 def _stamp_of(raw: str) -> int | None:
     try:
         return bytes_to_int(base64_decode(raw.rsplit(".", 2)[-2]))
