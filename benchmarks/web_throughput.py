@@ -480,16 +480,18 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
             row["cpu_us"] = _median([x.get("cpu_us_process", math.nan) for x in sat])
             row["cpu_us_loop"] = _median([x.get("cpu_us_loop", math.nan) for x in sat])
         if mode in page_modes and "bare" in rounds[0]:
-            row["share"] = _median([r[mode]["rps"] / r["bare"]["rps"] for r in rounds])
+            paired = [r for r in rounds if mode in r and "bare" in r]
+            row["share"] = _median([r[mode]["rps"] / r["bare"]["rps"] for r in paired])
             # The share the CPU cost implies: the bare page's CPU per request over this one's.
             row["cpu_share"] = _median([r["bare"]["cpu_us_process"] / r[mode]["cpu_us_process"]
-                                        for r in rounds])
+                                        for r in paired])
         out[mode] = row
     return out
 
 
 def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> bool:
-    print(f"tool={args.tool} rounds={args.rounds} saturated: {args.connections} connections "
+    print(f"tool={args.tool} rounds={args.rounds} (reward runs: {args.reward_rounds}) "
+          f"saturated: {args.connections} connections "
           f"x {args.duration:g}s (rewards: {args.reward_connections} connections x "
           f"{args.rewards}); fixed rate: pages {args.page_rate:g}/s, rewards "
           f"{args.reward_rate:g}/s, {args.fixed_duration:g}s; cores={os.cpu_count()}; "
@@ -529,11 +531,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.web_throughput",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5,
-                   help="rounds: one saturated burst of every page mode each, interleaved; "
-                        "and one reward run each")
-    p.add_argument("--duration", type=float, default=4.0,
+    p.add_argument("--rounds", type=int, default=20,
+                   help="page rounds: one saturated burst of every page mode each, "
+                        "interleaved (many short bursts: see docs/benchmarks.md, A/A runs)")
+    p.add_argument("--duration", type=float, default=1.0,
                    help="seconds of one saturated burst")
+    p.add_argument("--reward-rounds", type=int, default=5,
+                   help="reward runs, each on a fresh server")
     p.add_argument("--connections", type=int, default=32, help="saturated page connections")
     p.add_argument("--page-rate", type=float, default=200.0, help="fixed page rate (req/s)")
     p.add_argument("--reward-rate", type=float, default=200.0, help="fixed reward rate")
@@ -639,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.pin = False
     if args.quick:
-        args.rounds, args.duration, args.fixed_duration, args.rewards = 2, 3.0, 3.0, 1000
+        args.rounds, args.duration, args.fixed_duration, args.rewards = 6, 1.0, 3.0, 1000
+        args.reward_rounds = 2
     if args.tool == "python":
         print("wrk is not installed (scripts/bench-setup installs it): saturating with the "
               "Python client, which competes with the server for the CPU", file=sys.stderr)
@@ -666,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                     compare = (f"new visitor @{args.compare}",
                                stack.enter_context(checkout(args.compare, work)))
                 page_rounds(args, work, trained, env, rounds, fixed, checks, compare)
-        for index in range(args.rounds if not args.no_rewards else 0):
+        for index in range(args.reward_rounds if not args.no_rewards else 0):
             # A fresh server and store per reward run: none inherits another's backlog.
             env["EF_STORE"] = str(_store_copy(trained, work, f"rewards-{index}"))
             with serve("personalized_app", env) as port:
@@ -675,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds[index]["reward"] = reward
             else:
                 rounds.append({"reward": reward})
-            print(f"rewards {index + 1}/{args.rounds}: in-server p99 "
+            print(f"rewards {index + 1}/{args.reward_rounds}: in-server p99 "
                   f"{reward['fixed']['server'].get('p99', math.nan):.2f} ms",
                   file=sys.stderr, flush=True)
     summary = summarise(rounds, fixed, page_modes(compare))
@@ -683,8 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     if compare is not None:
         print(compare_report(rounds, compare[0]))
     if "reward" in summary:
-        posted = sum(r["reward"]["posted"] for r in rounds)
-        stored = sum(r["reward"]["stored_rewards"] for r in rounds)
+        posted = sum(r["reward"]["posted"] for r in rounds if "reward" in r)
+        stored = sum(r["reward"]["stored_rewards"] for r in rounds if "reward" in r)
         print(f"rewards stored by the engines: {stored} of {posted} posted")
     path = args.json or ROOT / "benchmarks" / "results" / (
         "web-throughput-quick.json" if args.quick else "web-throughput.json")
