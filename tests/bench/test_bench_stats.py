@@ -1,0 +1,119 @@
+"""The statistics the benchmark reports rest on: intervals, percentiles, pairing, recovery,
+and the web-throughput summary (checked against scipy and numpy, or by hand)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmarks.learning import Run, ShiftSpec, _recovery
+from benchmarks.report import paired_difference
+from benchmarks.stats import percentile, summarize, t95
+from benchmarks.web_throughput import compare_report, summarise
+
+
+def test_t95_is_students_critical_value() -> None:
+    for df in range(1, 31):
+        assert t95(df) == pytest.approx(stats.t.ppf(0.975, df), abs=5e-4)
+    for df in range(31, 400):  # the approximation past the table: within 0.01, as documented
+        assert abs(t95(df) - stats.t.ppf(0.975, df)) < 0.01
+    assert math.isnan(t95(0))
+
+
+def test_summarize_is_the_mean_with_a_95_percent_t_interval() -> None:
+    rng = np.random.default_rng(3)
+    for n in (2, 5, 20, 60):
+        values = rng.normal(10.0, 3.0, n)
+        s = summarize(values)
+        half = stats.t.ppf(0.975, n - 1) * stats.sem(values)
+        assert s.mean == pytest.approx(values.mean())
+        assert s.ci == pytest.approx(half, rel=5e-3)
+        assert (s.low, s.high) == pytest.approx((s.mean - s.ci, s.mean + s.ci))
+    one = summarize([4.0])
+    assert one.mean == 4.0 and math.isnan(one.ci) and one.fmt() == "4.0"
+    assert summarize([]).n == 0
+
+
+def test_percentile_interpolates_as_numpy() -> None:
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 7, 100):
+        values = sorted(rng.exponential(1.0, n))
+        for q in (0, 1, 50, 90, 99, 100):
+            assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+    assert math.isnan(percentile([], 50))
+
+
+def test_paired_difference_pairs_by_seed_and_skips_missing() -> None:
+    empty = np.zeros(0, dtype=np.int64)
+
+    def run(agent: str, seed: int, value: float | None) -> Run:
+        return Run(agent, "engine", seed, empty, 0.0, metrics={"m": value})
+
+    runs = [run("a", 1, 10.0), run("b", 1, 7.0), run("a", 2, 5.0), run("b", 2, 6.0),
+            run("a", 3, 1.0), run("b", 3, None), run("b", 4, 2.0)]
+    diff = paired_difference(runs, "a", "b", "m")
+    assert diff is not None
+    assert sorted(diff.values) == [-1.0, 3.0]  # seeds 1 and 2 only
+    assert diff.mean == 1.0
+    assert paired_difference(runs, "a", "c", "m") is None
+
+
+def test_recovery_is_the_first_full_window_within_tolerance() -> None:
+    spec = ShiftSpec(ma_window=200, tolerance=0.2)
+    shift, horizon = 1000, 3000
+    oracle = np.ones(horizon)
+    for lost in (0, 100, 500):  # the agent earns nothing for `lost` visitors after the shift
+        gap = np.zeros(horizon)
+        gap[shift:shift + lost] = 1.0
+        # The trailing 200 must hold at least 160 good visitors: max(200, lost + 160).
+        assert _recovery(gap, oracle, shift, spec) == max(200, lost + 160)
+    never = np.zeros(horizon)
+    never[shift:] = 1.0
+    assert _recovery(never, oracle, shift, spec) is None
+    assert _recovery(np.zeros(horizon), oracle, horizon - 100, spec) is None  # too late
+
+
+def _burst(rps: float, cpu_us: float) -> dict[str, Any]:
+    return {"rps": rps, "p50": 1.0, "p99": 2.0, "non_2xx": 0, "server": {"p50": 0.3, "p99": 0.9},
+            "cpu_us_process": cpu_us, "cpu_us_loop": cpu_us}
+
+
+def _reward(p99: float) -> dict[str, Any]:
+    fixed = {"p50": 1.0, "p99": 3.0, "non_2xx": 0, "server": {"p50": 0.5, "p99": p99}}
+    return {"saturated": _burst(1000.0, math.nan), "fixed": fixed}
+
+
+def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds() -> None:
+    modes = ("bare", "new visitor")
+    rounds: list[dict[str, Any]] = [
+        {"bare": _burst(1000.0, 300.0), "new visitor": _burst(800.0, 400.0)},
+        {"bare": _burst(2000.0, 150.0), "new visitor": _burst(1000.0, 300.0)},
+        {"bare": _burst(1500.0, 200.0), "new visitor": _burst(900.0, 250.0)},
+    ]
+    rounds[0]["reward"] = _reward(1.5)
+    rounds.append({"reward": _reward(2.5)})  # a reward run beyond the page rounds
+    fixed = {m: {"p50": 1.0, "p99": 2.0, "non_2xx": 0, "server": {"p50": 0.4, "p99": 1.0}}
+             for m in modes}
+    summary = summarise(rounds, fixed, modes)
+    new = summary["new visitor"]
+    assert new["share"] == pytest.approx(0.6)  # median of 0.8, 0.5, 0.6: not 900 / 1500
+    assert new["cpu_share"] == pytest.approx(0.75)  # median of 0.75, 0.5, 0.8
+    assert new["rps"] == 900.0
+    assert summary["reward"]["server_p99"] == pytest.approx(2.0)  # median of 1.5 and 2.5
+    assert summary["reward"]["server_p99_worst"] == 2.5
+
+
+def test_compare_report_gives_the_paired_difference_and_its_standard_error() -> None:
+    shares = [(0.70, 0.60), (0.65, 0.66), (0.80, 0.72)]
+    rounds = [{"bare": _burst(1000.0, 1.0), "new visitor": _burst(1000.0 * a, 1.0),
+               "new visitor @x": _burst(1000.0 * b, 1.0)} for a, b in shares]
+    text = compare_report(rounds, "new visitor @x")
+    diffs = [100 * (a - b) for a, b in shares]
+    se = float(np.std(diffs, ddof=1) / math.sqrt(len(diffs)))
+    assert f"difference {np.mean(diffs):+.1f} points (standard error {se:.1f})" in text
+    assert "ahead in 2 of 3 rounds" in text
+    assert compare_report([{"bare": _burst(1.0, 1.0)}], "new visitor @x") == ""
