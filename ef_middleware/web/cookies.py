@@ -9,7 +9,6 @@ as "no data" in the page path; the reward route tells those cases apart with
 from __future__ import annotations
 
 import binascii
-import functools
 import hashlib
 import hmac
 import math
@@ -55,7 +54,6 @@ VISITOR_SALT = "ef_middleware.web.visitor"
 MAX_ENTRIES = 16  # loops remembered in one decision cookie (oldest dropped first)
 MAX_ID = 128  # characters of an event id, action id or loop name we accept from a cookie
 KNOWN_VALUES = 4096  # signed values remembered per serializer (about 1.5 MB at most)
-MAX_REMEMBERED = 512  # characters of an unverified cookie whose timestamp is remembered
 
 
 class DecisionEntry(NamedTuple):
@@ -166,6 +164,11 @@ class _CookieSerializer(URLSafeTimedSerializer):
             return payload, _utc(stamp)
         return payload
 
+    def known_stamp(self, s: str | bytes, salt: str | bytes | None = None) -> int | None:
+        """The signing time of ``s`` if this serializer signed or verified it lately."""
+        known = self._known.get((salt, want_bytes(s)))
+        return None if known is None else known[1]
+
     def dump_payload(self, obj: Any) -> bytes:
         return base64_encode(_CompactJSON.dumps(obj).encode("utf-8"))
 
@@ -258,25 +261,22 @@ def make_serializer(
                              signer=_ClockSigner, signer_kwargs={"digest_method": hashlib.sha1})
 
 
-def signed_age(raw: str | None, now: float) -> float | None:
+def signed_age(serializer: URLSafeTimedSerializer, raw: str | None, now: float) -> float | None:
     """Seconds since ``raw`` was signed, read **without** verifying it (``None`` if unreadable).
 
-    Only for deciding that nothing needs doing; never trust data on this basis.
+    A value ``serializer`` signed or verified lately (a visitor sends the same cookie with
+    every view) answers from its memory; any other is parsed. Only for deciding that nothing
+    needs doing; never trust data on this basis.
     """
     if not raw:
         return None
-    # Values of our size are remembered (a visitor sends the same one with every view); a
-    # longer one is not ours, and is not kept.
-    stamp = _stamp_of(raw) if len(raw) <= MAX_REMEMBERED else _stamp_of.__wrapped__(raw)
-    return None if stamp is None else now - stamp
-
-
-@functools.lru_cache(maxsize=KNOWN_VALUES)
-def _stamp_of(raw: str) -> int | None:
-    try:
-        return bytes_to_int(base64_decode(raw.rsplit(".", 2)[-2]))
-    except (IndexError, ValueError, TypeError):
-        return None
+    stamp = serializer.known_stamp(raw) if isinstance(serializer, _CookieSerializer) else None
+    if stamp is None:
+        try:
+            stamp = bytes_to_int(base64_decode(raw.rsplit(".", 2)[-2]))
+        except (IndexError, ValueError, TypeError):
+            return None
+    return now - stamp
 
 
 def _valid_id(value: object) -> bool:

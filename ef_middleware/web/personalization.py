@@ -134,7 +134,7 @@ class Personalization:
         if self.is_bot or self.opted_out:
             return
         raw = self.cookies.get(self._rt.settings.visitor_cookie)
-        age = ck.signed_age(raw, self._now)
+        age = ck.signed_age(self._rt.visitors, raw, self._now)
         if age is None or not 0 <= age < 60:
             self.visitor  # noqa: B018 - verifies, then counts or refreshes the visit
 

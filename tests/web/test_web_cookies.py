@@ -190,14 +190,16 @@ def test_signed_value_is_itsdangerous_own_byte_for_byte(clock: Clock) -> None:
 def test_signed_age_reads_the_timestamp_without_verifying(clock: Clock) -> None:
     s = serializer(clock, salt=ck.VISITOR_SALT)
     raw = ck.dump_visitor(s, ck.VisitorState("v1", 2, int(clock.now)))
-    assert ck.signed_age(raw, clock.now + 30) == 30
-    assert ck.signed_age(tamper(raw), clock.now + 30) == 30  # read, not verified
-    assert ck.signed_age("garbage", clock.now) is None
-    assert ck.signed_age(None, clock.now) is None
-    remembered = ck._stamp_of.cache_info().currsize
-    long = "x" * ck.MAX_REMEMBERED + raw  # not ours: read, not remembered
-    assert ck.signed_age(long, clock.now + 5) == 5
-    assert ck._stamp_of.cache_info().currsize == remembered
+    assert s.known_stamp(raw) == int(clock.now)  # type: ignore[attr-defined]
+    assert ck.signed_age(s, raw, clock.now + 30) == 30
+    assert ck.signed_age(s, tamper(raw), clock.now + 30) == 30  # read, not verified
+    assert ck.signed_age(s, "garbage", clock.now) is None
+    assert ck.signed_age(s, None, clock.now) is None
+    remembered = len(s._known)  # type: ignore[attr-defined]
+    long = "x" * 4096 + raw  # not ours: read, not remembered
+    assert ck.signed_age(s, long, clock.now + 5) == 5
+    assert s.known_stamp(long) is None  # type: ignore[attr-defined]
+    assert len(s._known) == remembered  # type: ignore[attr-defined]
 
 
 def test_cookie_attributes_match_set_cookie() -> None:
