@@ -79,8 +79,10 @@ class Learner:
     """
 
     def __init__(self, engine: Engine, *, tick: float = 1.0, linger: float = 0.05,
-                 nice: int = BACKGROUND_NICE) -> None:
+                 nice: int = BACKGROUND_NICE, maintain_every: float = 1.0) -> None:
         self.engine = engine
+        self.maintain_every = maintain_every
+        self._next_maintenance = 0.0
         self.nice = nice
         self.tick = tick
         self.linger = linger
@@ -128,3 +130,15 @@ class Learner:
                     loop.learn_pending()
                 except Exception:  # keep learning for the other loops; say what failed once
                     log.exception("ef_middleware: learner failed on loop %r", loop.name)
+            self._maintain()
+
+    def _maintain(self) -> None:
+        """The store's housekeeping (checkpoints), at most every ``maintain_every`` seconds."""
+        now = time.monotonic()
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + self.maintain_every
+        try:
+            self.engine.store.maintain()
+        except Exception as exc:  # housekeeping only: never stop learning for it
+            log.debug("ef_middleware: store maintenance: %s", exc)

@@ -8,6 +8,7 @@ processes of one host. A Redis store for many hosts implements the same interfac
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,6 +21,10 @@ from .errors import ConfigurationError
 DISK_MIN_FILE_SIZE = 1 << 20  # values below stay in SQLite (diskcache's default: 32 KiB)
 MODEL_PREFIX = "model:"  # model snapshots: kept in their own folder (see DiskcacheStore)
 MODELS_FOLDER = "models"
+# The request path's writes (rewards) leave SQLite's checkpoints to the learner (``maintain``);
+# past this many WAL pages (about 8 MB) they checkpoint themselves, so the log stays bounded
+# when no learner runs. SQLite's default is 1,000 pages.
+APPEND_AUTOCHECKPOINT = 2000
 
 
 @runtime_checkable
@@ -40,6 +45,10 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
+
+    def maintain(self) -> None:
+        """Housekeeping that must not run on the request path; the learner thread calls it
+        about once a second (a store that needs none does nothing)."""
 
     def close(self) -> None:
         """Release the store's resources."""
@@ -134,6 +143,7 @@ class DiskcacheStore:
         self._append = diskcache.Cache(path, size_limit=size_limit,
                                        disk_min_file_size=DISK_MIN_FILE_SIZE)
         self._append.reset("cull_limit", 0, update=False)
+        self._append_tuned = threading.local()
         self._writing = _FifoLock()
         self._models = diskcache.Cache(os.path.join(path, MODELS_FOLDER), size_limit=size_limit,
                                        disk_min_file_size=DISK_MIN_FILE_SIZE)
@@ -156,6 +166,11 @@ class DiskcacheStore:
             self.set_many({key: value}, expire=expire)
             return
         with self._writing.held():
+            if not getattr(self._append_tuned, "done", False):
+                # A pragma of this thread's connection only (diskcache keeps one per thread).
+                self._append.reset("sqlite_wal_autocheckpoint", APPEND_AUTOCHECKPOINT,
+                                   update=False)
+                self._append_tuned.done = True
             self._append.set(key, value, expire=expire)
 
     def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
@@ -179,6 +194,36 @@ class DiskcacheStore:
         if cache is self._models and key in self._cache:  # a snapshot from before the split
             with self._writing.held():
                 self._cache.delete(key)
+
+    def maintain(self) -> None:
+        """Checkpoint both folders' SQLite write-ahead logs (:meth:`checkpoint`)."""
+        self.checkpoint()
+
+    def checkpoint(self) -> list[tuple[int, int]]:
+        """Copy the write-ahead logs' new pages into the databases, without blocking writers.
+
+        SQLite checkpoints a log once it passes 1,000 pages, in the thread whose commit
+        crossed the line, and syncs the database file: 5-12 ms, measured here. Each reward
+        write adds about five pages, so one reward in about 200 paid for it, on the request
+        path. The reward path's connection now checkpoints only past
+        ``APPEND_AUTOCHECKPOINT`` pages and the learner calls this every second: a
+        ``PASSIVE`` checkpoint waits for no reader and no writer.
+
+        Returns
+        -------
+        list of (int, int)
+            Per folder: pages in the log, pages checkpointed (SQLite's own answer).
+        """
+        done = []
+        for cache in (self._cache, self._models):
+            con = sqlite3.connect(os.path.join(cache.directory, diskcache.core.DBNAME),
+                                  timeout=0, isolation_level=None)
+            try:
+                _, log, checkpointed = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                con.close()
+            done.append((int(log), int(checkpointed)))
+        return done
 
     def close(self) -> None:
         self._models.close()
