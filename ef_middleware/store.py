@@ -216,6 +216,9 @@ class DiskcacheStore:
         """
         done = []
         for cache in (self._cache, self._models):
+            # A connection of its own, closed at once: checkpointing through one that stays
+            # open (ours or diskcache's), the writers never started the log over in a lab run,
+            # and it grew until their own threshold; with this one they do (the store tests).
             con = sqlite3.connect(os.path.join(cache.directory, diskcache.core.DBNAME),
                                   timeout=0, isolation_level=None)
             try:
