@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from benchmarks.learning import Run, ShiftSpec, _recovery
+from benchmarks.recovery import pair
 from benchmarks.report import paired_difference
 from benchmarks.stats import percentile, summarize, t95
 from benchmarks.web_throughput import compare_report, summarise
@@ -117,3 +118,37 @@ def test_compare_report_gives_the_paired_difference_and_its_standard_error() -> 
     assert f"difference {np.mean(diffs):+.1f} points (standard error {se:.1f})" in text
     assert "ahead in 2 of 3 rounds" in text
     assert compare_report([{"bare": _burst(1.0, 1.0)}], "new visitor @x") == ""
+
+
+def _web_result(seeds: range, recoveries: dict[str, list[float | None]]) -> dict[str, Any]:
+    runs = [{"agent": agent, "seed": seed, "metrics": {"recovery_visitors": values[i]}}
+            for agent, values in recoveries.items() for i, seed in enumerate(seeds)]
+    return {"config": {"horizon": 2000, "shift_at": 1000}, "runs": runs}
+
+
+def test_the_recovery_test_pairs_by_seed_and_counts_never_as_past_the_end() -> None:
+    ours = [300.0, 420.0, None, 250.0, 800.0, 310.0]
+    vw = [500.0, 400.0, 700.0, 650.0, None, 310.0]
+    first = _web_result(range(10, 13), {"ef:thompson": ours[:3], "vw-squarecb": vw[:3],
+                                        "uniform": [None] * 3})
+    second = _web_result(range(13, 16), {"vw-squarecb": vw[3:], "ef:thompson": ours[3:]})
+    test = pair([second, first], "ef:thompson", "vw-squarecb")
+    assert test.seeds == tuple(range(10, 16))
+    assert test.agent == (300.0, 420.0, 1001.0, 250.0, 800.0, 310.0)  # never: 1,000 + 1
+    assert test.peer == (500.0, 400.0, 700.0, 650.0, 1001.0, 310.0)
+    assert list(test.differences) == [-200.0, 20.0, 301.0, -400.0, -201.0, 0.0]
+    # scipy's default test: the tie is dropped, five pairs remain
+    assert test.p_value == pytest.approx(stats.wilcoxon(test.agent, test.peer).pvalue)
+    assert not test.faster()  # five pairs cannot reach p < 0.05
+    assert "faster on 3, slower on 2, 1 ties" in test.report()
+
+
+def test_the_recovery_rule_needs_significance_and_the_right_sign() -> None:
+    seeds = range(20)
+    quick = _web_result(seeds, {"a": [100.0 + i for i in seeds], "b": [400.0 + i for i in seeds]})
+    assert pair([quick], "a", "b").faster()
+    assert not pair([quick], "b", "a").faster()  # significant, but slower
+    same = _web_result(seeds, {"a": [100.0] * 20, "b": [100.0] * 20})
+    assert pair([same], "a", "b").p_value == 1.0
+    with pytest.raises(ValueError, match="appears twice"):
+        pair([quick, quick], "a", "b")

@@ -1,0 +1,98 @@
+"""The recovery test: is one agent's recovery after the shift faster than another's?
+
+Reads web-simulator result files (``benchmarks/results/web-*.json``), pairs the two agents'
+``recovery_visitors`` by seed and applies the test that the held-out seed sets were judged by
+(docs/benchmarks.md, "Held out"): Wilcoxon's signed-rank test, two-sided, on the paired
+differences (scipy's default: zero differences dropped), with the paired median's sign. A seed
+an agent never recovered on counts as one visitor more than any recovery possible in its run.
+
+    python -m benchmarks.recovery benchmarks/results/web-a.json benchmarks/results/web-b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from benchmarks.stats import summarize
+
+
+@dataclass(frozen=True)
+class RecoveryTest:
+    """Paired recovery visitors of ``agent`` minus ``peer`` over ``seeds``."""
+
+    seeds: tuple[int, ...]
+    agent: tuple[float, ...]
+    peer: tuple[float, ...]
+
+    @property
+    def differences(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        out: np.ndarray[Any, np.dtype[np.float64]] = np.subtract(self.agent, self.peer,
+                                                                  dtype=np.float64)
+        return out
+
+    @property
+    def p_value(self) -> float:
+        """Wilcoxon signed-rank, two-sided (1.0 when every pair ties)."""
+        d = self.differences
+        if not np.any(d):
+            return 1.0
+        return float(stats.wilcoxon(self.agent, self.peer).pvalue)
+
+    def faster(self, alpha: float = 0.05) -> bool:
+        """The rule: p below ``alpha`` and the paired median negative (fewer visitors)."""
+        return self.p_value < alpha and float(np.median(self.differences)) < 0
+
+    def report(self) -> str:
+        d = self.differences
+        mean = summarize(d.tolist())
+        return (f"{len(d)} seeds ({min(self.seeds)}-{max(self.seeds)}): recovery median "
+                f"{np.median(self.agent):.0f} against {np.median(self.peer):.0f} visitors; "
+                f"faster on {int((d < 0).sum())}, slower on {int((d > 0).sum())}, "
+                f"{int((d == 0).sum())} ties; paired median {np.median(d):+.1f}, paired mean "
+                f"{mean.fmt(0)}; Wilcoxon signed-rank p = {self.p_value:.4f}; "
+                f"faster at p < 0.05: {'yes' if self.faster() else 'no'}")
+
+
+def pair(results: Sequence[dict[str, Any]], agent: str, peer: str) -> RecoveryTest:
+    """The two agents' recoveries, by seed, over every result file (seeds must not repeat)."""
+    found: dict[int, dict[str, float]] = {}
+    for result in results:
+        cfg = result["config"]
+        never = float(cfg["horizon"] - cfg["shift_at"] + 1)
+        for run in result["runs"]:
+            if run["agent"] not in (agent, peer):
+                continue
+            value = run["metrics"].get("recovery_visitors")
+            per_seed = found.setdefault(int(run["seed"]), {})
+            if run["agent"] in per_seed:
+                raise ValueError(f"seed {run['seed']} of {run['agent']} appears twice")
+            per_seed[run["agent"]] = never if value is None else float(value)
+    seeds = tuple(sorted(s for s, v in found.items() if agent in v and peer in v))
+    if not seeds:
+        raise ValueError(f"no seed has both {agent!r} and {peer!r}")
+    return RecoveryTest(seeds, tuple(found[s][agent] for s in seeds),
+                        tuple(found[s][peer] for s in seeds))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.recovery", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=Path, help="web benchmark result files")
+    parser.add_argument("--agent", default="ef:thompson")
+    parser.add_argument("--peer", default="vw-squarecb")
+    args = parser.parse_args(argv)
+    results = [json.loads(p.read_text()) for p in args.files]
+    print(pair(results, args.agent, args.peer).report())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
