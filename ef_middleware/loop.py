@@ -326,6 +326,13 @@ class Loop:
         RewardOutOfRangeError
             ``value`` is not a finite number within ``reward_range``.
         """
+        self.accept_reward(event_id, value).commit()
+
+    def accept_reward(self, event_id: str, value: float | None = None) -> RewardWrite:
+        """Check a reward and record it in memory, as :meth:`reward` does, without writing
+        it: the returned :class:`RewardWrite` stores it and hands it to learning. For a
+        caller that decides where the write runs (the reward route: on its event loop when
+        the store can take it at once). Raises what :meth:`reward` raises."""
         if not isinstance(event_id, str) or not event_id:
             raise InvalidInputError(f"event_id must be a non-empty string, not {event_id!r}")
         low, high = self.settings.reward_range
@@ -339,34 +346,42 @@ class Loop:
             raise RewardOutOfRangeError(
                 f"reward {value!r} is outside the loop's range {low}..{high}",
                 loop=self.name, event_id=event_id)
-        earliest = self.settings.aggregation == "earliest"
         with self._pending_lock:
-            pending = self._pending.get(event_id)
-            if pending is None:
+            before = self._pending.get(event_id)
+            if before is None:
                 if self.store.get(f"reward:{self.name}:{event_id}") is not None:
                     raise DuplicateRewardError(f"event {event_id!r} was already rewarded",
                                                loop=self.name, event_id=event_id)
                 raise UnknownEventError(self.name, event_id)
-            rewarded = pending[_REWARDED]
-            if earliest and rewarded:
+            rewarded = before[_REWARDED]
+            if rewarded and self.settings.aggregation == "earliest":
                 raise DuplicateRewardError(f"event {event_id!r} already has its reward "
                                            "(aggregation 'earliest')",
                                            loop=self.name, event_id=event_id)
-            total = min(high, pending[_TOTAL] + value) if rewarded else value
-            pending = (*pending[:_TOTAL], total, True)
+            total = min(high, before[_TOTAL] + value) if rewarded else value
+            after = (*before[:_TOTAL], total, True)
+            self._pending[event_id] = after  # kept until written: a second one is refused
             self.rewards += 1
-            if earliest:
-                del self._pending[event_id]
-            else:
-                self._pending[event_id] = pending
-        # Durable before we answer; outside the lock so ranking never waits on the disk.
-        self.store.set(f"reward:{self.name}:{event_id}",
-                       json.dumps({"value": total, "time": self.clock()}).encode(),
-                       expire=self.settings.reward_wait * 2 + 86_400)
-        if earliest:
-            with self._pending_lock:
-                self._enqueue(pending)
-            self._wake(False)
+        return RewardWrite(self, event_id, before, after,
+                           json.dumps({"value": total, "time": self.clock()}).encode())
+
+    def _written(self, write: RewardWrite) -> None:
+        """``write`` is durable: under 'earliest' its decision is final, learn it now."""
+        if self.settings.aggregation != "earliest":
+            return
+        with self._pending_lock:
+            if self._pending.get(write.event_id) is not write.after:
+                return  # finalised meanwhile by ``expire``, with this reward
+            del self._pending[write.event_id]
+            self._enqueue(write.after)
+        self._wake(False)
+
+    def _unwritten(self, write: RewardWrite) -> None:
+        """``write`` failed: forget the reward, so that it can be sent again."""
+        with self._pending_lock:
+            if self._pending.get(write.event_id) is write.after:
+                self._pending[write.event_id] = write.before
+                self.rewards -= 1
 
     def _enqueue(self, pending: Waiting) -> None:
         value = (pending[_TOTAL] if pending[_REWARDED]
@@ -464,3 +479,40 @@ class Loop:
                 "decisions": self.decisions, "rewards": self.rewards, "pending": pending,
                 "learned": self.learned, "updates": self.trainer.net.step,
                 "model_version": self.model_version}
+
+
+class RewardWrite:
+    """A reward that :meth:`Loop.accept_reward` checked and recorded in memory, not yet in
+    the store. Until :meth:`commit` writes it, a second reward for the event is refused (or,
+    under 'sum', added to it); a write that fails undoes the record."""
+
+    __slots__ = ("after", "before", "event_id", "loop", "payload")
+
+    def __init__(self, loop: Loop, event_id: str, before: Waiting, after: Waiting,
+                 payload: bytes) -> None:
+        self.loop = loop
+        self.event_id = event_id
+        self.before = before  # the waiting decision without this reward
+        self.after = after  # and with it
+        self.payload = payload
+
+    def commit(self, *, wait: bool = True) -> bool:
+        """Write the reward to the store, then hand it to learning; return whether it was
+        written. ``wait=False`` writes only if the store can take it at once
+        (:meth:`Store.try_set`) and otherwise returns ``False`` having done nothing: commit
+        again, waiting, from where blocking is allowed."""
+        loop = self.loop
+        key = f"reward:{loop.name}:{self.event_id}"
+        expire = loop.settings.reward_wait * 2 + 86_400
+        # Durable before the caller answers; outside the loop's lock, so that ranking never
+        # waits on the disk.
+        try:
+            if wait:
+                loop.store.set(key, self.payload, expire=expire)
+            elif not loop.store.try_set(key, self.payload, expire=expire):
+                return False
+        except BaseException:
+            loop._unwritten(self)
+            raise
+        loop._written(self)
+        return True

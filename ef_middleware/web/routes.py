@@ -171,7 +171,11 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     if ck.entry_expired(entry, max_age=s.decision_max_age, now=now):
         return error(403, "decision_expired", f"the decision for loop {name!r} has expired")
     try:
-        await rt.write(loop.reward, entry.event_id, value)
+        # On the event loop when the store can take the write at once (a lock-free moment:
+        # nearly always), else on the writer thread (docs/design.md, "Threads").
+        write = loop.accept_reward(entry.event_id, value)
+        if not write.commit(wait=False):
+            await rt.write(write.commit)
     except DuplicateRewardError as exc:
         return error(409, exc.code, str(exc))
     except UnknownEventError as exc:

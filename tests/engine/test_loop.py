@@ -241,6 +241,43 @@ def test_earliest_aggregation_takes_one_reward(engine: Engine) -> None:
     assert hero.stats()["learned"] == 1
 
 
+def test_an_accepted_reward_is_learned_once_written(engine: Engine) -> None:
+    """``accept_reward`` checks and records; its write stores the reward and hands it to
+    learning. A write that the store cannot take at once (``wait=False``) does nothing, and
+    the same write can be made later."""
+    hero = engine.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"})
+    write = hero.accept_reward(d.event_id, 1.0)
+    with pytest.raises(DuplicateRewardError):  # recorded: a second one is refused at once
+        hero.accept_reward(d.event_id, 1.0)
+    key = f"reward:hero:{d.event_id}"
+    with engine.store._writing.held():  # type: ignore[attr-defined]  # another writer
+        assert not write.commit(wait=False)
+    assert engine.store.get(key) is None and hero.enqueued == 0
+    assert write.commit(wait=False)
+    assert json.loads(engine.store.get(key) or b"")["value"] == 1.0
+    hero.flush()
+    assert hero.stats()["learned"] == 1 and hero.stats()["rewards"] == 1
+
+
+def test_a_reward_whose_write_fails_can_be_sent_again(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"})
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.store, "set", full)
+        with pytest.raises(OSError, match="disk full"):
+            hero.reward(d.event_id, 1.0)
+    assert hero.stats()["rewards"] == 0 and hero.enqueued == 0
+    hero.reward(d.event_id, 1.0)  # not a duplicate: the failed one left no trace
+    hero.flush()
+    assert hero.stats()["learned"] == 1 and hero.stats()["rewards"] == 1
+
+
 def test_sum_aggregation_and_default_reward_after_the_wait(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     clock = Clock()

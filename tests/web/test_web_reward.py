@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -242,10 +243,48 @@ def test_store_failures_answer_json_and_log_one_line(
         engine: Engine, loop_name: str, visitor: TestClient, raised: Exception,
         expected: tuple[int, str], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise raised
 
-    monkeypatch.setattr(engine.get_loop(loop_name), "reward", broken)
+    monkeypatch.setattr(engine.store, "try_set", broken)  # on the event loop
+    monkeypatch.setattr(engine.store, "set", broken)  # on the writer thread
     with caplog.at_level(logging.WARNING, logger="ef_middleware"):
         assert error_of(post(visitor, {"loop": loop_name})) == expected
     assert len([r for r in caplog.records if r.name == "ef_middleware"]) == 1
+
+
+def test_a_reward_the_store_cannot_take_at_once_goes_to_the_writer_thread(
+        engine: Engine, loop_name: str, visitor: TestClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route writes on the event loop when the store can take the write at once, and
+    otherwise awaits the blocking write on its writer thread: stored either way."""
+    calls: list[tuple[str, str]] = []
+    store = engine.store
+    real_try_set, real_set = store.try_set, store.set
+
+    def busy(key: str, value: bytes, **kwargs: Any) -> bool:
+        calls.append(("try_set", threading.current_thread().name))
+        return False
+
+    def blocking(key: str, value: bytes, **kwargs: Any) -> None:
+        calls.append(("set", threading.current_thread().name))
+        real_set(key, value, **kwargs)
+
+    monkeypatch.setattr(store, "try_set", busy)
+    monkeypatch.setattr(store, "set", blocking)
+    assert post(visitor, {"loop": loop_name, "value": 1}).status_code == 204
+    event_id = _middleware_entry(visitor, loop_name)
+    assert store.get(f"reward:{loop_name}:{event_id}") is not None
+    assert [name for name, _ in calls] == ["try_set", "set"]
+    assert calls[1][1].startswith("ef-writer") and not calls[0][1].startswith("ef-writer")
+
+    monkeypatch.setattr(store, "try_set", real_try_set)
+    calls.clear()
+    visitor.cookies.clear()
+    assert visitor.get("/").status_code == 200  # a new decision
+    assert post(visitor, {"loop": loop_name, "value": 1}).status_code == 204
+    assert calls == []  # written at once, no thread
+    event_id = _middleware_entry(visitor, loop_name)
+    assert store.get(f"reward:{loop_name}:{event_id}") is not None
+    engine.get_loop(loop_name).flush()
+    assert stats(engine, loop_name)["rewards"] == 2

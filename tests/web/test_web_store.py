@@ -4,11 +4,13 @@ persisted in small transactions (real diskcache folders, real model)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import diskcache
 from web_helpers import ACTIONS
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
@@ -209,5 +211,32 @@ def test_model_snapshots_have_their_own_folder_and_queue(tmp_path: Path) -> None
         store.delete("model:hero:v100")
         store.delete("model:hero:v200")
         assert store.get("model:hero:v100") is None and store.get("model:hero:v200") is None
+    finally:
+        store.close()
+
+
+def test_try_set_writes_only_when_nobody_writes(tmp_path: Path) -> None:
+    """``try_set`` (the reward route, on the event loop) writes when the store is free, and
+    gives up at once, writing nothing, while a thread of this process holds or waits for the
+    write queue, or another process holds SQLite's write lock."""
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        assert store.try_set("free", b"1") and store.get("free") == b"1"
+        with store._writing.held():  # a writer of this process, mid-write
+            assert not store.try_set("queued", b"2")
+        assert store.get("queued") is None
+        # Another process's write transaction (a connection of its own, as it would have).
+        other = sqlite3.connect(tmp_path / "store" / diskcache.core.DBNAME,
+                                isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        assert not store.try_set("locked", b"3")
+        assert time.monotonic() - started < 1.0  # gave up: diskcache's own timeout is 60 s
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.get("locked") is None
+        assert store._writing._serving == store._writing._next  # the queue is free again
+        assert store.try_set("locked", b"3") and store.get("locked") == b"3"
+        assert not store.try_set("model:hero:v1", b"blob")  # snapshots: never on the loop
     finally:
         store.close()
