@@ -25,6 +25,10 @@ MODELS_FOLDER = "models"
 # past this many WAL pages (about 8 MB) they checkpoint themselves, so the log stays bounded
 # when no learner runs. SQLite's default is 1,000 pages.
 APPEND_AUTOCHECKPOINT = 2000
+# Writes the event loop may make (``try_set``) between two complete checkpoints: about 1,000
+# pages of log at ~5 pages a reward. Its connection never checkpoints (5-12 ms would stall
+# every request), so past this the writes go to the writer thread, whose connection does.
+INLINE_WRITES = 200
 
 
 @runtime_checkable
@@ -171,6 +175,7 @@ class DiskcacheStore:
         self._inline = diskcache.Cache(path, size_limit=size_limit, timeout=0,
                                        disk_min_file_size=DISK_MIN_FILE_SIZE)
         self._inline.reset("cull_limit", 0, update=False)
+        self._inline_writes = 0  # since the last complete checkpoint
         self._tuned = threading.local()
         self._writing = _FifoLock()
         self._models = diskcache.Cache(os.path.join(path, MODELS_FOLDER), size_limit=size_limit,
@@ -198,7 +203,8 @@ class DiskcacheStore:
 
     def try_set(self, key: str, value: bytes, *, expire: float | None = None) -> bool:
         """Write ``key`` now if no thread of this process writes or waits to (the in-process
-        queue) and no other process holds SQLite's write lock; else write nothing.
+        queue), no other process holds SQLite's write lock, and fewer than ``INLINE_WRITES``
+        writes came this way since the last complete :meth:`checkpoint`; else write nothing.
 
         A reward's write takes 0.3-0.5 ms. Handed to a thread, it took longer at the tail:
         in a lab run (the reward route at 200/s, no learner) the in-server p99 was 2.3-4.9 ms
@@ -206,24 +212,26 @@ class DiskcacheStore:
         writer and the event loop pass the interpreter lock back and forth at each SQLite
         call. Blocking the event loop for a write that would wait is what this must not do.
         """
-        if key.startswith(MODEL_PREFIX):
+        if key.startswith(MODEL_PREFIX) or self._inline_writes >= INLINE_WRITES:
             return False
         with self._writing.held_if_free() as free:
             if not free:
                 return False
             try:
-                self._tune(self._inline).set(key, value, expire=expire)
+                self._tune(self._inline, 0).set(key, value, expire=expire)
             except diskcache.Timeout:  # another process writes: BEGIN failed, nothing written
                 return False
+            self._inline_writes += 1
             return True
 
-    def _tune(self, cache: diskcache.Cache) -> diskcache.Cache:
-        """``cache``, with this thread's connection to it checkpointing only past
-        ``APPEND_AUTOCHECKPOINT`` pages (a pragma per connection; diskcache keeps one per
-        thread)."""
+    def _tune(self, cache: diskcache.Cache,
+              pages: int = APPEND_AUTOCHECKPOINT) -> diskcache.Cache:
+        """``cache``, with this thread's connection to it checkpointing only past ``pages``
+        pages of log, or never (0): a pragma per connection, and diskcache keeps one per
+        thread."""
         done: set[int] = self._tuned.__dict__.setdefault("done", set())
         if id(cache) not in done:
-            cache.reset("sqlite_wal_autocheckpoint", APPEND_AUTOCHECKPOINT, update=False)
+            cache.reset("sqlite_wal_autocheckpoint", pages, update=False)
             done.add(id(cache))
         return cache
 
@@ -259,9 +267,10 @@ class DiskcacheStore:
         SQLite checkpoints a log once it passes 1,000 pages, in the thread whose commit
         crossed the line, and syncs the database file: 5-12 ms, measured here. Each reward
         write adds about five pages, so one reward in about 200 paid for it, on the request
-        path. The reward path's connection now checkpoints only past
-        ``APPEND_AUTOCHECKPOINT`` pages and the learner calls this every second: a
-        ``PASSIVE`` checkpoint waits for no reader and no writer.
+        path. The reward path's connections now checkpoint only past
+        ``APPEND_AUTOCHECKPOINT`` pages (the writer thread's) or never (the event loop's, for
+        ``INLINE_WRITES`` writes between two complete checkpoints), and the learner calls this
+        every second: a ``PASSIVE`` checkpoint waits for no reader and no writer.
 
         Returns
         -------
@@ -280,6 +289,9 @@ class DiskcacheStore:
             finally:
                 con.close()
             done.append((int(log), int(checkpointed)))
+        log, checkpointed = done[0]
+        if 0 <= log == checkpointed:  # the main folder's whole log is in its database
+            self._inline_writes = 0
         return done
 
     def close(self) -> None:

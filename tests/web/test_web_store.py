@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import diskcache
+import pytest
 from web_helpers import ACTIONS
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
+from ef_middleware import store as store_module
 from ef_middleware.loop import PERSIST_CHUNK
 from ef_middleware.store import APPEND_AUTOCHECKPOINT, DiskcacheStore
 
@@ -238,5 +240,23 @@ def test_try_set_writes_only_when_nobody_writes(tmp_path: Path) -> None:
         assert store._writing._serving == store._writing._next  # the queue is free again
         assert store.try_set("locked", b"3") and store.get("locked") == b"3"
         assert not store.try_set("model:hero:v1", b"blob")  # snapshots: never on the loop
+    finally:
+        store.close()
+
+
+def test_writes_on_the_event_loop_leave_checkpoints_to_the_learner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``try_set``'s connection never checkpoints (5-12 ms would stall every request): past
+    ``INLINE_WRITES`` writes since the last complete checkpoint it declines, and the writes
+    go to the writer thread, whose connection checkpoints past its threshold."""
+    monkeypatch.setattr(store_module, "INLINE_WRITES", 400)  # ~2,000 pages: past SQLite's 1,000
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        for i in range(400):
+            assert store.try_set(f"reward:hero:{i}", b'{"value": 1.0}')
+        assert not store.try_set("reward:hero:400", b'{"value": 1.0}')
+        (log, checkpointed), _ = store.checkpoint()
+        assert log > 1000 and checkpointed == log  # nothing checkpointed it before
+        assert store.try_set("reward:hero:400", b'{"value": 1.0}')
     finally:
         store.close()
