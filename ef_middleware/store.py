@@ -25,10 +25,12 @@ MODELS_FOLDER = "models"
 # past this many WAL pages (about 8 MB) they checkpoint themselves, so the log stays bounded
 # when no learner runs. SQLite's default is 1,000 pages.
 APPEND_AUTOCHECKPOINT = 2000
-# Writes the event loop may make (``try_set``) between two complete checkpoints: about 1,000
-# pages of log at ~5 pages a reward. Its connection never checkpoints (5-12 ms would stall
-# every request), so past this the writes go to the writer thread, whose connection does.
-INLINE_WRITES = 200
+# Writes the event loop may make (``try_set``) between two complete checkpoints: about 2,000
+# pages of log at ~5 pages a reward, the writer thread's bound (the learner checkpoints once a
+# second, so up to ~400 rewards a second all stay on the event loop). The event loop's
+# connection never checkpoints (5-12 ms would stall every request), so past this the writes
+# go to the writer thread, whose connection does.
+INLINE_WRITES = 400
 
 
 @runtime_checkable

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import diskcache
-import pytest
 from web_helpers import ACTIONS
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
@@ -244,19 +243,19 @@ def test_try_set_writes_only_when_nobody_writes(tmp_path: Path) -> None:
         store.close()
 
 
-def test_writes_on_the_event_loop_leave_checkpoints_to_the_learner(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writes_on_the_event_loop_leave_checkpoints_to_the_learner(tmp_path: Path) -> None:
     """``try_set``'s connection never checkpoints (5-12 ms would stall every request): past
     ``INLINE_WRITES`` writes since the last complete checkpoint it declines, and the writes
     go to the writer thread, whose connection checkpoints past its threshold."""
-    monkeypatch.setattr(store_module, "INLINE_WRITES", 400)  # ~2,000 pages: past SQLite's 1,000
+    limit = store_module.INLINE_WRITES
+    assert limit * 5 > 1000  # ~5 pages a write: past SQLite's own threshold of 1,000 pages
     store = DiskcacheStore(tmp_path / "store")
     try:
-        for i in range(400):
+        for i in range(limit):
             assert store.try_set(f"reward:hero:{i}", b'{"value": 1.0}')
-        assert not store.try_set("reward:hero:400", b'{"value": 1.0}')
+        assert not store.try_set("reward:hero:last", b'{"value": 1.0}')
         (log, checkpointed), _ = store.checkpoint()
         assert log > 1000 and checkpointed == log  # nothing checkpointed it before
-        assert store.try_set("reward:hero:400", b'{"value": 1.0}')
+        assert store.try_set("reward:hero:last", b'{"value": 1.0}')
     finally:
         store.close()
