@@ -26,10 +26,11 @@ MODELS_FOLDER = "models"
 # when no learner runs. SQLite's default is 1,000 pages.
 APPEND_AUTOCHECKPOINT = 2000
 # Writes the event loop may make (``try_set``) between two complete checkpoints: about 2,000
-# pages of log at ~5 pages a reward, the writer thread's bound (the learner checkpoints once a
-# second, so up to ~400 rewards a second all stay on the event loop). The event loop's
-# connection never checkpoints (5-12 ms would stall every request), so past this the writes
-# go to the writer thread, whose connection does.
+# pages of log at ~5 pages a reward, the writer thread's bound. The event loop's connection
+# never checkpoints (5-12 ms would stall every request), so past this the writes go to the
+# writer thread, whose connection does. With the learner checkpointing once a second, the
+# event loop wrote 1,998 of 2,000 rewards at 200/s, 87% at 400/s, 66% at 600/s (the example
+# app in process, 10 s each).
 INLINE_WRITES = 400
 
 
