@@ -79,7 +79,7 @@ class Learner:
     """
 
     def __init__(self, engine: Engine, *, tick: float = 1.0, linger: float = 0.05,
-                 nice: int = BACKGROUND_NICE, maintain_every: float = 1.0) -> None:
+                 nice: int = BACKGROUND_NICE, maintain_every: float = 0.25) -> None:
         self.engine = engine
         self.maintain_every = maintain_every
         self._next_maintenance = 0.0
