@@ -45,6 +45,7 @@ _ids = random.Random()
 VIEW_CACHE_SIZE = 4096  # contexts whose forward pass is kept per published model...
 VIEW_CACHE_BYTES = 16 << 20  # ...and the memory they may take, per loop
 PERSIST_CHUNK = 64  # decision records per store write (one key, about 1 ms of writing)
+WRITE_GRACE = 300.0  # seconds a decision's expiry waits for its reward's write to end
 
 
 # A decision waiting for its reward is one plain tuple (index names below): the model's inputs
@@ -138,6 +139,7 @@ class Loop:
         self._views = _Views(None)
         self._pending: dict[str, Waiting] = {}
         self._arrivals: deque[str] = deque()  # event ids in ranking order, for expiry
+        self._in_flight: dict[str, RewardWrite] = {}  # each event's newest unfinished write
         self._action_table: list[Action] = []  # actions of waiting decisions, by index
         self._action_index: dict[ActionKey, int] = {}
         self._pending_lock = threading.Lock()
@@ -360,18 +362,26 @@ class Loop:
                                            loop=self.name, event_id=event_id)
             total = min(high, before[_TOTAL] + value) if rewarded else value
             after = (*before[:_TOTAL], total, True)
+            now = self.clock()
+            write = RewardWrite(self, event_id, before, after, now,
+                                json.dumps({"value": total, "time": now}).encode())
             self._pending[event_id] = after  # kept until written: a second one is refused
+            self._in_flight[event_id] = write  # and not finalised by ``expire`` meanwhile
             self.rewards += 1
-        return RewardWrite(self, event_id, before, after,
-                           json.dumps({"value": total, "time": self.clock()}).encode())
+        return write
+
+    def _landed(self, write: RewardWrite) -> None:
+        """``write`` has ended (under the pending lock)."""
+        if self._in_flight.get(write.event_id) is write:
+            del self._in_flight[write.event_id]
 
     def _written(self, write: RewardWrite) -> None:
         """``write`` is durable: under 'earliest' its decision is final, learn it now."""
-        if self.settings.aggregation != "earliest":
-            return
         with self._pending_lock:
-            if self._pending.get(write.event_id) is not write.after:
-                return  # finalised meanwhile by ``expire``, with this reward
+            self._landed(write)
+            if (self.settings.aggregation != "earliest"
+                    or self._pending.get(write.event_id) is not write.after):
+                return  # 'sum': final at the deadline; or finalised past WRITE_GRACE
             del self._pending[write.event_id]
             self._enqueue(write.after)
         self._wake(False)
@@ -379,6 +389,7 @@ class Loop:
     def _unwritten(self, write: RewardWrite) -> None:
         """``write`` failed: forget the reward, so that it can be sent again."""
         with self._pending_lock:
+            self._landed(write)
             if self._pending.get(write.event_id) is write.after:
                 self._pending[write.event_id] = write.before
                 self.rewards -= 1
@@ -395,18 +406,30 @@ class Loop:
         self.enqueued += 1
 
     def expire(self, now: float | None = None) -> int:
-        """Finalise decisions whose wait time is over (default reward if none came)."""
-        deadline = (self.clock() if now is None else now) - self.settings.reward_wait
+        """Finalise decisions whose wait time is over (default reward if none came).
+
+        A decision whose reward is being written waits for the write to end (up to
+        ``WRITE_GRACE`` seconds), and so do the decisions after it: it is learned with the
+        reward if the write succeeds and without it if it fails, never with a reward the
+        client was told had failed."""
+        now = self.clock() if now is None else now
+        deadline = now - self.settings.reward_wait
         count = 0
         with self._pending_lock:
             arrivals, waiting = self._arrivals, self._pending
             while arrivals:
-                pending = waiting.get(arrivals[0])
+                event_id = arrivals[0]
+                pending = waiting.get(event_id)
                 if pending is None:  # rewarded and finalised already ('earliest')
                     arrivals.popleft()
                     continue
                 if pending[_TIME] > deadline:
                     break
+                write = self._in_flight.get(event_id)
+                if write is not None:
+                    if write.started > now - WRITE_GRACE:
+                        break
+                    del self._in_flight[event_id]  # taken as lost; finalised as it stands
                 del waiting[arrivals.popleft()]
                 self._enqueue(pending)
                 count += 1
@@ -486,14 +509,15 @@ class RewardWrite:
     the store. Until :meth:`commit` writes it, a second reward for the event is refused (or,
     under 'sum', added to it); a write that fails undoes the record."""
 
-    __slots__ = ("after", "before", "event_id", "loop", "payload")
+    __slots__ = ("after", "before", "event_id", "loop", "payload", "started")
 
     def __init__(self, loop: Loop, event_id: str, before: Waiting, after: Waiting,
-                 payload: bytes) -> None:
+                 started: float, payload: bytes) -> None:
         self.loop = loop
         self.event_id = event_id
         self.before = before  # the waiting decision without this reward
         self.after = after  # and with it
+        self.started = started  # the loop's clock when it was accepted
         self.payload = payload
 
     def commit(self, *, wait: bool = True) -> bool:

@@ -27,6 +27,7 @@ from ef_middleware import (
     UnknownEventError,
     UnknownLoopError,
 )
+from ef_middleware.loop import WRITE_GRACE
 from ef_middleware.policies.base import gaussian_probabilities, resolve_choices
 
 HERO = [
@@ -276,6 +277,42 @@ def test_a_reward_whose_write_fails_can_be_sent_again(
     hero.reward(d.event_id, 1.0)  # not a duplicate: the failed one left no trace
     hero.flush()
     assert hero.stats()["learned"] == 1 and hero.stats()["rewards"] == 1
+
+
+@pytest.mark.parametrize("aggregation", ["earliest", "sum"])
+@pytest.mark.parametrize("outcome", ["written", "failed", "lost"])
+def test_expiry_waits_for_a_reward_being_written(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatch,
+        aggregation: str, outcome: str) -> None:
+    """A reward accepted at its decision's deadline: ``expire`` does not finalise the
+    decision while the write runs, so it is learned with the reward if the write lands and
+    without it if it fails; a write still running after ``WRITE_GRACE`` is taken as lost."""
+    clock = Clock()
+    engine = Engine(tmp_path / "ef", embedder=embedder, clock=clock, learner=False)
+    hero = engine.loop("hero", actions=HERO, aggregation=aggregation, reward_wait=60)
+    d = hero.rank({"device": "mobile"})
+    later = hero.rank({"device": "desktop"})
+    clock.now += 61
+    write = hero.accept_reward(d.event_id, 1.0)
+    assert hero.expire() == 0  # the first waits for its write, and the one after it too
+    if outcome == "written":
+        assert write.commit()
+    elif outcome == "failed":
+        def full(*args: Any, **kwargs: Any) -> None:
+            raise OSError("disk full")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(engine.store, "set", full)
+            with pytest.raises(OSError, match="disk full"):
+                write.commit()
+    else:
+        clock.now += WRITE_GRACE
+    hero.expire()
+    learned = sorted(sample.reward for sample in hero._ready)
+    assert learned == ([0.0, 0.0] if outcome == "failed" else [0.0, 1.0])
+    assert hero.learn_pending() == 2
+    assert later.event_id not in hero._pending and not hero._in_flight
+    engine.close()
 
 
 def test_sum_aggregation_and_default_reward_after_the_wait(
