@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from benchmarks.paired import collect
 from benchmarks.stats import summarize
 
 
@@ -63,23 +64,14 @@ class RecoveryTest:
 
 def pair(results: Sequence[dict[str, Any]], agent: str, peer: str) -> RecoveryTest:
     """The two agents' recoveries, by seed, over every result file (seeds must not repeat)."""
-    found: dict[int, dict[str, float]] = {}
-    for result in results:
-        cfg = result["config"]
-        never = float(cfg["horizon"] - cfg["shift_at"] + 1)
-        for run in result["runs"]:
-            if run["agent"] not in (agent, peer):
-                continue
-            value = run["metrics"].get("recovery_visitors")
-            per_seed = found.setdefault(int(run["seed"]), {})
-            if run["agent"] in per_seed:
-                raise ValueError(f"seed {run['seed']} of {run['agent']} appears twice")
-            per_seed[run["agent"]] = never if value is None else float(value)
-    seeds = tuple(sorted(s for s, v in found.items() if agent in v and peer in v))
-    if not seeds:
-        raise ValueError(f"no seed has both {agent!r} and {peer!r}")
-    return RecoveryTest(seeds, tuple(found[s][agent] for s in seeds),
-                        tuple(found[s][peer] for s in seeds))
+    paired = collect(results, agent, peer, "recovery_visitors", missing=_never)
+    return RecoveryTest(paired.seeds, paired.agent, paired.peer)
+
+
+def _never(result: dict[str, Any]) -> float:
+    """A run that never recovered: one visitor more than any recovery possible in it."""
+    cfg = result["config"]
+    return float(cfg["horizon"] - cfg["shift_at"] + 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from benchmarks.learning import Run, ShiftSpec, _recovery
+from benchmarks.paired import collect
 from benchmarks.recovery import pair
 from benchmarks.report import paired_difference
 from benchmarks.stats import percentile, summarize, t95
@@ -152,3 +153,29 @@ def test_the_recovery_rule_needs_significance_and_the_right_sign() -> None:
     assert pair([same], "a", "b").p_value == 1.0
     with pytest.raises(ValueError, match="appears twice"):
         pair([quick, quick], "a", "b")
+
+
+def test_paired_comparison_reads_agents_from_several_files_and_either_block() -> None:
+    ours = {"agent": "a", "metrics": {"relative_regret": 0.0}}
+    main = {"runs": [{**ours, "seed": s, "metrics": {"relative_regret": 4.0 + s}}
+                     for s in range(3)], "early": None}
+    peer = {"runs": [{"agent": "vw", "seed": s, "metrics": {"relative_regret": 10.0}}
+                     for s in range(4)],
+            "early": {"runs": [{"agent": "a", "seed": 0, "metrics": {"regret": 1.0}},
+                               {"agent": "u", "seed": 0, "metrics": {"regret": 3.0}}]}}
+    test = collect([main, peer], "a", "vw", "relative_regret")
+    assert test.seeds == (0, 1, 2)  # seed 3 has only the peer
+    assert list(test.differences) == [-6.0, -5.0, -4.0]
+    assert test.summary.mean == -5.0
+    assert test.summary.ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert test.interval() == "below zero"
+    assert collect([main, peer], "vw", "a", "relative_regret").interval() == "above zero"
+    assert "lower on 3, higher on 0, 0 ties" in test.report()
+    close = {"runs": [{"agent": "vw", "seed": s, "metrics": {"relative_regret": 7.0}}
+                      for s in range(3)]}
+    assert collect([main, close], "a", "vw", "relative_regret").interval() == "includes zero"
+    early = collect([main, peer], "a", "u", "regret", block="early")
+    assert early.seeds == (0,) and list(early.differences) == [-2.0]
+    main["runs"][0]["metrics"]["relative_regret"] = None
+    with pytest.raises(ValueError, match="has no 'relative_regret' on seed 0"):
+        collect([main, peer], "a", "vw", "relative_regret")
