@@ -63,7 +63,9 @@ class LoopSettings:
         (context text, action), learned online from the network's errors, so that a new
         campaign or a segment whose taste changed is followed within hundreds of visitors,
         not the thousands the replayed network needs. The step is shared among a sample's
-        cells (one per context text, one for the action). ``0`` turns it off.
+        cells (one per context text, one for the action). ``0`` turns it off. The default, 2,
+        replaced 4, which locked Mushroom onto one action on 2 of 20 fresh seeds
+        (docs/benchmarks.md, "Fresh sets for correction_rate=2").
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
@@ -85,7 +87,7 @@ class LoopSettings:
     min_batch_size: int = 64
     replay_size: int = 5_000
     replay_recency: float | None = None
-    correction_rate: float = 4.0
+    correction_rate: float = 2.0
     snapshot_every: int = 100
     posterior_every: int = 256
     posterior_window: int = 2048
@@ -125,7 +127,7 @@ class LoopSettings:
             raise ConfigurationError("replay_recency is a mean age in samples and must be "
                                      "positive, e.g. 1000 (or None: uniform)")
         if not (math.isfinite(self.correction_rate) and self.correction_rate >= 0):
-            raise ConfigurationError("correction_rate must be a finite number >= 0, e.g. 4 "
+            raise ConfigurationError("correction_rate must be a finite number >= 0, e.g. 2 "
                                      "(0 turns the correction off)")
         if not 0 < self.replay_ratio <= 1024:
             raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 8")
