@@ -14,38 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from benchmarks.paired import collect
-from benchmarks.stats import summarize
+from benchmarks.paired import Paired, collect
 
 
-@dataclass(frozen=True)
-class RecoveryTest:
+class RecoveryTest(Paired):
     """Paired recovery visitors of ``agent`` minus ``peer`` over ``seeds``."""
-
-    seeds: tuple[int, ...]
-    agent: tuple[float, ...]
-    peer: tuple[float, ...]
-
-    @property
-    def differences(self) -> np.ndarray[Any, np.dtype[np.float64]]:
-        out: np.ndarray[Any, np.dtype[np.float64]] = np.subtract(self.agent, self.peer,
-                                                                  dtype=np.float64)
-        return out
-
-    @property
-    def p_value(self) -> float:
-        """Wilcoxon signed-rank, two-sided (1.0 when every pair ties)."""
-        d = self.differences
-        if not np.any(d):
-            return 1.0
-        return float(stats.wilcoxon(self.agent, self.peer).pvalue)
 
     def faster(self, alpha: float = 0.05) -> bool:
         """The rule: p below ``alpha`` and the paired median negative (fewer visitors)."""
@@ -53,19 +31,18 @@ class RecoveryTest:
 
     def report(self) -> str:
         d = self.differences
-        mean = summarize(d.tolist())
         return (f"{len(d)} seeds ({min(self.seeds)}-{max(self.seeds)}): recovery median "
                 f"{np.median(self.agent):.0f} against {np.median(self.peer):.0f} visitors; "
                 f"faster on {int((d < 0).sum())}, slower on {int((d > 0).sum())}, "
                 f"{int((d == 0).sum())} ties; paired median {np.median(d):+.1f}, paired mean "
-                f"{mean.fmt(0)}; Wilcoxon signed-rank p = {self.p_value:.4f}; "
+                f"{self.summary.fmt(0)}; Wilcoxon signed-rank p = {self.p_value:.4f}; "
                 f"faster at p < 0.05: {'yes' if self.faster() else 'no'}")
 
 
 def pair(results: Sequence[dict[str, Any]], agent: str, peer: str) -> RecoveryTest:
     """The two agents' recoveries, by seed, over every result file (seeds must not repeat)."""
     paired = collect(results, agent, peer, "recovery_visitors", missing=_never)
-    return RecoveryTest(paired.seeds, paired.agent, paired.peer)
+    return RecoveryTest(paired.metric, paired.seeds, paired.agent, paired.peer)
 
 
 def _never(result: dict[str, Any]) -> float:

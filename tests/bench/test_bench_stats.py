@@ -156,8 +156,7 @@ def test_the_recovery_rule_needs_significance_and_the_right_sign() -> None:
 
 
 def test_paired_comparison_reads_agents_from_several_files_and_either_block() -> None:
-    ours = {"agent": "a", "metrics": {"relative_regret": 0.0}}
-    main = {"runs": [{**ours, "seed": s, "metrics": {"relative_regret": 4.0 + s}}
+    main = {"runs": [{"agent": "a", "seed": s, "metrics": {"relative_regret": 4.0 + s}}
                      for s in range(3)], "early": None}
     peer = {"runs": [{"agent": "vw", "seed": s, "metrics": {"relative_regret": 10.0}}
                      for s in range(4)],
