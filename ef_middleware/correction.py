@@ -10,6 +10,11 @@ the web simulator the network never quite does: on seed 100, in half the decisio
 visitors 1,000 and 10,000 the correction moved some action's predicted conversion rate by
 6 points or more (docs/benchmarks.md, "Exploring where the correction disagrees").
 The offsets of a context's texts and of the action itself are added to the network's logit.
+
+An offset also fades while its cell gets no samples (``half_life``, in samples the loop
+learned): it measured the network's error at that time, the network keeps learning, and a
+correction that pushed an action below the others would otherwise stay there for good, since
+the correction learns only from the chosen action (docs/design.md, "The fast correction").
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from ._types import FloatArray
 from .priority import yield_to_requests
 
 ACTION_CELL = ""  # the text key of an action's own offset
-Cell = list[float]  # [offset, summed squared gradients]
-_NONE: Cell = [0.0, 0.0]
+Cell = list[float]  # [offset, summed squared gradients, clock of the offset's last write]
+_NONE: Cell = [0.0, 0.0, 0.0]
 MEMO_ROWS = 512  # texts whose rows of offsets one published model keeps
 
 
@@ -42,16 +47,31 @@ class Correction:
     At most ``max_cells`` offsets are kept: past that, new texts get none. A new cell starts
     with ``initial`` summed squared gradients, so its first steps are about ``rate`` times the
     gradient rather than ``rate`` times its sign (one click on a rare referrer moves little).
+
+    ``clock`` counts updates. An offset is multiplied by ``0.5 ** (age / half_life)``, its age
+    being the updates since its cell's last one, when it is read and before its next step
+    (lazily: nothing walks the cells). ``half_life=None`` keeps offsets until their next step.
     """
 
     def __init__(self, rate: float, l2: float = 1e-3, max_cells: int = 200_000,
-                 initial: float = 1.0) -> None:
+                 initial: float = 1.0, half_life: float | None = None) -> None:
+        if half_life is not None and not (math.isfinite(half_life) and half_life > 0):
+            raise ValueError("half_life must be a positive number of samples, or None")
         self.rate = rate
         self.l2 = l2
         self.initial = initial
         self.max_cells = max_cells
+        self.half_life = half_life
         self.cells: dict[str, dict[str, Cell]] = {}
         self.size = 0
+        self.clock = 0
+
+    def fade(self, ages: FloatArray) -> FloatArray:
+        """The factor an offset keeps after ``ages`` updates without a step of its own."""
+        if self.half_life is None:
+            return np.ones_like(ages)
+        out: FloatArray = np.exp2(ages * (-1.0 / self.half_life))
+        return out
 
     def offsets(self, texts: Sequence[str], ids: Sequence[str],
                 memo: dict[str, FloatArray] | None = None) -> FloatArray:
@@ -67,7 +87,11 @@ class Correction:
                 per = self.cells.get(text)
                 if not per:
                     continue
-                row = np.array([per.get(a, _NONE)[0] for a in ids], dtype=np.float32)
+                cells = [per.get(a, _NONE) for a in ids]
+                row = np.array([c[0] for c in cells], dtype=np.float32)
+                if self.half_life is not None:
+                    ages = self.clock - np.array([c[2] for c in cells], dtype=np.float32)
+                    row *= self.fade(ages)
                 if memo is not None:
                     if len(memo) >= MEMO_ROWS:
                         memo.clear()
@@ -77,6 +101,8 @@ class Correction:
 
     def update(self, texts: Sequence[str], action: str, logit: float, reward: float) -> None:
         """One AdaGrad step of the logistic loss of ``logit`` + offsets on ``reward``."""
+        self.clock += 1
+        clock = self.clock
         cells: list[Cell] = []
         for text in (ACTION_CELL, *texts):
             per = self.cells.get(text)
@@ -88,8 +114,11 @@ class Correction:
             if cell is None:
                 if self.size >= self.max_cells:
                     continue
-                cell = per[action] = [0.0, self.initial]
+                cell = per[action] = [0.0, self.initial, clock]
                 self.size += 1
+            elif self.half_life is not None and cell[2] < clock:
+                cell[0] *= 0.5 ** ((clock - cell[2]) / self.half_life)
+            cell[2] = clock
             cells.append(cell)
         z = logit + sum(c[0] for c in cells)
         p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
@@ -102,8 +131,9 @@ class Correction:
                 cell[0] -= step * grad / math.sqrt(cell[1])
 
     def state(self) -> dict[str, Any]:
-        """Every offset, JSON-ready: ``texts``, ``actions`` and ``cells``, a flat list of
-        ``text index, action index, offset, AdaGrad sum`` per cell.
+        """Every offset, JSON-ready: ``texts``, ``actions``, ``clock`` and ``cells``, a flat
+        list of ``text index, action index, offset, AdaGrad sum, clock of its last write`` per
+        cell.
 
         Called by the learner thread for each snapshot. Flat, because 200,000 small lists (the
         cap, one per cell) took about 0.5 s to build in a process holding the model, most of
@@ -114,23 +144,29 @@ class Correction:
         actions: dict[str, int] = {}
         flat: list[float] = []
         for i, text in enumerate(texts):
-            for action, (offset, total) in self.cells[text].items():
-                flat += (i, actions.setdefault(action, len(actions)), offset, total)
+            for action, (offset, total, stamp) in self.cells[text].items():
+                flat += (i, actions.setdefault(action, len(actions)), offset, total, stamp)
             if (i + 1) % 4096 == 0:
                 yield_to_requests()
-        return {"texts": texts, "actions": list(actions), "cells": flat}
+        return {"texts": texts, "actions": list(actions), "clock": self.clock, "stride": 5,
+                "cells": flat}
 
     def restore(self, state: Mapping[str, Any] | Sequence[Sequence[Any]]) -> None:
-        """Load :meth:`state` (or the ``[text, action, offset, sum]`` rows of older snapshots)."""
+        """Load :meth:`state`, or an older snapshot's: four numbers per cell and no clock, or
+        ``[text, action, offset, sum]`` rows (their offsets count as written at restore)."""
         self.cells = {}
+        self.clock = int(state.get("clock", 0)) if isinstance(state, Mapping) else 0
         if isinstance(state, Mapping):
             texts, actions, flat = state["texts"], state["actions"], state["cells"]
-            rows: Any = ((texts[int(flat[j])], actions[int(flat[j + 1])], flat[j + 2],
-                          flat[j + 3]) for j in range(0, len(flat), 4))
+            n = int(state.get("stride", 4))
+            rows: Any = ((texts[int(flat[j])], actions[int(flat[j + 1])], *flat[j + 2:j + n])
+                         for j in range(0, len(flat), n))
         else:
             rows = state
         size = 0
-        for text, action, offset, total in rows:
-            self.cells.setdefault(str(text), {})[str(action)] = [float(offset), float(total)]
+        for text, action, offset, total, *stamp in rows:
+            when = float(stamp[0]) if stamp else float(self.clock)
+            self.cells.setdefault(str(text), {})[str(action)] = [float(offset), float(total),
+                                                                 when]
             size += 1
         self.size = size

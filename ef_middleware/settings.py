@@ -66,6 +66,11 @@ class LoopSettings:
         cells (one per context text, one for the action). ``0`` turns it off. The default, 2,
         replaced 4, which locked Mushroom onto one action on 2 of 20 fresh seeds
         (docs/benchmarks.md, "Fresh sets for correction_rate=2").
+    correction_half_life
+        Samples learned after which an offset of the correction that got no sample of its own
+        counts half (``None``: offsets last until their next sample). The correction learns
+        only from the chosen action, so without it an offset that pushed an action below the
+        others could keep it there for good.
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
@@ -88,6 +93,7 @@ class LoopSettings:
     replay_size: int = 5_000
     replay_recency: float | None = None
     correction_rate: float = 2.0
+    correction_half_life: float | None = None
     snapshot_every: int = 100
     posterior_every: int = 256
     posterior_window: int = 2048
@@ -129,6 +135,10 @@ class LoopSettings:
         if not (math.isfinite(self.correction_rate) and self.correction_rate >= 0):
             raise ConfigurationError("correction_rate must be a finite number >= 0, e.g. 2 "
                                      "(0 turns the correction off)")
+        half = self.correction_half_life
+        if half is not None and not (math.isfinite(half) and half > 0):
+            raise ConfigurationError("correction_half_life is a number of samples and must be "
+                                     "positive, e.g. 2000 (or None: offsets do not fade)")
         if not 0 < self.replay_ratio <= 1024:
             raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 8")
         if not 1 <= self.min_batch_size <= self.batch_size:

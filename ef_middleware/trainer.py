@@ -182,7 +182,8 @@ class Trainer:
         self.posterior = kind(cfg.hidden[-1] + 1) if kind is not None else None
         self.stats: dict[str, list[float]] = {}  # action id -> [count, summed reward]
         rate = settings.correction_rate
-        self.correction = Correction(rate) if rate > 0 else None
+        self.correction = (Correction(rate, half_life=settings.correction_half_life)
+                           if rate > 0 else None)
         self.learned = 0
         self._credit = 0.0
         self._fresh: list[int] = []  # replay slots not yet in a gradient step

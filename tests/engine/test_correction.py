@@ -116,12 +116,46 @@ def test_state_is_flat_and_older_rows_still_restore() -> None:
     c.update(["device: mobile"], "minimal", 0.0, 0.0)
     state = c.state()
     assert state["texts"] == list(c.cells)
-    assert len(state["cells"]) == 4 * c.size
+    assert len(state["cells"]) == 5 * c.size and state["clock"] == 2
     assert all(isinstance(v, (int, float)) for v in state["cells"])
     again = Correction(4.0)
     again.restore(orjson.loads(orjson.dumps(state)))
-    assert again.cells == c.cells and again.size == c.size
+    assert again.cells == c.cells and again.size == c.size and again.clock == 2
     rows = [[t, a, cell[0], cell[1]] for t, per in c.cells.items() for a, cell in per.items()]
     older = Correction(4.0)
-    older.restore(rows)
-    assert older.cells == c.cells and older.size == c.size
+    older.restore(rows)  # no clock: every offset counts as written at restore
+    assert {t: {a: cell[:2] for a, cell in per.items()} for t, per in older.cells.items()} == \
+        {t: {a: cell[:2] for a, cell in per.items()} for t, per in c.cells.items()}
+    assert older.size == c.size
+    flat4 = {"texts": state["texts"], "actions": state["actions"],
+             "cells": [v for j in range(0, len(state["cells"]), 5)
+                       for v in state["cells"][j:j + 4]]}
+    older.restore(flat4)
+    assert older.size == c.size and older.clock == 0
+    assert all(cell[2] == 0 for per in older.cells.values() for cell in per.values())
+
+
+def test_an_offset_without_samples_fades_by_its_half_life() -> None:
+    """Without samples of its own an offset halves every ``half_life`` updates (read lazily,
+    and before its next step); offsets that keep getting samples stay where they learned."""
+    fix = Correction(rate=2.0, half_life=100)
+    texts = ("odor: foul",)
+    for _ in range(50):  # "eat" is learned to be bad here
+        fix.update(texts, "eat", 0.0, 0.0)
+    learned = float(fix.offsets(texts, ["eat"])[0])
+    assert learned < -1.0
+    for _ in range(200):  # then only "leave" is chosen, and the network is right about it
+        fix.update(texts, "leave", logit(0.5), 0.5)
+    faded = float(fix.offsets(texts, ["eat"])[0])
+    assert faded == pytest.approx(learned * 0.25, rel=1e-3)
+    due = learned * 0.5 ** (201 / 100)  # faded once more before the next step...
+    fix.update(texts, "eat", 0.0, 1 / (1 + math.exp(-due)))  # ...whose gradient is then ~0
+    cells = [fix.cells[t]["eat"][0] for t in ("", "odor: foul")]
+    assert sum(cells) == pytest.approx(due, rel=1e-3)
+    steady = Correction(rate=2.0)  # no half-life: the offset stays
+    for _ in range(50):
+        steady.update(texts, "eat", 0.0, 0.0)
+    kept = float(steady.offsets(texts, ["eat"])[0])
+    for _ in range(200):
+        steady.update(texts, "leave", logit(0.5), 0.5)
+    assert float(steady.offsets(texts, ["eat"])[0]) == kept
