@@ -390,6 +390,11 @@ def test_configuration_is_checked_when_the_loop_is_made(engine: Engine) -> None:
         engine.loop("e", actions=HERO, replay_recency=0)
     with pytest.raises(ConfigurationError, match="correction_rate"):
         engine.loop("f", actions=HERO, correction_rate=float("nan"))
+    with pytest.raises(ConfigurationError, match="correction_half_life"):
+        engine.loop("g", actions=HERO, correction_half_life=0)
+    fading = engine.loop("h", actions=HERO, correction_half_life=500)
+    assert fading.trainer.correction is not None
+    assert fading.trainer.correction.half_life == 500
     with pytest.raises(InvalidInputError, match="unique"):
         engine.loop("d", actions=["x", "x"])
     with pytest.raises(UnknownLoopError):
