@@ -48,9 +48,10 @@ class Correction:
     with ``initial`` summed squared gradients, so its first steps are about ``rate`` times the
     gradient rather than ``rate`` times its sign (one click on a rare referrer moves little).
 
-    ``clock`` counts updates. An offset is multiplied by ``0.5 ** (age / half_life)``, its age
-    being the updates since its cell's last one, when it is read and before its next step
-    (lazily: nothing walks the cells). ``half_life=None`` keeps offsets until their next step.
+    ``clock`` counts updates. An offset is multiplied by ``keep ** age`` (``keep = 0.5 **
+    (1 / half_life)``), its age being the updates since its cell's last one, when it is read
+    and before its next step (lazily: nothing walks the cells). ``half_life=None`` keeps
+    offsets until their next step.
     """
 
     def __init__(self, rate: float, l2: float = 1e-3, max_cells: int = 200_000,
@@ -62,16 +63,10 @@ class Correction:
         self.initial = initial
         self.max_cells = max_cells
         self.half_life = half_life
+        self.keep = None if half_life is None else 0.5 ** (1.0 / half_life)  # per update
         self.cells: dict[str, dict[str, Cell]] = {}
         self.size = 0
         self.clock = 0
-
-    def fade(self, ages: FloatArray) -> FloatArray:
-        """The factor an offset keeps after ``ages`` updates without a step of its own."""
-        if self.half_life is None:
-            return np.ones_like(ages)
-        out: FloatArray = np.exp2(ages * (-1.0 / self.half_life))
-        return out
 
     def offsets(self, texts: Sequence[str], ids: Sequence[str],
                 memo: dict[str, FloatArray] | None = None) -> FloatArray:
@@ -87,11 +82,12 @@ class Correction:
                 per = self.cells.get(text)
                 if not per:
                     continue
-                cells = [per.get(a, _NONE) for a in ids]
-                row = np.array([c[0] for c in cells], dtype=np.float32)
-                if self.half_life is not None:
-                    ages = self.clock - np.array([c[2] for c in cells], dtype=np.float32)
-                    row *= self.fade(ages)
+                if self.keep is None:
+                    row = np.array([per.get(a, _NONE)[0] for a in ids], dtype=np.float32)
+                else:
+                    cells = [per.get(a, _NONE) for a in ids]
+                    ages = self.clock - np.array([c[2] for c in cells])
+                    row = (np.array([c[0] for c in cells]) * self.keep ** ages).astype(np.float32)
                 if memo is not None:
                     if len(memo) >= MEMO_ROWS:
                         memo.clear()
@@ -116,8 +112,8 @@ class Correction:
                     continue
                 cell = per[action] = [0.0, self.initial, clock]
                 self.size += 1
-            elif self.half_life is not None and cell[2] < clock:
-                cell[0] *= 0.5 ** ((clock - cell[2]) / self.half_life)
+            elif self.keep is not None and cell[2] < clock:  # not a text listed twice
+                cell[0] *= self.keep ** (clock - cell[2])
             cell[2] = clock
             cells.append(cell)
         z = logit + sum(c[0] for c in cells)
@@ -155,8 +151,9 @@ class Correction:
         """Load :meth:`state`, or an older snapshot's: four numbers per cell and no clock, or
         ``[text, action, offset, sum]`` rows (their offsets count as written at restore)."""
         self.cells = {}
-        self.clock = int(state.get("clock", 0)) if isinstance(state, Mapping) else 0
+        self.clock = 0
         if isinstance(state, Mapping):
+            self.clock = int(state.get("clock", 0))
             texts, actions, flat = state["texts"], state["actions"], state["cells"]
             n = int(state.get("stride", 4))
             rows: Any = ((texts[int(flat[j])], actions[int(flat[j + 1])], *flat[j + 2:j + n])
