@@ -252,7 +252,7 @@ def test_an_accepted_reward_is_learned_once_written(engine: Engine) -> None:
     with pytest.raises(DuplicateRewardError):  # recorded: a second one is refused at once
         hero.accept_reward(d.event_id, 1.0)
     key = f"reward:hero:{d.event_id}"
-    with engine.store._writing.held():  # type: ignore[attr-defined]  # another writer
+    with engine.store._writing_rewards.held():  # type: ignore[attr-defined]  # another writer
         assert not write.commit(wait=False)
     assert engine.store.get(key) is None and hero.enqueued == 0
     assert write.commit(wait=False)

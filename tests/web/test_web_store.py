@@ -58,9 +58,9 @@ def test_writes_are_served_in_arrival_order(tmp_path: Path) -> None:
 
 def test_reward_writes_leave_checkpoints_to_the_learner(tmp_path: Path) -> None:
     """Rewards written one by one do not run SQLite's checkpoint at its default 1,000 pages
-    (5-12 ms on the request path, every ~200 rewards); ``maintain`` checkpoints every page,
-    from another thread, while the reward thread keeps writing, and the next write after a
-    complete checkpoint starts the log over."""
+    (5-12 ms on the request path, every few hundred rewards); ``maintain`` checkpoints every
+    page, from another thread, while the reward thread keeps writing, and the next write after
+    a complete checkpoint starts the log over."""
     store = DiskcacheStore(tmp_path / "store")
     try:
         record = json.dumps({"value": 1.0, "time": time.time()}).encode()
@@ -72,18 +72,18 @@ def test_reward_writes_leave_checkpoints_to_the_learner(tmp_path: Path) -> None:
                 store.set(f"reward:hero:{written:032x}", record, expire=86_400)
                 written += 1
 
-        writer = threading.Thread(target=rewards, args=(250,))
+        writer = threading.Thread(target=rewards, args=(500,))
         writer.start()
         writer.join()
-        [(log, checkpointed), _] = store.checkpoint()
-        assert 1000 < log < APPEND_AUTOCHECKPOINT, log  # about 5 pages a reward
+        [_, _, (log, checkpointed)] = store.checkpoint()  # the rewards table's log
+        assert 1000 < log < APPEND_AUTOCHECKPOINT, log  # two to three pages a reward
         assert checkpointed == log
 
         more = threading.Thread(target=rewards, args=(50,))
         more.start()
         store.maintain()  # meanwhile: never blocks the writer, nor fails
         more.join()
-        [(after, checkpointed), _] = store.checkpoint()
+        [_, _, (after, checkpointed)] = store.checkpoint()
         assert 0 < after < log and checkpointed == after
         assert all(store.get(f"reward:hero:{i:032x}") == record for i in range(written))
     finally:
@@ -138,17 +138,74 @@ def test_decisions_are_persisted_in_small_transactions(
 
 
 def test_single_writes_leave_culling_to_batch_writes(tmp_path: Path) -> None:
-    """A reward's write skips diskcache's cull (three SQL statements); the learner's batch
+    """A single write skips diskcache's cull (three SQL statements); the learner's batch
     writes still remove expired entries."""
     store = DiskcacheStore(tmp_path / "store")
     try:
-        store.set("reward:old", b"1", expire=0.001)
+        store.set("event:old", b"1", expire=0.001)
         time.sleep(0.01)
-        store.set("reward:new", b"2")
+        store.set("event:new", b"2")
         assert len(store._cache) == 2  # the expired one is still on disk
         store.set_many({"decision:new": b"3"})
-        assert len(store._cache) == 2 and store.get("reward:old") is None
-        assert store.get("reward:new") == b"2" and store.get("decision:new") == b"3"
+        assert len(store._cache) == 2 and store.get("event:old") is None
+        assert store.get("event:new") == b"2" and store.get("decision:new") == b"3"
+    finally:
+        store.close()
+
+
+def test_rewards_have_a_table_of_their_own(tmp_path: Path) -> None:
+    """Rewards go to ``rewards.db`` (one statement a write), expire there, are purged by
+    ``maintain``, and rewards an earlier version wrote into the main folder are still found,
+    refused by ``add`` and deleted."""
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        store.set("reward:hero:a", b"1")
+        assert store.try_set("reward:hero:b", b"2")
+        store.set_many({"reward:hero:c": b"3", "decisions:hero:1": b"{}"})
+        assert (tmp_path / "store" / "rewards.db").is_file()
+        assert len(store._rewards) == 3 and "reward:hero:a" not in store._cache
+        assert set(store._cache.iterkeys()) == {"decisions:hero:1"}
+        assert [store.get(f"reward:hero:{k}") for k in "abc"] == [b"1", b"2", b"3"]
+
+        assert not store.add("reward:hero:a", b"again") and store.get("reward:hero:a") == b"1"
+        store.set("reward:hero:old", b"4", expire=0.001)
+        time.sleep(0.01)
+        assert store.get("reward:hero:old") is None  # expired, still on disk
+        assert store.add("reward:hero:old", b"5") and store.get("reward:hero:old") == b"5"
+        store.set("reward:hero:gone", b"6", expire=0.001)
+        time.sleep(0.01)
+        assert len(store._rewards) == 5
+        store.maintain()  # the first purge comes a minute after start
+        assert len(store._rewards) == 5
+        store._next_purge = 0.0
+        store.maintain()
+        assert len(store._rewards) == 4 and store.get("reward:hero:old") == b"5"
+
+        store._cache.set("reward:hero:legacy", b"7")  # written before the table
+        assert store.get("reward:hero:legacy") == b"7"
+        assert not store.add("reward:hero:legacy", b"8")
+        store.delete("reward:hero:legacy")
+        store.delete("reward:hero:a")
+        assert store.get("reward:hero:legacy") is None and store.get("reward:hero:a") is None
+    finally:
+        store.close()
+    reopened = DiskcacheStore(tmp_path / "store")  # durable: another process would see them
+    try:
+        assert reopened.get("reward:hero:b") == b"2" and reopened.get("reward:hero:c") == b"3"
+    finally:
+        reopened.close()
+
+
+def test_expired_rewards_are_purged_in_chunks(tmp_path: Path) -> None:
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        count = 2 * store_module.PURGE_CHUNK + 7
+        store.set_many({f"reward:hero:{i}": b"1" for i in range(count)}, expire=0.001)
+        store.set("reward:hero:kept", b"2", expire=3600)
+        time.sleep(0.01)
+        store._next_purge = 0.0
+        store.maintain()
+        assert len(store._rewards) == 1 and store.get("reward:hero:kept") == b"2"
     finally:
         store.close()
 
@@ -243,19 +300,44 @@ def test_try_set_writes_only_when_nobody_writes(tmp_path: Path) -> None:
         store.close()
 
 
+def test_try_set_of_a_reward_writes_only_when_nobody_writes(tmp_path: Path) -> None:
+    """The same for rewards, whose table has its own queue and its own SQLite lock: a
+    decision-log write does not hold them up, a reward write or another process does."""
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        with store._writing.held():  # the learner writing the decision log
+            assert store.try_set("reward:hero:a", b"1")
+        with store._writing_rewards.held():
+            assert not store.try_set("reward:hero:b", b"2")
+        assert store.get("reward:hero:b") is None
+        other = sqlite3.connect(tmp_path / "store" / "rewards.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        assert not store.try_set("reward:hero:b", b"2")
+        assert time.monotonic() - started < 1.0
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.get("reward:hero:b") is None
+        assert store._writing_rewards._serving == store._writing_rewards._next
+        assert store.try_set("reward:hero:b", b"2") and store.get("reward:hero:b") == b"2"
+    finally:
+        store.close()
+
+
 def test_writes_on_the_event_loop_leave_checkpoints_to_the_learner(tmp_path: Path) -> None:
     """``try_set``'s connection never checkpoints (5-12 ms would stall every request): past
     ``INLINE_WRITES`` writes since the last complete checkpoint it declines, and the writes
     go to the writer thread, whose connection checkpoints past its threshold."""
-    limit = store_module.INLINE_WRITES
-    assert limit * 5 > 1000  # ~5 pages a write: past SQLite's own threshold of 1,000 pages
     store = DiskcacheStore(tmp_path / "store")
     try:
-        for i in range(limit):
-            assert store.try_set(f"reward:hero:{i}", b'{"value": 1.0}')
-        assert not store.try_set("reward:hero:last", b'{"value": 1.0}')
-        (log, checkpointed), _ = store.checkpoint()
-        assert log > 1000 and checkpointed == log  # nothing checkpointed it before
-        assert store.try_set("reward:hero:last", b'{"value": 1.0}')
+        for prefix, entry, limit in (("event:", 0, store_module.INLINE_WRITES),  # main folder
+                                     ("reward:hero:", 2, store_module.REWARD_INLINE_WRITES)):
+            for i in range(limit):
+                assert store.try_set(f"{prefix}{i}", b'{"value": 1.0}')
+            assert not store.try_set(f"{prefix}last", b'{"value": 1.0}')
+            log, checkpointed = store.checkpoint()[entry]
+            # At least a page a write: the log was never checkpointed and started over.
+            assert log >= limit and checkpointed == log
+            assert store.try_set(f"{prefix}last", b'{"value": 1.0}')
     finally:
         store.close()
