@@ -4,6 +4,7 @@ persisted in small transactions (real diskcache folders, real model)."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sqlite3
 import threading
 import time
@@ -339,5 +340,41 @@ def test_writes_on_the_event_loop_leave_checkpoints_to_the_learner(tmp_path: Pat
             # At least a page a write: the log was never checkpointed and started over.
             assert log >= limit and checkpointed == log
             assert store.try_set(f"{prefix}last", b'{"value": 1.0}')
+    finally:
+        store.close()
+
+
+def _write_rewards(directory: str, prefix: str, count: int) -> int:
+    """In another process: write ``count`` rewards, as the reward route does (at once if the
+    store takes them, else waiting); return how many were taken at once."""
+    store = DiskcacheStore(directory)
+    at_once = 0
+    try:
+        for i in range(count):
+            key = f"reward:hero:{prefix}{i}"
+            if store.try_set(key, b'{"value": 1.0}', expire=3600):
+                at_once += 1
+            else:
+                store.set(key, b'{"value": 1.0}', expire=3600)
+    finally:
+        store.close()
+    return at_once
+
+
+def test_processes_sharing_a_folder_share_the_rewards_table(tmp_path: Path) -> None:
+    """Two worker processes on one store folder write rewards at the same time: every reward
+    lands and is read back. (Whether a write meets the other process's lock is up to the
+    timing; the declined path is tested with a held lock in
+    ``test_try_set_of_a_reward_writes_only_when_nobody_writes``.)"""
+    directory = str(tmp_path / "store")
+    DiskcacheStore(directory).close()  # the folder and table exist before the race
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_write_rewards, [(directory, "a", 400), (directory, "b", 400)])
+    assert all(0 < n <= 400 for n in results)
+    store = DiskcacheStore(directory)
+    try:
+        assert len(store._rewards) == 800
+        assert all(store.get(f"reward:hero:{p}{i}") == b'{"value": 1.0}'
+                   for p in "ab" for i in range(400))
     finally:
         store.close()
