@@ -8,7 +8,6 @@ processes of one host. A Redis store for many hosts implements the same interfac
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -18,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import diskcache
 
 from .errors import ConfigurationError
-from .keytable import KeyTable
+from .keytable import KeyTable, checkpoint
 from .priority import yield_to_requests
 
 DISK_MIN_FILE_SIZE = 1 << 20  # values below stay in SQLite (diskcache's default: 32 KiB)
@@ -296,7 +295,7 @@ class DiskcacheStore:
 
     def add(self, key: str, value: bytes, *, expire: float | None = None) -> bool:
         if key.startswith(REWARD_PREFIX):
-            if self.get(key) is not None:  # an earlier version's, in the main folder
+            if self._cache.get(key) is not None:  # an earlier version's, in the main folder
                 return False
             with self._writing_rewards.held():
                 return self._rewards.add(key, value, expire=expire)
@@ -308,7 +307,7 @@ class DiskcacheStore:
         if key.startswith(REWARD_PREFIX):
             with self._writing_rewards.held():
                 self._rewards.delete(key)
-        cache, lock = self._shard(key)
+        cache, lock = self._shard(key)  # rewards: an earlier version's, in the main folder
         with lock.held():
             cache.delete(key)
         if cache is self._models and key in self._cache:  # a snapshot from before the split
@@ -347,18 +346,8 @@ class DiskcacheStore:
             Per database (the main folder, ``models/``, ``rewards.db``): pages in the log,
             pages checkpointed (SQLite's own answer).
         """
-        done = []
-        for cache in (self._cache, self._models):
-            # A connection of its own, closed at once: checkpointing through one that stays
-            # open (ours or diskcache's), the writers never started the log over in a lab run,
-            # and it grew until their own threshold; with this one they do (the store tests).
-            con = sqlite3.connect(os.path.join(cache.directory, diskcache.core.DBNAME),
-                                  timeout=0, isolation_level=None)
-            try:
-                _, log, checkpointed = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            finally:
-                con.close()
-            done.append((int(log), int(checkpointed)))
+        done = [checkpoint(os.path.join(cache.directory, diskcache.core.DBNAME))
+                for cache in (self._cache, self._models)]
         log, checkpointed = done[0]
         if 0 <= log == checkpointed:  # the main folder's whole log is in its database
             self._inline_writes = 0
