@@ -7,7 +7,6 @@ The request path (:meth:`Loop.rank`, :meth:`Loop.reward`) only reads the publish
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -364,7 +363,7 @@ class Loop:
             after = (*before[:_TOTAL], total, True)
             now = self.clock()
             write = RewardWrite(self, event_id, before, after, now,
-                                json.dumps({"value": total, "time": now}).encode())
+                                orjson.dumps({"value": total, "time": now}))
             self._pending[event_id] = after  # kept until written: a second one is refused
             self._in_flight[event_id] = write  # and not finalised by ``expire`` meanwhile
             self.rewards += 1

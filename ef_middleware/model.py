@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import fused
 from ._types import FloatArray
 
 Array = npt.NDArray[np.floating[Any]]
@@ -112,6 +113,8 @@ class RewardNet:
         self._tmp: Array = np.zeros_like(self.params)
         self.average: Array = self.params.copy()
         self.step = 0
+        self.fused: bool | None = None  # the optimiser step's kernel, see apply()
+        self._tensors: tuple[fused.Kernel, list[list[Any]], list[Any], Any] | None = None
 
     # -- forward / backward -------------------------------------------------------------------
     def forward(self, x: Array | FactoredInput, *, train: bool = False
@@ -143,11 +146,13 @@ class RewardNet:
         for i in range(len(self.layers) - 1, -1, -1):
             w, b = self.layers[i]
             h_in = acts[2 * i] if i > 0 else acts[0]
-            gw = h_in.weight_gradient(delta) if isinstance(h_in, FactoredInput) else h_in.T @ delta
-            gb = delta.sum(axis=0)
-            grads[offset_end - b.size : offset_end] = gb
+            np.sum(delta, axis=0, out=grads[offset_end - b.size : offset_end])
             offset_end -= b.size
-            grads[offset_end - w.size : offset_end] = gw.ravel()
+            gw = grads[offset_end - w.size : offset_end].reshape(w.shape)  # written in place
+            if isinstance(h_in, FactoredInput):
+                h_in.weight_gradient(delta, out=gw)
+            else:
+                np.matmul(h_in.T, delta, out=gw)
             offset_end -= w.size
             if i == 0:
                 break
@@ -172,16 +177,45 @@ class RewardNet:
         """One Adam step (Kingma & Ba 2015, Algorithm 1) with global-norm clipping and
         decoupled weight decay (AdamW, Loshchilov & Hutter 2019). Returns the learning rate.
 
-        Works in place on preallocated buffers, and on ``grads``, which it overwrites. Moments
-        of parameters whose gradient stays zero
-        decay geometrically into float32 denormals, which made each step ten times slower, so
-        they are flushed to zero every ``DENORMAL_EVERY`` steps (numpy has no flush-to-zero).
+        Works in place on preallocated buffers, and on ``grads``, which it may overwrite. The
+        step itself runs as torch's fused kernel when torch is loaded and agrees with the numpy
+        step (:mod:`ef_middleware.fused`; ``fused``: ``None`` decides so, ``False`` always
+        numpy, ``True`` requires the kernel), else as numpy passes. Moments of parameters whose
+        gradient stays zero decay geometrically into float32 denormals, which made each step
+        ten times slower, so they are flushed to zero every ``DENORMAL_EVERY`` steps (numpy has
+        no flush-to-zero).
         """
+        op = None
+        if self.fused is not False:
+            op = fused.kernel(_probe)
+            if op is None and self.fused:
+                raise RuntimeError("torch's fused AdamW kernel is not available here")
+        return self._apply(grads, op)
+
+    def _apply(self, grads: Array, op: fused.Kernel | None) -> float:
         cfg = self.config
-        tmp, m, v, params = self._tmp, self.m, self.v, self.params
         clip_by_norm(grads, cfg.clip_norm)
         self.step += 1
         lr = learning_rate(cfg, self.step)
+        # Exponential moving average of the weights (Polyak & Juditsky 1992), the weights that
+        # are served: online steps on single noisy rewards make the raw weights jitter. The
+        # decay ramps up as 1 - 1/step so early averages are not biased towards the init.
+        ramp = (1.0 - 1.0 / self.step if not cfg.average_ramp
+                else (1.0 + self.step) / (cfg.average_ramp + self.step))
+        keep = min(cfg.average_decay, ramp)
+        if op is None:
+            self._numpy_step(grads, lr, keep)
+        else:
+            self._fused_step(op, grads, lr, keep)
+        if self.step % DENORMAL_EVERY == 0:
+            tiny = np.finfo(self.dtype).tiny * 1e6
+            self.m[np.abs(self.m) < tiny] = 0.0
+            self.v[self.v < tiny] = 0.0
+        return lr
+
+    def _numpy_step(self, grads: Array, lr: float, keep: float) -> None:
+        cfg = self.config
+        tmp, m, v, params = self._tmp, self.m, self.v, self.params
         # m = beta1 m + (1 - beta1) g and v = beta2 v + (1 - beta2) g^2, as m += (1 - beta1)
         # (g - m): one pass fewer each. Every pass reads or writes the whole ~1 MB vector.
         np.subtract(grads, m, out=tmp)
@@ -205,20 +239,26 @@ class RewardNet:
         np.divide(m, tmp, out=tmp)
         tmp *= lr * root_c2 / c1
         params -= tmp
-        # Exponential moving average of the weights (Polyak & Juditsky 1992), the weights that
-        # are served: online steps on single noisy rewards make the raw weights jitter. The
-        # decay ramps up as 1 - 1/step so early averages are not biased towards the init.
-        ramp = (1.0 - 1.0 / self.step if not cfg.average_ramp
-                else (1.0 + self.step) / (cfg.average_ramp + self.step))
-        keep = min(cfg.average_decay, ramp)
         np.subtract(params, self.average, out=tmp)
         tmp *= 1.0 - keep
         self.average += tmp
-        if self.step % DENORMAL_EVERY == 0:
-            tiny = np.finfo(self.dtype).tiny * 1e6
-            self.m[np.abs(self.m) < tiny] = 0.0
-            self.v[self.v < tiny] = 0.0
-        return lr
+
+    def _fused_step(self, op: fused.Kernel, grads: Array, lr: float, keep: float) -> None:
+        """The same step as :meth:`_numpy_step` in torch's kernel: weights with decay, biases
+        without, then the average."""
+        cfg = self.config
+        if self._tensors is None or self._tensors[0] is not op:
+            per_layer = [op.tensors([a for pair in layer_views(cfg, x) for a in pair])
+                         for x in (self.params, self.m, self.v)]
+            self._tensors = (op, per_layer, op.tensors([self.params, self.average]),
+                             op.step_counter())
+        _, (p, m, v), (flat, average), counter = self._tensors
+        grads = grads.astype(self.dtype, copy=False)  # the kernel wants one dtype
+        g = op.tensors([a for pair in layer_views(cfg, grads) for a in pair])
+        for part, decay in ((slice(0, None, 2), cfg.weight_decay), (slice(1, None, 2), 0.0)):
+            op.adamw(p[part], g[part], m[part], v[part], counter, self.step, lr=lr,
+                     beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=decay, eps=cfg.eps)
+        op.lerp(average, flat, 1.0 - keep)
 
     def train_batch(self, x: Array | FactoredInput, y: Array) -> float:
         """Forward, backward and one optimiser step on a batch; returns the loss."""
@@ -281,17 +321,33 @@ class FactoredInput:
                       + self.numeric @ w[2 * t :])
         return out
 
-    def weight_gradient(self, delta: Array) -> Array:
+    def weight_gradient(self, delta: Array, out: Array | None = None) -> Array:
         """``dense().T @ delta`` without building ``dense()``: the action rows' deltas are
-        summed per distinct action first."""
+        summed per distinct action first. Written into ``out`` when given."""
         onehot = np.zeros((self.actions.shape[0], self.index.shape[0]), dtype=delta.dtype)
         onehot[self.index, np.arange(self.index.shape[0])] = 1.0
         t, n = self.context.shape[1], self.numeric.shape[1]
-        out: Array = np.empty((2 * t + n, delta.shape[1]), dtype=delta.dtype)
+        if out is None:
+            out = np.empty((2 * t + n, delta.shape[1]), dtype=delta.dtype)
         np.matmul(self.context.T, delta, out=out[:t])
         np.matmul(self.actions.T, onehot @ delta, out=out[t : 2 * t])
         np.matmul(self.numeric.T, delta, out=out[2 * t :])
         return out
+
+
+def _probe(op: fused.Kernel) -> bool:
+    """Whether ``op`` computes what the numpy step computes: three steps of a small network
+    (warmup, decay, the average's ramp) in float32, compared to float32 rounding."""
+    cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=2,
+                      learning_rate=0.1, min_learning_rate=0.01, decay_steps=4,
+                      weight_decay=0.05)
+    numpy_net, fused_net = RewardNet(cfg, seed=0), RewardNet(cfg, seed=0)
+    grads = np.linspace(-0.3, 0.5, numpy_net.params.size, dtype=np.float32)
+    for scale in (1.0, -0.5, 0.25):
+        numpy_net._apply(grads * scale, None)
+        fused_net._apply(grads * scale, op)
+    return all(np.allclose(getattr(numpy_net, name), getattr(fused_net, name),
+                           rtol=1e-5, atol=1e-7) for name in ("params", "m", "v", "average"))
 
 
 def clip_by_norm(grads: Array, max_norm: float) -> float:

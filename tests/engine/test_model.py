@@ -18,6 +18,18 @@ from ef_middleware.model import (
 )
 
 SMALL = ModelConfig(text_dim=4, numeric_dim=3, hidden=(6, 5, 4), dropout=0.0)
+# The optimiser's step runs as numpy passes or as torch's fused kernel (ef_middleware.fused):
+# every optimiser check runs on both.
+KERNELS = pytest.mark.parametrize("kernel", ["numpy", "torch"])
+
+
+def net_with(kernel: str, cfg: ModelConfig, seed: int = 0, dtype: type = np.float64
+             ) -> RewardNet:
+    if kernel == "torch":
+        import torch  # noqa: F401  (the kernel is used only once torch is loaded)
+    net = RewardNet(cfg, seed=seed, dtype=dtype)
+    net.fused = kernel == "torch"
+    return net
 
 
 def test_gradient_matches_finite_differences() -> None:
@@ -70,11 +82,12 @@ def test_schedule_warmup_then_cosine_then_floor() -> None:
     assert learning_rate(cfg, 99_999) == pytest.approx(1e-4)
 
 
-def test_adam_step_matches_hand_computation() -> None:
+@KERNELS
+def test_adam_step_matches_hand_computation(kernel: str) -> None:
     cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
                       learning_rate=0.1, min_learning_rate=0.1, weight_decay=0.01,
                       clip_norm=1e9, dropout=0.0)
-    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    net = net_with(kernel, cfg)
     p0 = net.params.copy()
     g = np.linspace(-0.3, 0.5, p0.size)
     net.apply(g.copy())
@@ -101,10 +114,11 @@ def test_gradient_clipping_scales_to_the_norm() -> None:
     np.testing.assert_allclose(small, [0.3, 0.4])  # under the limit: untouched
 
 
-def test_adam_clips_before_the_moments() -> None:
+@KERNELS
+def test_adam_clips_before_the_moments(kernel: str) -> None:
     cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
                       clip_norm=1.0, dropout=0.0)
-    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    net = net_with(kernel, cfg)
     g = np.full(net.params.size, 10.0)
     net.apply(g)
     expected_m = 0.1 * np.full(net.params.size, 10.0 / np.sqrt(net.params.size * 100.0))
@@ -119,10 +133,11 @@ def weight_mask(net: RewardNet) -> np.ndarray:
     return mask
 
 
-def test_weight_decay_shrinks_weights_and_spares_biases() -> None:
+@KERNELS
+def test_weight_decay_shrinks_weights_and_spares_biases(kernel: str) -> None:
     cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
                       learning_rate=0.1, min_learning_rate=0.1, weight_decay=0.5)
-    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    net = net_with(kernel, cfg)
     net.params[...] = 1.0
     net.apply(np.zeros_like(net.params))  # no gradient: only the decay acts
     mask = weight_mask(net)
@@ -188,14 +203,15 @@ def test_factored_input_gives_the_dense_loss_and_gradient() -> None:
     np.testing.assert_allclose(grad, dense_grad, rtol=1e-10, atol=1e-12)
 
 
+@KERNELS
 @pytest.mark.parametrize("ramp", [0, 10])
-def test_served_average_follows_its_ramp(ramp: int) -> None:
+def test_served_average_follows_its_ramp(ramp: int, kernel: str) -> None:
     """The served weights are an exponential moving average whose decay ramps up: as
     1 - 1/step (the plain mean of all iterates so far) or as (1 + step) / (ramp + step)."""
     cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
                       learning_rate=0.1, min_learning_rate=0.1, clip_norm=1e9,
                       average_decay=0.9, average_ramp=ramp)
-    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    net = net_with(kernel, cfg)
     average = net.params.copy()
     rng = np.random.default_rng(0)
     for step in range(1, 40):
