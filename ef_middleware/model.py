@@ -114,7 +114,7 @@ class RewardNet:
         self.average: Array = self.params.copy()
         self.step = 0
         self.fused: bool | None = None  # the optimiser step's kernel, see apply()
-        self._tensors: tuple[fused.Kernel, list[list[Any]], list[Any], Any] | None = None
+        self._tensors: tuple[list[list[Any]], list[Any], Any] | None = None  # torch views
 
     # -- forward / backward -------------------------------------------------------------------
     def forward(self, x: Array | FactoredInput, *, train: bool = False
@@ -247,12 +247,12 @@ class RewardNet:
         """The same step as :meth:`_numpy_step` in torch's kernel: weights with decay, biases
         without, then the average."""
         cfg = self.config
-        if self._tensors is None or self._tensors[0] is not op:
+        if self._tensors is None:  # the arrays are never replaced: views once per network
             per_layer = [op.tensors([a for pair in layer_views(cfg, x) for a in pair])
                          for x in (self.params, self.m, self.v)]
-            self._tensors = (op, per_layer, op.tensors([self.params, self.average]),
+            self._tensors = (per_layer, op.tensors([self.params, self.average]),
                              op.step_counter())
-        _, (p, m, v), (flat, average), counter = self._tensors
+        (p, m, v), (flat, average), counter = self._tensors
         grads = grads.astype(self.dtype, copy=False)  # the kernel wants one dtype
         g = op.tensors([a for pair in layer_views(cfg, grads) for a in pair])
         for part, decay in ((slice(0, None, 2), cfg.weight_decay), (slice(1, None, 2), 0.0)):
