@@ -112,6 +112,11 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument(
         "--calls", type=int, default=0, help="timed calls per measurement (default 1000, quick 200)"
     )
+    speed.add_argument(
+        "--sustained", type=float, default=3000.0,
+        help="rewards/s sent to the learner thread for 8 s (quick: 4 s), with and without "
+             "replay_backlog (0: skip)",
+    )
     return p
 
 

@@ -4,6 +4,8 @@ Latencies are per call with warm caches (after a warm-up of 256 visitors ranked 
 p50 and p99 of ``time.perf_counter_ns`` deltas. "unseen" puts a never-seen campaign string in
 every context (the engine must embed it). Throughput: the engine ranks N visitors, then times N
 ``loop.reward`` calls plus ``loop.flush()``; VW times N ``learn`` calls. Ratios are engine / VW.
+``--sustained RATE``: rewards sent to the engine's learner thread at that rate (K = 10), with and
+without ``replay_backlog``, and how far behind the learner fell.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from benchmarks.paths import REPO_ROOT
 from benchmarks.report import table, write_json
 
 
-def _worker(peer: str, ks: str, calls: int) -> dict[str, Any]:
+def _worker(peer: str, ks: str, calls: int, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    cmd = [sys.executable, "-m", "benchmarks.speed_worker", peer, "--ks", ks, "--calls", str(calls)]
-    print(f"[bench] speed: {peer} (K={ks}, {calls} calls)...", file=sys.stderr)
+    cmd = [sys.executable, "-m", "benchmarks.speed_worker", peer, "--ks", ks, "--calls", str(calls),
+           *extra]
+    print(f"[bench] speed: {peer} (K={ks}, {calls} calls{' '.join(('', *extra))})...",
+          file=sys.stderr)
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"speed worker {peer} failed:\n{proc.stderr[-3000:]}")
@@ -119,6 +123,17 @@ def speed_table(engine: dict[str, Any] | None, vw: dict[str, Any]) -> str:
     return text + "\n\n" + table(headers2, rows2)
 
 
+def sustained_table(runs: list[dict[str, Any]]) -> str:
+    """The learner under a steady reward rate, with and without shedding replay."""
+    headers = ["replay_backlog", "sent/s", "learned/s while sent", "waiting at the end (max)",
+               "catch-up, s", "learned/s overall", "visits per reward"]
+    rows = [[str(r["replay_backlog"]), f"{r['offered_per_s']:,.0f}",
+             f"{r['learned_per_s_while_fed']:,.0f}",
+             f"{r['waiting_at_end']:,} ({r['waiting_max']:,})", f"{r['catch_up_s']:.2f}",
+             f"{r['learned_per_s']:,.0f}", f"{r['replay_ratio']:.2f}"] for r in runs]
+    return table(headers, rows)
+
+
 def run_speed(args: Namespace) -> dict[str, Any]:
     calls = args.calls or (200 if args.quick else 1000)
     start = time.perf_counter()
@@ -127,8 +142,17 @@ def run_speed(args: Namespace) -> dict[str, Any]:
     engine = _worker("engine", args.ks, calls) if reason is None else None
     if reason:
         print(f"[bench] speed: engine skipped ({reason})", file=sys.stderr)
+    rate = getattr(args, "sustained", 0.0)
+    sustained, seconds = None, (4.0 if args.quick else 8.0)
+    if engine is not None and rate > 0:
+        extra = ("--sustained", str(rate), "--seconds", str(seconds))
+        sustained = _worker("engine", "10", calls,
+                            extra if args.quick else (*extra, "--repeat"))["sustained"]
     wall = time.perf_counter() - start
     text = speed_table(engine, vw)
+    if sustained:
+        text += (f"\n\nThe learner thread (K = 10) while rewards come at {rate:,.0f}/s for "
+                 f"{seconds:.0f} s:\n\n{sustained_table(sustained)}")
     print(f"\n## speed: {calls} timed calls per cell; wall {wall:.0f}s\n\n{text}\n")
     payload = {
         "config": {
@@ -136,10 +160,12 @@ def run_speed(args: Namespace) -> dict[str, Any]:
             "ks": args.ks,
             "calls": calls,
             "engine_strategy": DEFAULT_STRATEGY,
+            "sustained_rate": rate,
         },
         "wall_seconds": wall,
         "engine": engine,
         "vw": vw,
+        "sustained": sustained,
         "table": text,
     }
     path = write_json("speed" + ("-quick" if args.quick else ""), payload, args.results_dir)

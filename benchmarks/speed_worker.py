@@ -3,6 +3,10 @@
 ``python -m benchmarks.speed_worker engine|vw --ks 10,100,1000 --calls 1000`` prints one JSON
 object on stdout: per K the rank/predict latency (warm caches, and with one unseen feature value
 per call), the reward-to-learned throughput, setup time, and the process's peak RSS.
+
+``python -m benchmarks.speed_worker engine --sustained 3000 --seconds 8`` instead sends rewards
+at a fixed rate to the learner thread (K = 10), once with the loop's ``replay_backlog`` and once
+without it (the full replay ratio however many wait), and reports whether the learner kept up.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +26,7 @@ import numpy as np
 
 from benchmarks.problems.websim import _Sampler, sample_visitor
 from benchmarks.stats import percentile
+from ef_middleware.settings import LoopSettings
 
 LAYOUTS = ("minimal", "detailed", "video", "testimonial")
 WARMUP = 256
@@ -146,6 +152,63 @@ def vw_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str,
     }
 
 
+def sustained(rate: float, seconds: float, pool: list[dict[str, Any]], seed: int,
+              backlog: int | None) -> dict[str, Any]:
+    """Rewards sent to the learner thread at ``rate`` per second for ``seconds`` (open loop:
+    reward *i* is due at *start + i / rate*), K = 10, with ``replay_backlog=backlog``."""
+    from benchmarks.agents.engine import DEFAULT_STRATEGY, make_engine
+
+    folder = tempfile.mkdtemp(prefix="ef-speed-")
+    engine = make_engine(folder, seed)
+    waiting: list[int] = []
+    try:
+        loop = engine.loop("sustained", actions=actions(10), strategy=DEFAULT_STRATEGY,
+                           replay_backlog=backlog)
+        for c in pool:
+            loop.reward(loop.rank(c).event_id, 1.0 if c["device"] == "mobile" else 0.0)
+        loop.flush()
+        n, m = int(rate * seconds), len(pool)
+        events = [loop.rank(pool[i % m]).event_id for i in range(n)]
+        loop.learn_pending()
+        steps, learned = loop.trainer.net.step, loop.learned
+        done = threading.Event()
+
+        def watch() -> None:  # samples handed to learning and not learned yet, every 0.1 s
+            while not done.wait(0.1):
+                waiting.append(loop.enqueued - loop.learned)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        t0 = time.perf_counter()
+        for i, event in enumerate(events):
+            ahead = t0 + i / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+            loop.reward(event, float(i % 2))
+        fed = time.perf_counter() - t0
+        learned_in_feed = loop.learned - learned
+        behind = loop.enqueued - loop.learned
+        loop.flush()
+        total = time.perf_counter() - t0
+        done.set()
+        watcher.join()
+        visits = (loop.trainer.net.step - steps) * loop.settings.batch_size
+    finally:
+        engine.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "replay_backlog": backlog,
+        "rewards": n,
+        "offered_per_s": n / fed,
+        "learned_per_s_while_fed": learned_in_feed / fed,
+        "waiting_at_end": behind,
+        "waiting_max": max(waiting, default=behind),
+        "catch_up_s": total - fed,
+        "learned_per_s": n / total,
+        "replay_ratio": visits / n,
+    }
+
+
 def startup(peer: str, seed: int) -> float:
     """Seconds to a first decision on a fresh engine (model load) or VW workspace."""
     t0 = time.perf_counter()
@@ -174,7 +237,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ks", default="10,100,1000")
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sustained", type=float, default=0.0,
+                   help="rewards per second sent to the learner thread (engine, K = 10)")
+    p.add_argument("--seconds", type=float, default=8.0, help="how long --sustained sends")
+    p.add_argument("--repeat", action="store_true",
+                   help="--sustained: each setting twice (A B B A), not once")
     args = p.parse_args(argv)
+    if args.sustained:
+        pool = visitors(WARMUP, args.seed)
+        shed = LoopSettings().replay_backlog
+        # Both settings twice, in the order A B B A: the host's speed drifts within minutes.
+        runs = [sustained(args.sustained, args.seconds, pool, args.seed, backlog)
+                for backlog in (None, shed, shed, None)[: 4 if args.repeat else 2]]
+        json.dump({"peer": "engine", "sustained": runs}, sys.stdout)
+        return 0
     measure = engine_k if args.peer == "engine" else vw_k
     pool = visitors(WARMUP, args.seed)
     out: dict[str, Any] = {"peer": args.peer, "calls": args.calls, "by_k": {}}

@@ -75,7 +75,8 @@ class Learner:
     After a reward wakes it, it lingers ``linger`` seconds so the rewards arriving meanwhile are
     learned together: publishing a model costs about a millisecond whatever the batch, so
     learning reward by reward would spend most of the time publishing. A :meth:`Loop.flush`
-    cuts the linger short.
+    cuts the linger short, and so does a backlog: when samples arrived while it learned, it
+    goes on at once.
     """
 
     def __init__(self, engine: Engine, *, tick: float = 1.0, linger: float = 0.05,
@@ -119,15 +120,20 @@ class Learner:
 
     def _run(self) -> None:
         lower_priority(self.nice)
+        behind = False
         while not self._stop.is_set():
             self.lease.renew()
-            if self._wake.wait(self.tick) and not self._urgent.is_set():
+            # Behind (samples came in while it learned): go on at once, lingering would only
+            # let the backlog grow.
+            if not behind and self._wake.wait(self.tick) and not self._urgent.is_set():
                 self._urgent.wait(self.linger)  # gather the rewards arriving meanwhile
             self._wake.clear()
             self._urgent.clear()
+            behind = False
             for loop in list(self.engine.loops.values()):
                 try:
                     loop.learn_pending()
+                    behind = behind or loop.waiting > 0
                 except Exception:  # keep learning for the other loops; say what failed once
                     log.exception("ef_middleware: learner failed on loop %r", loop.name)
             self._maintain()

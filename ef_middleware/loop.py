@@ -148,6 +148,7 @@ class Loop:
         self._train_lock = threading.Lock()
         self.enqueued = 0  # samples handed to learning
         self.learned = 0  # samples learned
+        self.replay_ratio = self.settings.replay_ratio  # of the last drain (lower: behind)
         self.decisions = 0
         self.rewards = 0
         self._log_chunks = 0
@@ -441,18 +442,27 @@ class Loop:
         with self._train_lock:
             self._persist()
             self.expire()
+            # Only what waits now: samples arriving meanwhile wait for the next call, so a
+            # rate above the learner's still lets it persist, expire and report between
+            # calls. How many wait says whether it keeps up, and so this call's replay ratio.
+            waiting = len(self._ready)
+            self.replay_ratio = self.settings.replay_ratio_at(waiting)
             learned = 0
-            while self._ready:
-                batch = [self._ready.popleft() for _ in range(min(LEARN_CHUNK, len(self._ready)))]
+            while learned < waiting:
+                batch = [self._ready.popleft() for _ in range(min(LEARN_CHUNK, waiting - learned))]
                 if self.settings.learning:
-                    self.trainer.learn(batch)
+                    self.trainer.learn(batch, self.replay_ratio)
                 learned += len(batch)
-            if learned:
                 self._serving = self.trainer.publish(self.actions)
-            with self._progress:
-                self.learned += learned
-                self._progress.notify_all()
+                with self._progress:
+                    self.learned += len(batch)
+                    self._progress.notify_all()
             return learned
+
+    @property
+    def waiting(self) -> int:
+        """Samples handed to learning and not learned yet."""
+        return len(self._ready)
 
     def _persist(self) -> None:
         """Append new decision records to the store's decision log, in chunks of
@@ -500,7 +510,7 @@ class Loop:
         return {"loop": self.name, "strategy": self.settings.strategy,
                 "decisions": self.decisions, "rewards": self.rewards, "pending": pending,
                 "learned": self.learned, "updates": self.trainer.net.step,
-                "model_version": self.model_version}
+                "model_version": self.model_version, "replay_ratio": self.replay_ratio}
 
 
 class RewardWrite:

@@ -50,6 +50,14 @@ class LoopSettings:
         Lets a young loop take smaller, more frequent steps: with n samples learned a step
         takes ``min(batch_size, max(min_batch_size, n // 4))`` samples (default: always
         ``batch_size``; smaller steps early cost a third of the lift on the web simulator).
+    replay_backlog
+        Samples waiting to be learned up to which each earns the full ``replay_ratio``. More
+        waiting means rewards come faster than the learner learns them: until it has caught
+        up, the ratio falls to ``replay_ratio * replay_backlog / waiting`` (at least 1):
+        every sample is still learned, and the wait stops growing once the ratio is low
+        enough for the learner to keep up, instead of growing for as long as the rate lasts
+        (docs/design.md, "Learning"). ``None``: always the full ratio. The default, 2,048,
+        is about a second of the learner's work at the full ratio.
     replay_size
         Most recent samples kept for replay (the network's memory).
     replay_recency
@@ -89,6 +97,7 @@ class LoopSettings:
     embedding_scale: float = 20.0
     batch_size: int = 64
     replay_ratio: float = 8.0
+    replay_backlog: int | None = 2048
     min_batch_size: int = 64
     replay_size: int = 5_000
     replay_recency: float | None = None
@@ -141,8 +150,18 @@ class LoopSettings:
                                      "positive, e.g. 2000 (or None: offsets do not fade)")
         if not 0 < self.replay_ratio <= 1024:
             raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 8")
+        if self.replay_backlog is not None and self.replay_backlog < 1:
+            raise ConfigurationError("replay_backlog is a number of samples and must be at "
+                                     "least 1, e.g. 2048 (or None: never shed replay)")
         if not 1 <= self.min_batch_size <= self.batch_size:
             raise ConfigurationError("min_batch_size must be between 1 and batch_size")
+
+    def replay_ratio_at(self, waiting: int) -> float:
+        """The replay ratio of samples learned while ``waiting`` samples wait to be learned."""
+        limit = self.replay_backlog
+        if limit is None or waiting <= limit:
+            return self.replay_ratio
+        return max(min(1.0, self.replay_ratio), self.replay_ratio * limit / waiting)
 
     def normalise(self, value: float) -> float:
         """Map a reward in ``reward_range`` to [0, 1]."""

@@ -6,7 +6,9 @@ publishes), so none of this is on the request path.
 How much to train is set per sample, not per call: every learned sample adds its replay ratio
 to a budget, and each optimiser step spends ``batch_size`` of it on the new samples plus samples
 drawn from the replay buffer. A sample is thus visited about ``replay_ratio`` times while it is
-in the buffer, whether rewards arrive one by one or a thousand at once. A small ratio matters on
+in the buffer, whether rewards arrive one by one or a thousand at once (unless more wait than
+``replay_backlog``: then the learner is behind and sheds replay until it has caught up). A
+small ratio matters on
 noisy rewards: replaying each conversion hundreds of times teaches the network the noise. A
 young loop takes smaller steps (``min_batch_size``) so its first few hundred visitors already
 move the model (docs/design.md, "Learning").
@@ -213,9 +215,10 @@ class Trainer:
         return with_bias(h), predicted
 
     # -- learning --------------------------------------------------------------------------
-    def learn(self, samples: Sequence[Sample]) -> int:
-        """Add ``samples`` to the buffer and spend their training budget; returns the number
-        of optimiser steps taken."""
+    def learn(self, samples: Sequence[Sample], replay_ratio: float | None = None) -> int:
+        """Add ``samples`` to the buffer and spend their training budget (``replay_ratio``
+        gradient visits each, default the loop's); returns the number of optimiser steps
+        taken."""
         n = len(samples)
         if n == 0:
             return 0
@@ -240,16 +243,17 @@ class Trainer:
                 self.correction.update(s.inputs.texts, s.action.id, s.logit, s.reward)
                 if i % 64 == 0:  # about 0.2 ms of Python: let a request take the lock
                     yield_to_requests()
-        steps = self._train(n)
+        steps = self._train(n, self.settings.replay_ratio if replay_ratio is None
+                            else replay_ratio)
         self.learned += n
         self._update_posterior(slots)
         if self._steps_since_snapshot >= self.settings.snapshot_every:
             self.save()
         return steps
 
-    def _train(self, n: int) -> int:
+    def _train(self, n: int, replay_ratio: float) -> int:
         cfg = self.settings
-        self._credit += cfg.replay_ratio * n
+        self._credit += replay_ratio * n
         size = min(cfg.batch_size, max(cfg.min_batch_size, (self.learned + n) // 4))
         steps = 0
         while self._credit >= size:

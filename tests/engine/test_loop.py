@@ -29,6 +29,7 @@ from ef_middleware import (
 )
 from ef_middleware.loop import WRITE_GRACE
 from ef_middleware.policies.base import gaussian_probabilities, resolve_choices
+from ef_middleware.settings import LoopSettings
 
 HERO = [
     {"id": "minimal", "features": {"layout": "minimal", "cta": "Start free trial"}},
@@ -87,6 +88,74 @@ def test_training_budget_follows_the_replay_ratio(engine: Engine, min_batch: int
             credit -= size
             steps += 1
     assert hero.model_version == steps == {64: 37, 8: 103}[min_batch]
+
+
+def test_the_replay_ratio_falls_with_the_backlog() -> None:
+    settings = LoopSettings(replay_backlog=100)
+    assert settings.replay_ratio_at(0) == settings.replay_ratio_at(100) == 8.0
+    assert settings.replay_ratio_at(200) == 4.0 and settings.replay_ratio_at(400) == 2.0
+    assert settings.replay_ratio_at(10_000) == 1.0  # every sample is still learned
+    assert LoopSettings(replay_backlog=None).replay_ratio_at(10_000) == 8.0
+    assert LoopSettings(replay_ratio=0.5, replay_backlog=1).replay_ratio_at(50) == 0.5
+
+
+@pytest.mark.parametrize(("backlog", "updates"), [(64, 8 + 8), (None, 8 + 16)])
+def test_a_backlog_sheds_replay_until_the_learner_caught_up(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder, backlog: int | None,
+        updates: int) -> None:
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:
+        hero = eng.loop("hero", actions=HERO, replay_backlog=backlog)
+        events = [hero.rank({"device": "mobile"}).event_id for _ in range(192)]
+        for i, event in enumerate(events[:64]):
+            hero.reward(event, float(i % 2))
+        hero.flush()  # 64 waited: the full ratio, 8 visits each in steps of 64
+        assert hero.model_version == 8 and hero.stats()["replay_ratio"] == 8.0
+        for i, event in enumerate(events[64:]):
+            hero.reward(event, float(i % 2))
+        hero.flush()  # 128 waited: with a backlog of 64, 8 * 64 / 128 = 4 visits each
+        assert hero.stats()["replay_ratio"] == (4.0 if backlog else 8.0)
+        assert hero.model_version == updates and hero.stats()["learned"] == 192
+    finally:
+        eng.close()
+
+
+def test_samples_arriving_while_it_learns_wait_for_the_next_call(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    engine._learner.stop()  # type: ignore[union-attr]  # this test calls learn_pending itself
+    events = [hero.rank({"device": "mobile"}).event_id for _ in range(3)]
+    hero.reward(events[0], 1.0)
+    hero.reward(events[1], 0.0)
+    learn = hero.trainer.learn
+
+    def learn_while_one_arrives(samples: Any, replay_ratio: float | None = None) -> int:
+        if hero.waiting == 0 and hero.learned == 0:
+            hero.reward(events[2], 1.0)  # arrives during the first call's learning
+        return learn(samples, replay_ratio)
+
+    hero.trainer.learn = learn_while_one_arrives  # type: ignore[method-assign]
+    assert hero.learn_pending() == 2 and hero.waiting == 1 and hero.learned == 2
+    assert hero.learn_pending() == 1 and hero.waiting == 0 and hero.learned == 3
+
+
+def test_a_learner_behind_does_not_linger(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    engine._learner.linger = 30.0  # type: ignore[union-attr]
+    first, second = (hero.rank({"device": "mobile"}).event_id for _ in range(2))
+    learn = hero.trainer.learn
+
+    def learn_while_one_arrives(samples: Any, replay_ratio: float | None = None) -> int:
+        if hero.learned == 0:
+            hero.reward(second, 1.0)  # wakes the learner, not urgently
+        return learn(samples, replay_ratio)
+
+    hero.trainer.learn = learn_while_one_arrives  # type: ignore[method-assign]
+    hero.reward(first, 1.0)
+    hero.flush(timeout=10)  # urgent: no linger before the first pass
+    deadline = time.monotonic() + 10
+    while hero.learned < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hero.learned == 2  # without lingering 30 s first
 
 
 def two_segment_reward(context: dict[str, Any], action: str) -> float:
@@ -392,6 +461,8 @@ def test_configuration_is_checked_when_the_loop_is_made(engine: Engine) -> None:
         engine.loop("f", actions=HERO, correction_rate=float("nan"))
     with pytest.raises(ConfigurationError, match="correction_half_life"):
         engine.loop("g", actions=HERO, correction_half_life=0)
+    with pytest.raises(ConfigurationError, match="replay_backlog"):
+        engine.loop("i", actions=HERO, replay_backlog=0)
     fading = engine.loop("h", actions=HERO, correction_half_life=500)
     assert fading.trainer.correction is not None
     assert fading.trainer.correction.half_life == 500
