@@ -12,6 +12,7 @@ without it (the full replay ratio however many wait), and reports whether the le
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,18 +73,30 @@ def unseen(context: dict[str, Any], i: int) -> dict[str, Any]:
     return {**context, "utm_campaign": f"spring-campaign-{i}-{time.perf_counter_ns()}"}
 
 
-def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def warm_loop(name: str, k: int, pool: list[dict[str, Any]], seed: int,
+              **settings: Any) -> Iterator[tuple[Any, float]]:
+    """A loop of K actions in a fresh engine, warmed up (every context of ``pool`` embedded,
+    the model trained a little), and the seconds ``engine.loop`` took; closed afterwards."""
     from benchmarks.agents.engine import DEFAULT_STRATEGY, make_engine
 
     folder = tempfile.mkdtemp(prefix="ef-speed-")
     engine = make_engine(folder, seed)
     try:
         t0 = time.perf_counter()
-        loop = engine.loop(f"speed-{k}", actions=actions(k), strategy=DEFAULT_STRATEGY)
+        loop = engine.loop(name, actions=actions(k), strategy=DEFAULT_STRATEGY, **settings)
         setup = time.perf_counter() - t0
-        for c in pool:  # warm-up: every context embedded, the model trained a little
+        for c in pool:
             loop.reward(loop.rank(c).event_id, 1.0 if c["device"] == "mobile" else 0.0)
         loop.flush()
+        yield loop, setup
+    finally:
+        engine.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    with warm_loop(f"speed-{k}", k, pool, seed) as (loop, setup):
         n = len(pool)
         warm = latency(lambda i: loop.rank(pool[i % n]), calls)
         forward = latency(lambda i: loop.rank(new_context(pool[i % n], i)), calls)
@@ -96,9 +109,6 @@ def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[
         enqueued = time.perf_counter() - t0
         loop.flush()
         learned = time.perf_counter() - t0
-    finally:
-        engine.close()
-        shutil.rmtree(folder, ignore_errors=True)
     return {
         "setup_s": setup,
         "rank": warm,
@@ -156,17 +166,8 @@ def sustained(rate: float, seconds: float, pool: list[dict[str, Any]], seed: int
               backlog: int | None) -> dict[str, Any]:
     """Rewards sent to the learner thread at ``rate`` per second for ``seconds`` (open loop:
     reward *i* is due at *start + i / rate*), K = 10, with ``replay_backlog=backlog``."""
-    from benchmarks.agents.engine import DEFAULT_STRATEGY, make_engine
-
-    folder = tempfile.mkdtemp(prefix="ef-speed-")
-    engine = make_engine(folder, seed)
     waiting: list[int] = []
-    try:
-        loop = engine.loop("sustained", actions=actions(10), strategy=DEFAULT_STRATEGY,
-                           replay_backlog=backlog)
-        for c in pool:
-            loop.reward(loop.rank(c).event_id, 1.0 if c["device"] == "mobile" else 0.0)
-        loop.flush()
+    with warm_loop("sustained", 10, pool, seed, replay_backlog=backlog) as (loop, _):
         n, m = int(rate * seconds), len(pool)
         events = [loop.rank(pool[i % m]).event_id for i in range(n)]
         loop.learn_pending()
@@ -193,9 +194,6 @@ def sustained(rate: float, seconds: float, pool: list[dict[str, Any]], seed: int
         done.set()
         watcher.join()
         visits = (loop.trainer.net.step - steps) * loop.settings.batch_size
-    finally:
-        engine.close()
-        shutil.rmtree(folder, ignore_errors=True)
     return {
         "replay_backlog": backlog,
         "rewards": n,
