@@ -45,7 +45,10 @@ class LoopSettings:
         Samples per optimiser step.
     replay_ratio
         Gradient visits each learned sample earns: every ``batch_size / replay_ratio`` new
-        samples buy one optimiser step on them plus samples replayed from the buffer.
+        samples buy one optimiser step on them plus samples replayed from the buffer. The
+        default, 4, replaced 8: more conversions on the web simulator and half the learner's
+        work a reward, for less margin on MAGIC and Mushroom (docs/benchmarks.md, "Fresh sets
+        for replay_ratio=4").
     min_batch_size
         Lets a young loop take smaller, more frequent steps: with n samples learned a step
         takes ``min(batch_size, max(min_batch_size, n // 4))`` samples (default: always
@@ -96,7 +99,7 @@ class LoopSettings:
     model: ModelConfig = field(default_factory=ModelConfig)
     embedding_scale: float = 20.0
     batch_size: int = 64
-    replay_ratio: float = 8.0
+    replay_ratio: float = 4.0
     replay_backlog: int | None = 2048
     min_batch_size: int = 64
     replay_size: int = 5_000
