@@ -60,7 +60,7 @@ class LoopSettings:
         every sample is still learned, and the wait stops growing once the ratio is low
         enough for the learner to keep up, instead of growing for as long as the rate lasts
         (docs/design.md, "Learning"). ``None``: always the full ratio. The default, 2,048,
-        is about a second of the learner's work at the full ratio.
+        is under a second of the learner's work at the full ratio.
     replay_size
         Most recent samples kept for replay (the network's memory).
     replay_recency
