@@ -148,7 +148,7 @@ class Loop:
         self._train_lock = threading.Lock()
         self.enqueued = 0  # samples handed to learning
         self.learned = 0  # samples learned
-        self.replay_ratio = self.settings.replay_ratio  # of the last drain (lower: behind)
+        self.replay_ratio = self.settings.replay_ratio  # of the last pass (lower: it was behind)
         self.decisions = 0
         self.rewards = 0
         self._log_chunks = 0

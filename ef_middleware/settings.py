@@ -152,7 +152,7 @@ class LoopSettings:
             raise ConfigurationError("correction_half_life is a number of samples and must be "
                                      "positive, e.g. 2000 (or None: offsets do not fade)")
         if not 0 < self.replay_ratio <= 1024:
-            raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 8")
+            raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 4")
         if self.replay_backlog is not None and self.replay_backlog < 1:
             raise ConfigurationError("replay_backlog is a number of samples and must be at "
                                      "least 1, e.g. 2048 (or None: never shed replay)")
