@@ -142,7 +142,7 @@ def run_speed(args: Namespace) -> dict[str, Any]:
     engine = _worker("engine", args.ks, calls) if reason is None else None
     if reason:
         print(f"[bench] speed: engine skipped ({reason})", file=sys.stderr)
-    rate = getattr(args, "sustained", 0.0)
+    rate = args.sustained
     sustained, seconds = None, (4.0 if args.quick else 8.0)
     if engine is not None and rate > 0:
         extra = ("--sustained", str(rate), "--seconds", str(seconds))

@@ -445,7 +445,7 @@ class Loop:
             # Only what waits now: samples arriving meanwhile wait for the next call, so a
             # rate above the learner's still lets it persist, expire and report between
             # calls. How many wait says whether it keeps up, and so this call's replay ratio.
-            waiting = len(self._ready)
+            waiting = self.waiting
             self.replay_ratio = self.settings.replay_ratio_at(waiting)
             learned = 0
             while learned < waiting:

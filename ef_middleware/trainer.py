@@ -8,10 +8,9 @@ to a budget, and each optimiser step spends ``batch_size`` of it on the new samp
 drawn from the replay buffer. A sample is thus visited about ``replay_ratio`` times while it is
 in the buffer, whether rewards arrive one by one or a thousand at once (unless more wait than
 ``replay_backlog``: then the learner is behind and sheds replay until it has caught up). A
-small ratio matters on
-noisy rewards: replaying each conversion hundreds of times teaches the network the noise. A
-young loop takes smaller steps (``min_batch_size``) so its first few hundred visitors already
-move the model (docs/design.md, "Learning").
+small ratio matters on noisy rewards: replaying each conversion hundreds of times teaches the
+network the noise. A young loop takes smaller steps (``min_batch_size``) so its first few
+hundred visitors already move the model (docs/design.md, "Learning").
 """
 
 from __future__ import annotations
@@ -215,10 +214,10 @@ class Trainer:
         return with_bias(h), predicted
 
     # -- learning --------------------------------------------------------------------------
-    def learn(self, samples: Sequence[Sample], replay_ratio: float | None = None) -> int:
+    def learn(self, samples: Sequence[Sample], replay_ratio: float) -> int:
         """Add ``samples`` to the buffer and spend their training budget (``replay_ratio``
-        gradient visits each, default the loop's); returns the number of optimiser steps
-        taken."""
+        gradient visits each: the loop's, or less while the learner is behind); returns the
+        number of optimiser steps taken."""
         n = len(samples)
         if n == 0:
             return 0
@@ -243,8 +242,7 @@ class Trainer:
                 self.correction.update(s.inputs.texts, s.action.id, s.logit, s.reward)
                 if i % 64 == 0:  # about 0.2 ms of Python: let a request take the lock
                     yield_to_requests()
-        steps = self._train(n, self.settings.replay_ratio if replay_ratio is None
-                            else replay_ratio)
+        steps = self._train(n, replay_ratio)
         self.learned += n
         self._update_posterior(slots)
         if self._steps_since_snapshot >= self.settings.snapshot_every:

@@ -128,7 +128,7 @@ def test_samples_arriving_while_it_learns_wait_for_the_next_call(engine: Engine)
     hero.reward(events[1], 0.0)
     learn = hero.trainer.learn
 
-    def learn_while_one_arrives(samples: Any, replay_ratio: float | None = None) -> int:
+    def learn_while_one_arrives(samples: Any, replay_ratio: float) -> int:
         if hero.waiting == 0 and hero.learned == 0:
             hero.reward(events[2], 1.0)  # arrives during the first call's learning
         return learn(samples, replay_ratio)
@@ -144,7 +144,7 @@ def test_a_learner_behind_does_not_linger(engine: Engine) -> None:
     first, second = (hero.rank({"device": "mobile"}).event_id for _ in range(2))
     learn = hero.trainer.learn
 
-    def learn_while_one_arrives(samples: Any, replay_ratio: float | None = None) -> int:
+    def learn_while_one_arrives(samples: Any, replay_ratio: float) -> int:
         if hero.learned == 0:
             hero.reward(second, 1.0)  # wakes the learner, not urgently
         return learn(samples, replay_ratio)
