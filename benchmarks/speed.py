@@ -19,6 +19,7 @@ from argparse import Namespace
 from typing import Any
 
 from benchmarks.agents.engine import DEFAULT_STRATEGY, engine_unavailable
+from benchmarks.host import cpu_ticks, percent, steal_share
 from benchmarks.paths import REPO_ROOT
 from benchmarks.report import table, write_json
 
@@ -137,6 +138,7 @@ def sustained_table(runs: list[dict[str, Any]]) -> str:
 def run_speed(args: Namespace) -> dict[str, Any]:
     calls = args.calls or (200 if args.quick else 1000)
     start = time.perf_counter()
+    ticks = cpu_ticks()
     vw = _worker("vw", args.ks, calls)
     reason = engine_unavailable() if args.strategies else "engine disabled (--strategies none)"
     engine = _worker("engine", args.ks, calls) if reason is None else None
@@ -149,11 +151,13 @@ def run_speed(args: Namespace) -> dict[str, Any]:
         sustained = _worker("engine", "10", calls,
                             extra if args.quick else (*extra, "--repeat"))["sustained"]
     wall = time.perf_counter() - start
+    steal = steal_share(ticks, cpu_ticks())
     text = speed_table(engine, vw)
     if sustained:
         text += (f"\n\nThe learner thread (K = 10) while rewards come at {rate:,.0f}/s for "
                  f"{seconds:.0f} s:\n\n{sustained_table(sustained)}")
-    print(f"\n## speed: {calls} timed calls per cell; wall {wall:.0f}s\n\n{text}\n")
+    print(f"\n## speed: {calls} timed calls per cell; wall {wall:.0f}s; the host's steal "
+          f"time {percent(steal)} of CPU time\n\n{text}\n")
     payload = {
         "config": {
             "quick": args.quick,
@@ -163,6 +167,7 @@ def run_speed(args: Namespace) -> dict[str, Any]:
             "sustained_rate": rate,
         },
         "wall_seconds": wall,
+        "steal_share": steal,
         "engine": engine,
         "vw": vw,
         "sustained": sustained,

@@ -53,6 +53,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from benchmarks.host import cpu_ticks, percent, steal_share
 from benchmarks.http_load import (
     LoadResult,
     closed_loop,
@@ -389,9 +390,10 @@ def reward_run(port: int, args: argparse.Namespace) -> dict[str, Any]:
     time.sleep(args.reward_pause)
     timings = f"http://127.0.0.1:{port}/_bench/timings"
     httpx.get(timings)
+    ticks = cpu_ticks()
     fixed = open_loop("127.0.0.1", port, _reward_requests(port, fixed_cookies),
                       rate=args.reward_rate, duration=args.fixed_duration)
-    fixed_summary = {**fixed.summary(),
+    fixed_summary = {**fixed.summary(), "steal": steal_share(ticks, cpu_ticks()),
                      "server": httpx.get(timings).json().get("/_ef/reward", {})}
     saturated: LoadResult = closed_loop(
         "127.0.0.1", port, _reward_requests(port, saturated_cookies),
@@ -476,6 +478,10 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
                "server_p99": _median([x.get("server", {}).get("p99", math.nan) for x in slow]),
                "server_p99_worst": max(x.get("server", {}).get("p99", math.nan)
                                        for x in slow)}
+        steal = [v for v in ([x.get("steal") for x in slow] if mode == "reward" else
+                             [r.get("steal") for r in rounds if mode in r]) if v is not None]
+        if steal:  # the host's share of the CPU time while these were measured
+            row["steal"], row["steal_max"] = _median(steal), max(steal)
         if mode in page_modes:
             row["cpu_us"] = _median([x.get("cpu_us_process", math.nan) for x in sat])
             row["cpu_us_loop"] = _median([x.get("cpu_us_loop", math.nan) for x in sat])
@@ -520,6 +526,13 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
     def verdict(measured: bool, ok: bool) -> str:
         return ("yes" if ok else "NO") if measured else "not measured"
 
+    steal = [f"{name} {percent(summary[mode]['steal'])} (at most "
+             f"{percent(summary[mode]['steal_max'])})"
+             for name, mode in (("page rounds", "bare"), ("reward runs at the fixed rate",
+                                                         "reward"))
+             if "steal" in summary.get(mode, {})]
+    if steal:
+        print("\nThe host's steal time, median share of CPU time: " + "; ".join(steal))
     print()
     print(f"new visitor >= 80% of bare: {verdict('new visitor' in summary, page_ok)}; "
           f"reward p99 in the server < 2 ms at {args.reward_rate:g}/s: "
@@ -617,12 +630,14 @@ def page_rounds(args: argparse.Namespace, work: Path, trained: Path, env: dict[s
         for index in range(args.rounds):
             start = index % len(modes)
             result: dict[str, Any] = {"loadavg_before": os.getloadavg()[0]}
+            ticks = cpu_ticks()
             for mode in modes[start:] + modes[:start]:
                 result[mode] = saturated_run(ports[mode], args, pages[mode], args.duration)
+            result["steal"] = steal_share(ticks, cpu_ticks())
             rounds.append(result)
             print(f"round {index + 1}/{args.rounds}: " + ", ".join(
                 f"{m} {result[m]['rps']:.0f}/s ({result[m]['cpu_us_process']:.0f} us CPU)"
-                for m in modes), file=sys.stderr,
+                for m in modes) + f"; steal {percent(result['steal'])}", file=sys.stderr,
                 flush=True)
         for mode in modes:
             fixed[mode] = fixed_run(ports[mode], args, pages[mode])
@@ -681,8 +696,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rounds.append({"reward": reward})
             print(f"rewards {index + 1}/{args.reward_rounds}: in-server p99 "
-                  f"{reward['fixed']['server'].get('p99', math.nan):.2f} ms",
-                  file=sys.stderr, flush=True)
+                  f"{reward['fixed']['server'].get('p99', math.nan):.2f} ms, steal "
+                  f"{percent(reward['fixed']['steal'])}", file=sys.stderr, flush=True)
     summary = summarise(rounds, fixed, page_modes(compare))
     met = print_report(summary, args)
     if compare is not None:

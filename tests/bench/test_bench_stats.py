@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from benchmarks.host import CpuTicks, parse_proc_stat, percent, steal_share
 from benchmarks.learning import Run, ShiftSpec, _recovery
 from benchmarks.paired import collect
 from benchmarks.recovery import pair
@@ -84,8 +85,9 @@ def _burst(rps: float, cpu_us: float) -> dict[str, Any]:
             "cpu_us_process": cpu_us, "cpu_us_loop": cpu_us}
 
 
-def _reward(p99: float) -> dict[str, Any]:
-    fixed = {"p50": 1.0, "p99": 3.0, "non_2xx": 0, "server": {"p50": 0.5, "p99": p99}}
+def _reward(p99: float, steal: float | None = None) -> dict[str, Any]:
+    fixed = {"p50": 1.0, "p99": 3.0, "non_2xx": 0, "server": {"p50": 0.5, "p99": p99},
+             "steal": steal}
     return {"saturated": _burst(1000.0, math.nan), "fixed": fixed}
 
 
@@ -96,8 +98,10 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
         {"bare": _burst(2000.0, 150.0), "new visitor": _burst(1000.0, 300.0)},
         {"bare": _burst(1500.0, 200.0), "new visitor": _burst(900.0, 250.0)},
     ]
-    rounds[0]["reward"] = _reward(1.5)
-    rounds.append({"reward": _reward(2.5)})  # a reward run beyond the page rounds
+    for r, steal in zip(rounds, (0.01, None, 0.03), strict=True):
+        r["steal"] = steal  # None: not measured (no /proc/stat)
+    rounds[0]["reward"] = _reward(1.5, 0.02)
+    rounds.append({"reward": _reward(2.5, 0.10)})  # a reward run beyond the page rounds
     fixed = {m: {"p50": 1.0, "p99": 2.0, "non_2xx": 0, "server": {"p50": 0.4, "p99": 1.0}}
              for m in modes}
     summary = summarise(rounds, fixed, modes)
@@ -107,6 +111,22 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
     assert new["rps"] == 900.0
     assert summary["reward"]["server_p99"] == pytest.approx(2.0)  # median of 1.5 and 2.5
     assert summary["reward"]["server_p99_worst"] == 2.5
+    assert new["steal"] == pytest.approx(0.02) and new["steal_max"] == 0.03
+    assert summary["reward"]["steal"] == pytest.approx(0.06)
+    assert summary["reward"]["steal_max"] == 0.10
+
+
+def test_steal_time_is_the_stolen_share_of_all_cpu_ticks() -> None:
+    before = parse_proc_stat("cpu  4707391 227858 361443 7406120 92966 0 30658 276284 0 0\n"
+                             "cpu0 1 2 3 4 5 6 7 8 0 0\nintr 1 2\n")
+    after = parse_proc_stat("cpu  4709318 227858 361558 7414603 92975 0 30662 276334 9 0\n")
+    assert before == CpuTicks(total=13102720, steal=276284)
+    assert after is not None and after.steal == 276334
+    share = steal_share(before, after)  # guest time (9) is in user time already
+    assert share == pytest.approx(50 / (1927 + 115 + 8483 + 9 + 4 + 50))
+    assert percent(share) == "0.5%" and percent(None) == "n/a"
+    assert steal_share(after, before) is None and steal_share(None, after) is None
+    assert parse_proc_stat("intr 1 2\n") is None
 
 
 def test_compare_report_gives_the_paired_difference_and_its_standard_error() -> None:
