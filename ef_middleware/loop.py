@@ -450,10 +450,10 @@ class Loop:
             learned = 0
             while learned < waiting:
                 batch = [self._ready.popleft() for _ in range(min(LEARN_CHUNK, waiting - learned))]
-                if self.settings.learning:
+                if self.settings.learning:  # frozen: the published model stays, and its views
                     self.trainer.learn(batch, self.replay_ratio)
+                    self._serving = self.trainer.publish(self.actions)
                 learned += len(batch)
-                self._serving = self.trainer.publish(self.actions)
                 with self._progress:
                     self.learned += len(batch)
                     self._progress.notify_all()

@@ -35,7 +35,8 @@ class LoopSettings:
         ``earliest``: the first reward is final and learned at once; ``sum``: rewards add up
         (clipped to the range) until ``reward_wait`` is over.
     learning
-        ``False`` freezes the model: decisions are logged, nothing is trained.
+        ``False`` freezes the model: decisions are logged, nothing is trained, and the
+        published model (with the rankings cached from it) stays as it is.
     model
         Network shape and optimiser (:class:`~ef_middleware.model.ModelConfig`).
     embedding_scale

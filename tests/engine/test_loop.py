@@ -301,6 +301,22 @@ def test_per_call_actions_and_exclusions(engine: Engine) -> None:
             hero.rank({"device": "mobile"}, exclude=one_string)
 
 
+def test_a_frozen_loop_logs_decisions_and_learns_nothing(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO, learning=False)
+    served = hero._serving  # the published model: its views are what ranking caches
+    events = [hero.rank({"device": "mobile"}).event_id for _ in range(40)]
+    for i, event in enumerate(events):
+        hero.reward(event, float(i % 2))
+    hero.flush()
+    assert hero.stats()["learned"] == 40 and hero.stats()["rewards"] == 40
+    assert hero.model_version == 0 and hero.trainer.learned == 0
+    assert hero._serving is served
+    logged = [json.loads(line)["event_id"] for key in engine.store._cache.iterkeys()  # type: ignore[attr-defined]
+              if key.startswith("decisions:hero:")
+              for line in (engine.store.get(key) or b"").splitlines()]
+    assert sorted(logged) == sorted(events)
+
+
 def test_earliest_aggregation_takes_one_reward(engine: Engine) -> None:
     hero = engine.loop("hero", actions=HERO)
     d = hero.rank({"device": "mobile"})
