@@ -458,7 +458,8 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
               page_modes: Sequence[str] = PAGE_MODES) -> dict[str, dict[str, float]]:
     """Medians over rounds; ``share`` is the median of each round's ratio to that round's
     bare page; the fixed-rate columns come from ``fixed`` (pages: one run per mode) or from
-    each round's reward run."""
+    each round's reward run; ``steal`` and ``steal_max``, the host's steal time (median and
+    highest share) over the page rounds or the fixed-rate reward runs, where measured."""
     out: dict[str, dict[str, float]] = {}
     for mode in (*page_modes, "reward"):
         runs = [r[mode] for r in rounds if mode in r]
