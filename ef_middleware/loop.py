@@ -147,7 +147,8 @@ class Loop:
         self._progress = threading.Condition()
         self._train_lock = threading.Lock()
         self.enqueued = 0  # samples handed to learning
-        self.learned = 0  # samples learned
+        self.learned = 0  # samples learned (or dropped)
+        self.dropped = 0  # samples whose learning failed (the learner logged why)
         self.replay_ratio = self.settings.replay_ratio  # of the last pass (lower: it was behind)
         self.decisions = 0
         self.rewards = 0
@@ -450,13 +451,18 @@ class Loop:
             learned = 0
             while learned < waiting:
                 batch = [self._ready.popleft() for _ in range(min(LEARN_CHUNK, waiting - learned))]
-                if self.settings.learning:  # frozen: the published model stays, and its views
-                    self.trainer.learn(batch, self.replay_ratio)
-                    self._serving = self.trainer.publish(self.actions)
-                learned += len(batch)
-                with self._progress:
-                    self.learned += len(batch)
-                    self._progress.notify_all()
+                try:
+                    if self.settings.learning:  # frozen: the published model and its views stay
+                        self.trainer.learn(batch, self.replay_ratio)
+                        self._serving = self.trainer.publish(self.actions)
+                except Exception:
+                    self.dropped += len(batch)
+                    raise
+                finally:  # a chunk that failed is dropped, not waited for by flush()
+                    learned += len(batch)
+                    with self._progress:
+                        self.learned += len(batch)
+                        self._progress.notify_all()
             return learned
 
     @property
@@ -509,7 +515,8 @@ class Loop:
             pending = len(self._pending)
         return {"loop": self.name, "strategy": self.settings.strategy,
                 "decisions": self.decisions, "rewards": self.rewards, "pending": pending,
-                "learned": self.learned, "updates": self.trainer.net.step,
+                "learned": self.learned, "dropped": self.dropped,
+                "updates": self.trainer.net.step,
                 "model_version": self.model_version, "replay_ratio": self.replay_ratio}
 
 

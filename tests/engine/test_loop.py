@@ -317,6 +317,27 @@ def test_a_frozen_loop_logs_decisions_and_learns_nothing(engine: Engine) -> None
     assert sorted(logged) == sorted(events)
 
 
+def test_a_chunk_whose_learning_fails_is_dropped_not_waited_for(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    learn = hero.trainer.learn
+
+    def fails_once(samples: Any, replay_ratio: float) -> int:
+        hero.trainer.learn = learn  # type: ignore[method-assign]
+        raise RuntimeError("a broken step")
+
+    hero.trainer.learn = fails_once  # type: ignore[method-assign]
+    first, second = (hero.rank({"device": "mobile"}).event_id for _ in range(2))
+    with caplog.at_level(logging.ERROR, logger="ef_middleware"):
+        hero.reward(first, 1.0)
+        hero.flush(timeout=10)  # returns: the failed chunk is not waited for
+        assert hero.stats()["dropped"] == 1 and hero.trainer.learned == 0
+        hero.reward(second, 1.0)
+        hero.flush(timeout=10)  # a pass after the failed one: the failure was logged by now
+    assert hero.stats()["learned"] == 2 and hero.trainer.learned == 1
+    assert "a broken step" in caplog.text
+
+
 def test_earliest_aggregation_takes_one_reward(engine: Engine) -> None:
     hero = engine.loop("hero", actions=HERO)
     d = hero.rank({"device": "mobile"})
