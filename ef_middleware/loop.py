@@ -467,7 +467,8 @@ class Loop:
 
     @property
     def waiting(self) -> int:
-        """Samples handed to learning and not learned yet."""
+        """Samples handed to learning that no pass has taken yet (a pass's chunk in progress
+        is not counted: ``enqueued - learned`` counts it too)."""
         return len(self._ready)
 
     def _persist(self) -> None:
