@@ -53,7 +53,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from benchmarks.host import cpu_ticks, percent, steal_share
+from benchmarks.host import cpu_probe, cpu_ticks, percent, steal_share
 from benchmarks.http_load import (
     LoadResult,
     closed_loop,
@@ -188,11 +188,17 @@ def _cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
+def _server_cpus() -> set[int]:
+    """The CPUs ``main`` left to servers (none when they share every CPU)."""
+    cpus = os.environ.get("EF_BENCH_SERVER_CPUS")
+    return {int(c) for c in cpus.split(",")} if cpus else set()
+
+
 def _pin_server() -> None:
     """In the server's process before it starts: the CPUs ``main`` left to servers."""
-    cpus = os.environ.get("EF_BENCH_SERVER_CPUS")
+    cpus = _server_cpus()
     if cpus:
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+        os.sched_setaffinity(0, cpus)
 
 
 def _free_port() -> int:
@@ -384,7 +390,9 @@ def _reward_requests(port: int, cookies: list[str]) -> list[bytes]:
 def reward_run(port: int, args: argparse.Namespace) -> dict[str, Any]:
     """Rewards at the fixed rate, then saturated (``--reward-connections`` clients, closed
     loop), each request with a decision of its own; decisions are made first and the learner
-    is given ``--reward-pause`` seconds to persist them."""
+    is given ``--reward-pause`` seconds to persist them. The CPU probe runs first, while the
+    server is idle: a reading of the host, not of the server's own work."""
+    probe = cpu_probe(_server_cpus())
     fixed_cookies = _decisions(port, round(args.reward_rate * args.fixed_duration))
     saturated_cookies = _decisions(port, args.rewards)
     time.sleep(args.reward_pause)
@@ -394,6 +402,7 @@ def reward_run(port: int, args: argparse.Namespace) -> dict[str, Any]:
     fixed = open_loop("127.0.0.1", port, _reward_requests(port, fixed_cookies),
                       rate=args.reward_rate, duration=args.fixed_duration)
     fixed_summary = {**fixed.summary(), "steal": steal_share(ticks, cpu_ticks()),
+                     "probe": probe,
                      "server": httpx.get(timings).json().get("/_ef/reward", {})}
     saturated: LoadResult = closed_loop(
         "127.0.0.1", port, _reward_requests(port, saturated_cookies),
@@ -459,7 +468,9 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
     """Medians over rounds; ``share`` is the median of each round's ratio to that round's
     bare page; the fixed-rate columns come from ``fixed`` (pages: one run per mode) or from
     each round's reward run; ``steal`` and ``steal_max``, the host's steal time (median and
-    highest share) over the page rounds or the fixed-rate reward runs, where measured."""
+    highest share) over the page rounds or the fixed-rate reward runs, where measured;
+    ``probe_p50`` and ``probe_p99``, the CPU probe's figures before the reward runs (medians
+    over runs)."""
     out: dict[str, dict[str, float]] = {}
     for mode in (*page_modes, "reward"):
         runs = [r[mode] for r in rounds if mode in r]
@@ -483,6 +494,10 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
                              [r.get("steal") for r in rounds if mode in r]) if v is not None]
         if steal:  # the host's share of the CPU time while these were measured
             row["steal"], row["steal_max"] = _median(steal), max(steal)
+        probes = [x["probe"] for x in slow if x.get("probe")] if mode == "reward" else []
+        if probes:  # the CPU probe before each reward run (benchmarks/host.py)
+            row["probe_p50"] = _median([x["p50"] for x in probes])
+            row["probe_p99"] = _median([x["p99"] for x in probes])
         if mode in page_modes:
             row["cpu_us"] = _median([x.get("cpu_us_process", math.nan) for x in sat])
             row["cpu_us_loop"] = _median([x.get("cpu_us_loop", math.nan) for x in sat])
@@ -534,6 +549,11 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
              if "steal" in summary.get(mode, {})]
     if steal:
         print("\nThe host's steal time, median share of CPU time: " + "; ".join(steal))
+    if "probe_p50" in summary.get("reward", {}):
+        r = summary["reward"]
+        print(f"The CPU probe before the reward runs (benchmarks/host.py: a fixed piece of "
+              f"Python after a 3 ms sleep, on the servers' CPU), medians over runs: p50 "
+              f"{r['probe_p50']:.0f} us, p99 {r['probe_p99']:.0f} us")
     print()
     print(f"new visitor >= 80% of bare: {verdict('new visitor' in summary, page_ok)}; "
           f"reward p99 in the server < 2 ms at {args.reward_rate:g}/s: "
@@ -696,9 +716,11 @@ def main(argv: list[str] | None = None) -> int:
                 rounds[index]["reward"] = reward
             else:
                 rounds.append({"reward": reward})
+            probe = reward["fixed"]["probe"]
             print(f"rewards {index + 1}/{args.reward_rounds}: in-server p99 "
                   f"{reward['fixed']['server'].get('p99', math.nan):.2f} ms, steal "
-                  f"{percent(reward['fixed']['steal'])}", file=sys.stderr, flush=True)
+                  f"{percent(reward['fixed']['steal'])}, CPU probe p50/p99 "
+                  f"{probe['p50']:.0f}/{probe['p99']:.0f} us", file=sys.stderr, flush=True)
     summary = summarise(rounds, fixed, page_modes(compare))
     met = print_report(summary, args)
     if compare is not None:

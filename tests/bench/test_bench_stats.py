@@ -4,13 +4,23 @@ and the web-throughput summary (checked against scipy and numpy, or by hand)."""
 from __future__ import annotations
 
 import math
+import os
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks.host import CpuTicks, parse_proc_stat, percent, steal_share
+from benchmarks.host import (
+    PROBE_SLEEP,
+    CpuTicks,
+    cpu_probe,
+    parse_proc_stat,
+    percent,
+    probe_work,
+    steal_share,
+)
 from benchmarks.learning import Run, ShiftSpec, _recovery
 from benchmarks.paired import collect
 from benchmarks.recovery import pair
@@ -85,9 +95,10 @@ def _burst(rps: float, cpu_us: float) -> dict[str, Any]:
             "cpu_us_process": cpu_us, "cpu_us_loop": cpu_us}
 
 
-def _reward(p99: float, steal: float | None = None) -> dict[str, Any]:
+def _reward(p99: float, steal: float | None = None,
+            probe: dict[str, float] | None = None) -> dict[str, Any]:
     fixed = {"p50": 1.0, "p99": 3.0, "non_2xx": 0, "server": {"p50": 0.5, "p99": p99},
-             "steal": steal}
+             "steal": steal, "probe": probe}
     return {"saturated": _burst(1000.0, math.nan), "fixed": fixed}
 
 
@@ -100,8 +111,10 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
     ]
     for r, steal in zip(rounds, (0.01, None, 0.03), strict=True):
         r["steal"] = steal  # None: not measured (no /proc/stat)
-    rounds[0]["reward"] = _reward(1.5, 0.02)
-    rounds.append({"reward": _reward(2.5, 0.10)})  # a reward run beyond the page rounds
+    rounds[0]["reward"] = _reward(1.5, 0.02, {"p50": 80.0, "p99": 150.0})
+    rounds.append({"reward": _reward(2.5, 0.10, {"p50": 120.0, "p99": 450.0})})  # beyond the
+    # page rounds; a third reward run with no probe (an older result file) is left out
+    rounds[1]["reward"] = _reward(2.0)
     fixed = {m: {"p50": 1.0, "p99": 2.0, "non_2xx": 0, "server": {"p50": 0.4, "p99": 1.0}}
              for m in modes}
     summary = summarise(rounds, fixed, modes)
@@ -109,8 +122,11 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
     assert new["share"] == pytest.approx(0.6)  # median of 0.8, 0.5, 0.6: not 900 / 1500
     assert new["cpu_share"] == pytest.approx(0.75)  # median of 0.75, 0.5, 0.8
     assert new["rps"] == 900.0
-    assert summary["reward"]["server_p99"] == pytest.approx(2.0)  # median of 1.5 and 2.5
+    assert summary["reward"]["server_p99"] == pytest.approx(2.0)  # median of 1.5, 2.0, 2.5
     assert summary["reward"]["server_p99_worst"] == 2.5
+    assert summary["reward"]["probe_p50"] == pytest.approx(100.0)
+    assert summary["reward"]["probe_p99"] == pytest.approx(300.0)
+    assert "probe_p50" not in new
     assert new["steal"] == pytest.approx(0.02) and new["steal_max"] == 0.03
     assert summary["reward"]["steal"] == pytest.approx(0.06)
     assert summary["reward"]["steal_max"] == 0.10
@@ -127,6 +143,26 @@ def test_steal_time_is_the_stolen_share_of_all_cpu_ticks() -> None:
     assert percent(share) == "0.5%" and percent(None) == "n/a"
     assert steal_share(after, before) is None and steal_share(None, after) is None
     assert parse_proc_stat("intr 1 2\n") is None
+
+
+def test_the_cpu_probe_times_only_the_work_after_each_sleep_on_the_cpu_given() -> None:
+    home = os.sched_getaffinity(0)
+    cpu = max(home)
+    slept: list[float] = []
+    seen: list[set[int]] = []
+
+    def work() -> None:  # 0.5 ms of busy waiting, wherever it runs
+        seen.append(os.sched_getaffinity(0))
+        end = time.perf_counter() + 0.0005
+        while time.perf_counter() < end:
+            pass
+
+    probe = cpu_probe({cpu}, calls=20, work=work, sleep=slept.append)
+    assert slept == [PROBE_SLEEP] * 20  # a sleep before each call, not timed
+    assert seen == [{cpu}] * 20
+    assert os.sched_getaffinity(0) == home  # moved back
+    assert 500 <= probe["p50"] <= probe["p99"] < 50_000
+    assert probe_work() == probe_work() > 0  # the same work every time
 
 
 def test_compare_report_gives_the_paired_difference_and_its_standard_error() -> None:
