@@ -5,10 +5,11 @@ time a CPU of ours was ready but not given to us as *steal* (``/proc/stat``). On
 host the reward route's p99 follows it more than it follows the code (docs/benchmarks.md, "The
 rewards' own table"), so the web and speed benchmarks report it beside their timings.
 
-Steal time misses a neighbour that competes for caches and memory bandwidth: the reward
-route's p99 has been over 3 ms at 0.0% steal. :func:`cpu_probe` reads that part directly: a
-fixed piece of Python timed on the servers' CPU the way a reward at 200/s meets it, after a
-few milliseconds of sleep.
+Steal time is a partial reading: the reward route's p99 has been over 3 ms at 0.0% steal.
+:func:`cpu_probe` reads the host's speed another way: a fixed piece of Python timed on the
+servers' CPU the way a reward at 200/s meets it, after a few milliseconds of sleep. (A
+process of ours copying large arrays on the other CPU did not move it; what it has shown so
+far is in docs/benchmarks.md, "A CPU probe beside the steal time".)
 """
 
 from __future__ import annotations

@@ -112,9 +112,9 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
     for r, steal in zip(rounds, (0.01, None, 0.03), strict=True):
         r["steal"] = steal  # None: not measured (no /proc/stat)
     rounds[0]["reward"] = _reward(1.5, 0.02, {"p50": 80.0, "p99": 150.0})
-    rounds.append({"reward": _reward(2.5, 0.10, {"p50": 120.0, "p99": 450.0})})  # beyond the
-    # page rounds; a third reward run with no probe (an older result file) is left out
-    rounds[1]["reward"] = _reward(2.0)
+    rounds[1]["reward"] = _reward(2.0)  # no steal time, no probe (an older result file)
+    rounds.append({"reward": _reward(2.5, 0.10, {"p50": 120.0, "p99": 450.0})})  # a reward
+    # run beyond the page rounds
     fixed = {m: {"p50": 1.0, "p99": 2.0, "non_2xx": 0, "server": {"p50": 0.4, "p99": 1.0}}
              for m in modes}
     summary = summarise(rounds, fixed, modes)
