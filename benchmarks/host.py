@@ -86,8 +86,9 @@ def cpu_probe(cpus: Collection[int] | None = None, calls: int = 300,
     times, each after a :data:`PROBE_SLEEP` sleep, on ``cpus`` (the calling thread is moved
     there for the probe and back afterwards; where affinity cannot be set, where it runs).
 
-    The same code on a quiet host gives the same figures, so a run whose probe is slower than
-    usual ran on a slower host, whatever its steal time says. About ``calls`` x 3 ms.
+    A probe slower than usual means a slower host, whatever the steal time says; a usual one
+    does not mean a fast host (its data fits in the first-level cache, a page's does not:
+    docs/benchmarks.md, "Run M"). About ``calls`` x 3 ms.
     """
     pin = bool(cpus) and hasattr(os, "sched_setaffinity")
     before = os.sched_getaffinity(0) if pin else None
