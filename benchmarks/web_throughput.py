@@ -10,7 +10,9 @@ from a copy of that store, so pages are ranked by a trained model. Modes:
 - ``new visitors, mixed``: the same, cycling through simulated visitors' first views (devices,
   referrers, campaigns, time zones, languages), so contexts vary;
 - ``sticky visitor``: the personalized page with a valid decision cookie (no ranking);
-- ``reward``: ``POST /_ef/reward``, each with a decision cookie of its own (204 expected).
+- ``reward``: ``POST /_ef/reward``, each with a decision cookie of its own (204 expected),
+  beside its peer: the same requests at the same rate to a no-op ``POST`` route of the bare
+  app (the host's and the web stack's own latency, in the same run).
 
 Pages: all servers are up at once, and each round sends one saturated burst (``wrk`` with
 ``--connections`` connections when installed, else the Python client below) to each, in a
@@ -49,7 +51,7 @@ from typing import Any, cast
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
@@ -76,6 +78,9 @@ def _server_tuning() -> None:
     interval = os.environ.get("EF_BENCH_SWITCH_INTERVAL")
     if interval:
         sys.setswitchinterval(float(interval))
+
+
+NOOP = "/_bench/noop"  # the bare app's no-op POST route: the reward route's peer
 
 
 def bare_app() -> ServerTimer:
@@ -105,6 +110,12 @@ def _bare() -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     async def home(request: Request) -> HTMLResponse:
         return templates.TemplateResponse(request, "index.html", {"loop": LOOP})
+
+    @app.post(NOOP)
+    async def noop(request: Request) -> Response:
+        """The reward route's peer: reads the same request's body, stores nothing."""
+        await request.body()
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
     return app
 
@@ -379,30 +390,39 @@ def _decisions(port: int, count: int) -> list[str]:
     return cookies
 
 
-def _reward_requests(port: int, cookies: list[str]) -> list[bytes]:
+def _reward_requests(port: int, cookies: list[str], path: str = "/_ef/reward") -> list[bytes]:
     host = f"127.0.0.1:{port}"
     body = json.dumps({"loop": LOOP}).encode()
-    return [request_bytes("POST", "/_ef/reward", {
+    return [request_bytes("POST", path, {
         "host": host, "user-agent": UA, "cookie": cookie, "content-type": "application/json",
         "origin": f"http://{host}"}, body) for cookie in cookies]
 
 
-def reward_run(port: int, args: argparse.Namespace) -> dict[str, Any]:
+def reward_run(port: int, args: argparse.Namespace, peer: int | None = None) -> dict[str, Any]:
     """Rewards at the fixed rate, then saturated (``--reward-connections`` clients, closed
     loop), each request with a decision of its own; decisions are made first and the learner
     is given ``--reward-pause`` seconds to persist them. The CPU probe runs first, while the
-    server is idle: a reading of the host, not of the server's own work."""
+    server is idle: a reading of the host, not of the server's own work. With ``peer`` (a bare
+    app's port), the same requests go to its no-op route at the same rate just before the
+    rewards (``fixed["peer"]``)."""
     probe = cpu_probe(_server_cpus())
     fixed_cookies = _decisions(port, round(args.reward_rate * args.fixed_duration))
     saturated_cookies = _decisions(port, args.rewards)
     time.sleep(args.reward_pause)
+    noop: dict[str, Any] | None = None
+    if peer is not None:
+        peer_timings = f"http://127.0.0.1:{peer}/_bench/timings"
+        httpx.get(peer_timings)
+        noop = open_loop("127.0.0.1", peer, _reward_requests(peer, fixed_cookies, NOOP),
+                         rate=args.reward_rate, duration=args.fixed_duration).summary()
+        noop["server"] = httpx.get(peer_timings).json().get(NOOP, {})
     timings = f"http://127.0.0.1:{port}/_bench/timings"
     httpx.get(timings)
     ticks = cpu_ticks()
     fixed = open_loop("127.0.0.1", port, _reward_requests(port, fixed_cookies),
                       rate=args.reward_rate, duration=args.fixed_duration)
     fixed_summary = {**fixed.summary(), "steal": steal_share(ticks, cpu_ticks()),
-                     "probe": probe,
+                     "probe": probe, "peer": noop,
                      "server": httpx.get(timings).json().get("/_ef/reward", {})}
     saturated: LoadResult = closed_loop(
         "127.0.0.1", port, _reward_requests(port, saturated_cookies),
@@ -469,8 +489,9 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
     bare page; the fixed-rate columns come from ``fixed`` (pages: one run per mode) or from
     each round's reward run; ``steal`` and ``steal_max``, the host's steal time (median and
     highest share) over the page rounds or the fixed-rate reward runs, where measured;
-    ``probe_p50`` and ``probe_p99``, the CPU probe's figures before the reward runs (medians
-    over runs)."""
+    ``probe_p50`` and ``probe_p99``, the CPU probe's figures before the reward runs, and
+    ``peer_p50`` and ``peer_p99``, the in-server latency of the bare app's no-op route at the
+    reward rate (medians over runs)."""
     out: dict[str, dict[str, float]] = {}
     for mode in (*page_modes, "reward"):
         runs = [r[mode] for r in rounds if mode in r]
@@ -494,6 +515,10 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
                              [r.get("steal") for r in rounds if mode in r]) if v is not None]
         if steal:  # the host's share of the CPU time while these were measured
             row["steal"], row["steal_max"] = _median(steal), max(steal)
+        peers = [x["peer"]["server"] for x in slow if x.get("peer")] if mode == "reward" else []
+        if peers:  # the bare app's no-op POST at the same rate, just before each reward run
+            row["peer_p50"] = _median([x.get("p50", math.nan) for x in peers])
+            row["peer_p99"] = _median([x.get("p99", math.nan) for x in peers])
         probes = [x["probe"] for x in slow if x.get("probe")] if mode == "reward" else []
         if probes:  # the CPU probe before each reward run (benchmarks/host.py)
             row["probe_p50"] = _median([x["p50"] for x in probes])
@@ -549,6 +574,11 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
              if "steal" in summary.get(mode, {})]
     if steal:
         print("\nThe host's steal time, median share of CPU time: " + "; ".join(steal))
+    if "peer_p99" in summary.get("reward", {}):
+        r = summary["reward"]
+        print(f"Its peer, the same requests at the same rate to a no-op POST route of the bare "
+              f"app just before each reward run (medians over runs): in-server p50 "
+              f"{r['peer_p50']:.2f} ms, p99 {r['peer_p99']:.2f} ms")
     if "probe_p50" in summary.get("reward", {}):
         r = summary["reward"]
         print(f"The CPU probe before the reward runs (benchmarks/host.py: a fixed piece of "
@@ -710,15 +740,16 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.reward_rounds if not args.no_rewards else 0):
             # A fresh server and store per reward run: none inherits another's backlog.
             env["EF_STORE"] = str(_store_copy(trained, work, f"rewards-{index}"))
-            with serve("personalized_app", env) as port:
-                reward = reward_run(port, args)
+            with serve("bare_app", env) as peer, serve("personalized_app", env) as port:
+                reward = reward_run(port, args, peer)
             if index < len(rounds):
                 rounds[index]["reward"] = reward
             else:
                 rounds.append({"reward": reward})
-            probe = reward["fixed"]["probe"]
+            probe, noop = reward["fixed"]["probe"], reward["fixed"]["peer"]["server"]
             print(f"rewards {index + 1}/{args.reward_rounds}: in-server p99 "
-                  f"{reward['fixed']['server'].get('p99', math.nan):.2f} ms, steal "
+                  f"{reward['fixed']['server'].get('p99', math.nan):.2f} ms (bare no-op "
+                  f"{noop.get('p99', math.nan):.2f} ms), steal "
                   f"{percent(reward['fixed']['steal'])}, CPU probe p50/p99 "
                   f"{probe['p50']:.0f}/{probe['p99']:.0f} us", file=sys.stderr, flush=True)
     summary = summarise(rounds, fixed, page_modes(compare))

@@ -95,10 +95,12 @@ def _burst(rps: float, cpu_us: float) -> dict[str, Any]:
             "cpu_us_process": cpu_us, "cpu_us_loop": cpu_us}
 
 
-def _reward(p99: float, steal: float | None = None,
-            probe: dict[str, float] | None = None) -> dict[str, Any]:
+def _reward(p99: float, steal: float | None = None, probe: dict[str, float] | None = None,
+            peer_p99: float | None = None) -> dict[str, Any]:
+    peer = None if peer_p99 is None else {"p50": 1.0, "p99": 2.0,
+                                          "server": {"p50": 0.2, "p99": peer_p99}}
     fixed = {"p50": 1.0, "p99": 3.0, "non_2xx": 0, "server": {"p50": 0.5, "p99": p99},
-             "steal": steal, "probe": probe}
+             "steal": steal, "probe": probe, "peer": peer}
     return {"saturated": _burst(1000.0, math.nan), "fixed": fixed}
 
 
@@ -111,10 +113,10 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
     ]
     for r, steal in zip(rounds, (0.01, None, 0.03), strict=True):
         r["steal"] = steal  # None: not measured (no /proc/stat)
-    rounds[0]["reward"] = _reward(1.5, 0.02, {"p50": 80.0, "p99": 150.0})
-    rounds[1]["reward"] = _reward(2.0)  # no steal time, no probe (an older result file)
-    rounds.append({"reward": _reward(2.5, 0.10, {"p50": 120.0, "p99": 450.0})})  # a reward
-    # run beyond the page rounds
+    rounds[0]["reward"] = _reward(1.5, 0.02, {"p50": 80.0, "p99": 150.0}, 0.9)
+    rounds[1]["reward"] = _reward(2.0)  # no steal time, probe or peer (an older result file)
+    rounds.append({"reward": _reward(2.5, 0.10, {"p50": 120.0, "p99": 450.0}, 1.5)})  # a
+    # reward run beyond the page rounds
     fixed = {m: {"p50": 1.0, "p99": 2.0, "non_2xx": 0, "server": {"p50": 0.4, "p99": 1.0}}
              for m in modes}
     summary = summarise(rounds, fixed, modes)
@@ -127,6 +129,8 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
     assert summary["reward"]["probe_p50"] == pytest.approx(100.0)
     assert summary["reward"]["probe_p99"] == pytest.approx(300.0)
     assert "probe_p50" not in new
+    assert summary["reward"]["peer_p99"] == pytest.approx(1.2)  # the two runs with a peer
+    assert summary["reward"]["peer_p50"] == pytest.approx(0.2) and "peer_p99" not in new
     assert new["steal"] == pytest.approx(0.02) and new["steal_max"] == 0.03
     assert summary["reward"]["steal"] == pytest.approx(0.06)
     assert summary["reward"]["steal_max"] == 0.10
