@@ -491,7 +491,8 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
     highest share) over the page rounds or the fixed-rate reward runs, where measured;
     ``probe_p50`` and ``probe_p99``, the CPU probe's figures before the reward runs, and
     ``peer_p50`` and ``peer_p99``, the in-server latency of the bare app's no-op route at the
-    reward rate (medians over runs)."""
+    reward rate (medians over runs), and ``peer_gap_p99``, the reward's p99 minus the no-op's
+    (median of the per-run differences)."""
     out: dict[str, dict[str, float]] = {}
     for mode in (*page_modes, "reward"):
         runs = [r[mode] for r in rounds if mode in r]
@@ -515,10 +516,14 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
                              [r.get("steal") for r in rounds if mode in r]) if v is not None]
         if steal:  # the host's share of the CPU time while these were measured
             row["steal"], row["steal_max"] = _median(steal), max(steal)
-        peers = [x["peer"]["server"] for x in slow if x.get("peer")] if mode == "reward" else []
-        if peers:  # the bare app's no-op POST at the same rate, just before each reward run
+        paired = [x for x in slow if x.get("peer")] if mode == "reward" else []
+        if paired:  # the bare app's no-op POST at the same rate, just before each reward run
+            peers = [x["peer"]["server"] for x in paired]
             row["peer_p50"] = _median([x.get("p50", math.nan) for x in peers])
             row["peer_p99"] = _median([x.get("p99", math.nan) for x in peers])
+            row["peer_gap_p99"] = _median([  # what the route adds to the host's own tail
+                x["server"].get("p99", math.nan) - x["peer"]["server"].get("p99", math.nan)
+                for x in paired])
         probes = [x["probe"] for x in slow if x.get("probe")] if mode == "reward" else []
         if probes:  # the CPU probe before each reward run (benchmarks/host.py)
             row["probe_p50"] = _median([x["p50"] for x in probes])
@@ -578,7 +583,8 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
         r = summary["reward"]
         print(f"Its peer, the same requests at the same rate to a no-op POST route of the bare "
               f"app just before each reward run (medians over runs): in-server p50 "
-              f"{r['peer_p50']:.2f} ms, p99 {r['peer_p99']:.2f} ms")
+              f"{r['peer_p50']:.2f} ms, p99 {r['peer_p99']:.2f} ms; the reward route's p99 "
+              f"minus its peer's, paired per run: median {r['peer_gap_p99']:+.2f} ms")
     if "probe_p50" in summary.get("reward", {}):
         r = summary["reward"]
         print(f"The CPU probe before the reward runs (benchmarks/host.py: a fixed piece of "

@@ -131,6 +131,7 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
     assert "probe_p50" not in new
     assert summary["reward"]["peer_p99"] == pytest.approx(1.2)  # the two runs with a peer
     assert summary["reward"]["peer_p50"] == pytest.approx(0.2) and "peer_p99" not in new
+    assert summary["reward"]["peer_gap_p99"] == pytest.approx(0.8)  # median of 0.6 and 1.0
     assert new["steal"] == pytest.approx(0.02) and new["steal_max"] == 0.03
     assert summary["reward"]["steal"] == pytest.approx(0.06)
     assert summary["reward"]["steal_max"] == 0.10
