@@ -2,8 +2,9 @@
 
 On a shared virtual machine the hypervisor runs other guests on our CPUs, and Linux counts the
 time a CPU of ours was ready but not given to us as *steal* (``/proc/stat``). On this project's
-host the reward route's p99 follows it more than it follows the code (docs/benchmarks.md, "The
-rewards' own table"), so the web and speed benchmarks report it beside their timings.
+host the reward route's p99 has moved with it more than with the code in some A/Bs
+(docs/benchmarks.md, "The rewards' own table"), though not run by run within an hour ("A CPU
+probe beside the steal time"), so the web and speed benchmarks report it beside their timings.
 
 Steal time is a partial reading: the reward route's p99 has been over 3 ms at 0.0% steal.
 :func:`cpu_probe` reads the host's speed another way: a fixed piece of Python timed on the

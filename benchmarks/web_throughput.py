@@ -581,10 +581,11 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
         print("\nThe host's steal time, median share of CPU time: " + "; ".join(steal))
     if "peer_p99" in summary.get("reward", {}):
         r = summary["reward"]
-        print(f"Its peer, the same requests at the same rate to a no-op POST route of the bare "
-              f"app just before each reward run (medians over runs): in-server p50 "
-              f"{r['peer_p50']:.2f} ms, p99 {r['peer_p99']:.2f} ms; the reward route's p99 "
-              f"minus its peer's, paired per run: median {r['peer_gap_p99']:+.2f} ms")
+        print(f"The reward route's peer, the same requests at the same rate to a no-op POST "
+              f"route of the bare app just before each reward run (medians over runs): "
+              f"in-server p50 {r['peer_p50']:.2f} ms, p99 {r['peer_p99']:.2f} ms; the reward "
+              f"route's p99 minus its peer's, paired per run: median "
+              f"{r['peer_gap_p99']:+.2f} ms")
     if "probe_p50" in summary.get("reward", {}):
         r = summary["reward"]
         print(f"The CPU probe before the reward runs (benchmarks/host.py: a fixed piece of "
