@@ -1,19 +1,16 @@
-"""A lean key-value table in an SQLite file of its own, for the reward route's writes.
+"""A lean key-value table in an SQLite file of its own, for the rewards.
 
 diskcache stores a key in a table with three indexes and keeps counters beside it: one
-``set`` is five or six SQL statements and about five pages of write-ahead log. A reward is
-written on the request path, so that is what the reward route waits for: in a lab script on
-this project's host (3 x 2,000 writes, one every 2 ms, a thread doing numpy work on the same
-CPU), diskcache's ``set`` took 227-259 us at the median and 2.1-4.1 ms at the 99th percentile,
-one ``INSERT`` into this table 97-116 us and 1.4-1.7 ms. Each statement releases the
-interpreter lock and must take it back from whatever thread holds it meanwhile (the learner);
-one statement waits once (docs/architecture.md, "State in the store").
+``set`` is five or six SQL statements and about five pages of write-ahead log; an ``INSERT``
+here is one statement and one to three pages. Rewards reach this table from the reward
+journal (:mod:`ef_middleware.journal`) in batches, on the learner thread: the request path
+appends to the journal and never waits for SQLite (docs/architecture.md, "State in the
+store").
 
 The table is ``key -> (value, expire)``, without a row id (one B-tree) and with a partial index
 on ``expire`` so that :meth:`KeyTable.purge` finds expired keys without reading the table.
-Connections are per thread (SQLite's own rule), two per thread: one that waits for the
-write lock (60 s, as diskcache) and checkpoints past ``autocheckpoint`` pages, and one that
-never waits and never checkpoints (``inline=True``, for the event loop). WAL journal and
+Connections are per thread (SQLite's own rule); each waits for the write lock (60 s, as
+diskcache) and checkpoints past ``autocheckpoint`` pages. WAL journal and
 ``synchronous=NORMAL``, as diskcache's defaults: a committed write survives the process.
 """
 
@@ -37,10 +34,10 @@ ADD = ("INSERT INTO kv (key, value, expire) VALUES (?, ?, ?) ON CONFLICT (key) D
 
 
 class KeyTable:
-    """``get``/``set``/``add``/``delete`` of bytes with an optional expiry, in ``path``.
+    """``get``/``apply``/``add``/``purge`` of bytes with an optional expiry, in ``path``.
 
     The caller serialises this process's writes (``DiskcacheStore`` queues them); writers in
-    other processes meet in SQLite's lock, which a ``timeout=0`` connection does not wait for.
+    other processes meet in SQLite's lock.
     """
 
     def __init__(self, path: str, *, timeout: float = 60.0, autocheckpoint: int = 1000) -> None:
@@ -50,53 +47,43 @@ class KeyTable:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        con = self._connection(False)
+        con = self._connection()
         con.execute("PRAGMA journal_mode=WAL")  # persistent in the file
         for statement in SCHEMA:
             con.execute(statement)
 
-    def _connection(self, inline: bool) -> sqlite3.Connection:
-        """This thread's connection: waiting (``inline=False``) or not."""
-        found: sqlite3.Connection | None = getattr(self._local, "inline" if inline else "wait",
-                                                   None)
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        found: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if found is None:
-            found = sqlite3.connect(self.path, timeout=0 if inline else self.timeout,
-                                    isolation_level=None, check_same_thread=False)
+            found = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                    check_same_thread=False)
             found.execute("PRAGMA synchronous=NORMAL")
-            found.execute(f"PRAGMA wal_autocheckpoint={0 if inline else self.autocheckpoint}")
-            setattr(self._local, "inline" if inline else "wait", found)
+            found.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
+            self._local.connection = found
             with self._all_lock:
                 self._all.append(found)
         return found
 
     def get(self, key: str) -> bytes | None:
-        row = self._connection(False).execute(
+        row = self._connection().execute(
             "SELECT value, expire FROM kv WHERE key = ?", (key,)).fetchone()
         if row is None or (row[1] is not None and row[1] <= time.time()):
             return None
         return bytes(row[0])
 
-    def set(self, key: str, value: bytes, *, expire: float | None = None,
-            inline: bool = False) -> bool:
-        """Store ``value``; with ``inline``, only if SQLite's write lock is free at once
-        (return whether it was stored). One statement, committed by itself."""
-        deadline = None if expire is None else time.time() + expire
-        try:
-            self._connection(inline).execute(UPSERT, (key, value, deadline))
-        except sqlite3.OperationalError as exc:
-            if inline and _busy(exc):
-                return False
-            raise
-        return True
-
-    def set_many(self, items: Iterable[tuple[str, bytes]], *,
-                 expire: float | None = None) -> None:
-        """Store several values in one transaction."""
-        deadline = None if expire is None else time.time() + expire
-        con = self._connection(False)
+    def apply(self, entries: Iterable[tuple[str, tuple[bytes | None, float | None]]]) -> None:
+        """Write ``(key, (value, deadline))`` entries in order, in one transaction: a value
+        is stored until its deadline (a Unix time, or ``None`` for ever), ``None`` deletes
+        the key (the reward journal's entries, :mod:`ef_middleware.journal`)."""
+        con = self._connection()
         con.execute("BEGIN IMMEDIATE")
         try:
-            con.executemany(UPSERT, [(k, v, deadline) for k, v in items])
+            for key, (value, deadline) in entries:
+                if value is None:
+                    con.execute("DELETE FROM kv WHERE key = ?", (key,))
+                else:
+                    con.execute(UPSERT, (key, value, deadline))
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -106,22 +93,19 @@ class KeyTable:
         """Store ``value`` only if ``key`` has no live value; return whether it was stored."""
         now = time.time()
         deadline = None if expire is None else now + expire
-        cursor = self._connection(False).execute(ADD, (key, value, deadline, now))
+        cursor = self._connection().execute(ADD, (key, value, deadline, now))
         return cursor.rowcount == 1
-
-    def delete(self, key: str) -> None:
-        self._connection(False).execute("DELETE FROM kv WHERE key = ?", (key,))
 
     def purge(self, limit: int = 1000) -> int:
         """Delete up to ``limit`` expired keys (the index finds them); return how many."""
-        cursor = self._connection(False).execute(
+        cursor = self._connection().execute(
             "DELETE FROM kv WHERE key IN (SELECT key FROM kv WHERE expire IS NOT NULL"
             " AND expire <= ? LIMIT ?)", (time.time(), limit))
         return max(0, cursor.rowcount)
 
     def __len__(self) -> int:
         """Keys on disk, expired ones included until purged."""
-        (count,) = self._connection(False).execute("SELECT COUNT(*) FROM kv").fetchone()
+        (count,) = self._connection().execute("SELECT COUNT(*) FROM kv").fetchone()
         return int(count)
 
     def checkpoint(self) -> tuple[int, int]:
@@ -151,9 +135,4 @@ def checkpoint(path: str) -> tuple[int, int]:
     finally:
         con.close()
     return int(log), int(done)
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    """Whether ``exc`` says another connection holds the lock (SQLITE_BUSY/LOCKED)."""
-    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 

@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 import diskcache
 
 from .errors import ConfigurationError
+from .journal import RewardJournal, live
 from .keytable import KeyTable, checkpoint
 from .priority import yield_to_requests
 
@@ -39,9 +40,6 @@ APPEND_AUTOCHECKPOINT = 2000
 # 1,000/s; checkpointing once a second, 87% at 400/s and 66% at 600/s (the example app in
 # process, 10 s each).
 INLINE_WRITES = 400
-# The same bound for rewards, in their own table: one to three pages of log a write (1.1 in a
-# new table, 2.7 with a few thousand rows), so 700 writes stay under about 2,000 pages.
-REWARD_INLINE_WRITES = 700
 
 
 @runtime_checkable
@@ -152,11 +150,12 @@ class DiskcacheStore:
     into the main folder are still found. A ``set_many`` that mixes snapshot keys with others
     commits them in two transactions, one per folder (the engine never mixes them).
 
-    Rewards (keys starting with ``reward:``, written on the request path) live in a lean
-    SQLite table of their own, ``<directory>/rewards.db`` (:class:`~.keytable.KeyTable`), with
-    a third queue: one ``INSERT`` instead of diskcache's five or six statements, and never
-    behind a chunk of the decision log. Rewards an earlier version wrote into the main folder
-    are still found.
+    Rewards (keys starting with ``reward:``, written on the request path) are appended to a
+    journal file of this process (:class:`~.journal.RewardJournal`, one ``write`` call, read
+    back from memory) and moved by :meth:`maintain` into a lean SQLite table of their own,
+    ``<directory>/rewards.db`` (:class:`~.keytable.KeyTable`), with a third queue. Another
+    process sees a reward once it is in the table (within 0.25 s with a learner running).
+    Rewards an earlier version wrote into the main folder are still found.
 
     Parameters
     ----------
@@ -204,7 +203,7 @@ class DiskcacheStore:
         self._rewards = KeyTable(os.path.join(path, REWARDS_FILE),
                                  autocheckpoint=APPEND_AUTOCHECKPOINT)
         self._writing_rewards = _FifoLock()
-        self._reward_inline_writes = 0  # since the rewards table's last complete checkpoint
+        self._journal = RewardJournal(path, self._apply_rewards)
         self._next_purge = time.monotonic() + PURGE_EVERY
 
     def _shard(self, key: str) -> tuple[diskcache.Cache, _FifoLock]:
@@ -215,6 +214,9 @@ class DiskcacheStore:
 
     def get(self, key: str) -> bytes | None:
         if key.startswith(REWARD_PREFIX):
+            entry = self._journal.get(key)
+            if entry is not None:
+                return live(entry)
             found = self._rewards.get(key)
             if found is not None:
                 return found
@@ -228,33 +230,33 @@ class DiskcacheStore:
             self.set_many({key: value}, expire=expire)
             return
         if key.startswith(REWARD_PREFIX):
-            with self._writing_rewards.held():
-                self._rewards.set(key, value, expire=expire)
+            if self._journal.full():  # no learner moves it: move it here, off the loop
+                self._journal.move()
+            self._journal.append([(key, value)], expire)
             return
         with self._writing.held():
             self._tune(self._append).set(key, value, expire=expire)
 
     def try_set(self, key: str, value: bytes, *, expire: float | None = None) -> bool:
-        """Write ``key`` now if no thread of this process writes or waits to (the in-process
-        queue), no other process holds SQLite's write lock, and fewer than ``INLINE_WRITES``
-        (rewards: ``REWARD_INLINE_WRITES``) writes came this way since the last complete
-        :meth:`checkpoint`; else write nothing.
+        """Write ``key`` now if that waits for nobody; else write nothing.
 
-        A reward's write took 0.3-0.5 ms in diskcache (0.1-0.25 ms in its own table). Handed
-        to a thread, it took longer at the tail:
-        in a lab run (the reward route at 200/s, no learner) the in-server p99 was 2.3-4.9 ms
-        with the write on a thread and 1.4-1.9 ms with it on the event loop, because the
-        writer and the event loop pass the interpreter lock back and forth at each SQLite
-        call. Blocking the event loop for a write that would wait is what this must not do.
+        A reward is appended to the journal unless ``LIMIT`` entries wait there to be moved
+        (no learner moves them): then :meth:`set` moves them, on the caller's writer thread.
+        Another key is written if no thread of this process writes or waits to (the
+        in-process queue), no other process holds SQLite's write lock, and fewer than
+        ``INLINE_WRITES`` writes came this way since the last complete :meth:`checkpoint`.
+
+        A reward's write took 0.3-0.5 ms in diskcache, 0.1-0.25 ms in its own table, and
+        in a lab run on the writer thread the reward route's in-server p99 was 2.3-4.9 ms
+        against 1.4-1.9 ms on the event loop (the two threads pass the interpreter lock
+        back and forth at each SQLite call). Blocking the event loop for a write that would
+        wait is what this must not do.
         """
         if key.startswith(REWARD_PREFIX):
-            if self._reward_inline_writes >= REWARD_INLINE_WRITES:
+            if self._journal.full():
                 return False
-            with self._writing_rewards.held_if_free() as free:
-                if not free or not self._rewards.set(key, value, expire=expire, inline=True):
-                    return False
-                self._reward_inline_writes += 1
-                return True
+            self._journal.append([(key, value)], expire)
+            return True
         if key.startswith(MODEL_PREFIX) or self._inline_writes >= INLINE_WRITES:
             return False
         with self._writing.held_if_free() as free:
@@ -281,8 +283,7 @@ class DiskcacheStore:
     def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
         rewards = [(k, v) for k, v in items.items() if k.startswith(REWARD_PREFIX)]
         if rewards:
-            with self._writing_rewards.held():
-                self._rewards.set_many(rewards, expire=expire)
+            self._journal.append(rewards, expire)
         parts: dict[tuple[diskcache.Cache, _FifoLock], dict[str, bytes]] = {}
         for key, value in items.items():
             if key.startswith(REWARD_PREFIX):
@@ -297,6 +298,10 @@ class DiskcacheStore:
         if key.startswith(REWARD_PREFIX):
             if self._cache.get(key) is not None:  # an earlier version's, in the main folder
                 return False
+            if self._journal.get(key) is not None:  # the journal's entry is the newest
+                if live(self._journal.get(key)) is not None:
+                    return False
+                self._journal.move()  # a dead one: it must not land over the new value
             with self._writing_rewards.held():
                 return self._rewards.add(key, value, expire=expire)
         cache, lock = self._shard(key)
@@ -305,8 +310,7 @@ class DiskcacheStore:
 
     def delete(self, key: str) -> None:
         if key.startswith(REWARD_PREFIX):
-            with self._writing_rewards.held():
-                self._rewards.delete(key)
+            self._journal.append([(key, None)])
         cache, lock = self._shard(key)  # rewards: an earlier version's, in the main folder
         with lock.held():
             cache.delete(key)
@@ -315,9 +319,10 @@ class DiskcacheStore:
                 self._cache.delete(key)
 
     def maintain(self) -> None:
-        """Checkpoint the SQLite write-ahead logs (:meth:`checkpoint`); once a minute, delete
-        the expired rewards, ``PURGE_CHUNK`` per transaction (diskcache's batch writes cull the
-        other keys)."""
+        """Move the reward journal into the rewards table, checkpoint the SQLite write-ahead
+        logs (:meth:`checkpoint`); once a minute, delete the expired rewards, ``PURGE_CHUNK``
+        per transaction (diskcache's batch writes cull the other keys)."""
+        self._journal.move()
         self.checkpoint()
         now = time.monotonic()
         if now < self._next_purge:
@@ -351,13 +356,17 @@ class DiskcacheStore:
         log, checkpointed = done[0]
         if 0 <= log == checkpointed:  # the main folder's whole log is in its database
             self._inline_writes = 0
-        log, checkpointed = self._rewards.checkpoint()
-        if 0 <= log == checkpointed:
-            self._reward_inline_writes = 0
-        done.append((log, checkpointed))
+        done.append(self._rewards.checkpoint())
         return done
 
+    def _apply_rewards(self, entries: list[tuple[str, tuple[bytes | None, float | None]]]
+                       ) -> None:
+        """The journal's sink: its entries into the rewards table, in one transaction."""
+        with self._writing_rewards.held():
+            self._rewards.apply(entries)
+
     def close(self) -> None:
+        self._journal.close()
         self._rewards.close()
         self._models.close()
         self._inline.close()

@@ -360,8 +360,10 @@ def test_an_accepted_reward_is_learned_once_written(engine: Engine) -> None:
     with pytest.raises(DuplicateRewardError):  # recorded: a second one is refused at once
         hero.accept_reward(d.event_id, 1.0)
     key = f"reward:hero:{d.event_id}"
-    with engine.store._writing_rewards.held():  # type: ignore[attr-defined]  # another writer
-        assert not write.commit(wait=False)
+    journal = engine.store._journal  # type: ignore[attr-defined]
+    journal.limit = len(journal)  # full: no learner moved it
+    assert not write.commit(wait=False)
+    journal.limit = 10_000
     assert engine.store.get(key) is None and hero.enqueued == 0
     assert write.commit(wait=False)
     assert json.loads(engine.store.get(key) or b"")["value"] == 1.0
