@@ -111,34 +111,48 @@ class RewardJournal:
 
     def move(self, *, final: bool = False) -> int:
         """Move the entries appended so far into the table and delete their file; return how
-        many moved. With ``final``, close the journal (no file left behind)."""
+        many moved. With ``final``, close the journal: no file is left behind unless the
+        move fails (the next store to open the folder moves it then).
+
+        Appends go to a new file meanwhile. The old one stays locked until its entries are
+        in the table and it is deleted, so no other store recovers it in between. If the
+        table refuses them, they go back to memory and into the new file (a key appended
+        again since keeps its newer entry), and the old file is deleted.
+        """
         with self._moving_lock:
+            if self._closed or (not self._unmoved and not final):
+                return 0
+            fresh = None if final else self._open()  # outside ``_lock``: appends go on
             with self._lock:
-                if self._closed:
-                    return 0
-                if not self._unmoved and not final:
-                    return 0
                 old_fd, old_path = self._fd, self._path
-                self._moving = self._unmoved
-                self._unmoved = {}
-                if final:
+                self._moving, self._unmoved = self._unmoved, {}
+                if fresh is None:
                     self._closed = True
                 else:
-                    self._fd, self._path = self._open()
-            os.close(old_fd)
+                    self._fd, self._path = fresh
+            moved = list(self._moving.items())
             try:
-                moved = list(self._moving.items())
                 if moved:
                     self.sink(moved)
             except BaseException:
-                # The file stays (a later store recovers it); its entries stay readable.
-                with self._lock:
-                    self._unmoved = {**self._moving, **self._unmoved}
-                    self._moving = {}
+                if fresh is not None:
+                    self._put_back(moved)
+                    _unlink(old_path)
+                self._moving = {}
+                os.close(old_fd)  # final: the file stays, for the next store
                 raise
             self._moving = {}
             _unlink(old_path)
+            os.close(old_fd)
             return len(moved)
+
+    def _put_back(self, entries: list[tuple[str, Entry]]) -> None:
+        """Entries the table refused: into the current file and memory, unless appended
+        again since."""
+        with self._lock:
+            back = [(key, entry) for key, entry in entries if key not in self._unmoved]
+            _write_all(self._fd, b"".join(_line(key, entry) for key, entry in back))
+            self._unmoved = {**dict(back), **self._unmoved}
 
     def close(self) -> None:
         """Move what is left and delete the file (an unmovable rest stays for recovery)."""

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import diskcache
+import pytest
 from web_helpers import ACTIONS
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
@@ -331,6 +332,53 @@ def test_try_set_of_a_reward_never_waits_for_sqlite(tmp_path: Path) -> None:
         assert all(store.get(f"reward:hero:{i}") == b"1" for i in range(6))
     finally:
         store.close()
+
+
+def test_a_move_the_table_refuses_keeps_the_rewards(tmp_path: Path) -> None:
+    """If the rewards table refuses a move (a full disk, say), the rewards stay readable and
+    go into the journal's next file, a key written again meanwhile keeps its newer value, and
+    the next move lands them; a final move that fails leaves its file for the next store."""
+    store = DiskcacheStore(tmp_path / "store")
+    real_apply = store._rewards.apply
+    failing = True
+    meanwhile = ["reward:hero:b"]
+
+    def apply(entries: list[tuple[str, tuple[bytes | None, float | None]]]) -> None:
+        if failing:
+            for key in meanwhile:
+                store.set(key, b"newer")  # on the event loop, during the move
+            meanwhile.clear()
+            raise sqlite3.OperationalError("database or disk is full")
+        real_apply(entries)
+
+    store._rewards.apply = apply  # type: ignore[method-assign]
+    try:
+        store.set("reward:hero:a", b"1")
+        store.set("reward:hero:b", b"2")
+        with pytest.raises(sqlite3.OperationalError):
+            store._journal.move()
+        [current] = (tmp_path / "store" / "journal").glob("*.log")
+        assert [json.loads(line)[:2] for line in current.read_bytes().splitlines()] == [
+            ["reward:hero:b", "newer"], ["reward:hero:a", "1"]]
+        assert store.get("reward:hero:a") == b"1" and store.get("reward:hero:b") == b"newer"
+        failing = False
+        assert store._journal.move() == 2 and not current.exists()
+        assert len(store._rewards) == 2 and store.get("reward:hero:b") == b"newer"
+
+        store.set("reward:hero:c", b"3")
+        failing = True
+        with pytest.raises(sqlite3.OperationalError):
+            store.close()
+        [left] = (tmp_path / "store" / "journal").glob("*.log")
+    finally:
+        failing = False
+        store.close()
+    reopened = DiskcacheStore(tmp_path / "store")
+    try:
+        assert reopened._journal.recovered == 1 and not left.exists()
+        assert reopened.get("reward:hero:c") == b"3"
+    finally:
+        reopened.close()
 
 
 def _journal_and_die(directory: str, count: int) -> None:
