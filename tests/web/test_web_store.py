@@ -334,6 +334,49 @@ def test_try_set_of_a_reward_never_waits_for_sqlite(tmp_path: Path) -> None:
         store.close()
 
 
+def test_rewards_written_while_the_journal_moves_all_land(tmp_path: Path) -> None:
+    """Two threads write rewards (each key many times, as ``sum`` does) while a third moves
+    the journal again and again (at least 20 times meanwhile): every reward is readable at
+    every moment after its write, and the table ends with each key's last value."""
+    store = DiskcacheStore(tmp_path / "store")
+    missing: list[str] = []
+    last: dict[str, bytes] = {}
+    done = threading.Event()
+
+    def write(prefix: str) -> None:
+        i = 0
+        while i < 1000 or store._journal._files < 21:  # each move with entries opens a file
+            key, value = f"reward:hero:{prefix}{i % 400}", f"{i}".encode()
+            store.set(key, value)
+            last[key] = value
+            earlier = f"reward:hero:{prefix}{(i - 50) % 400}"  # most likely being moved
+            for k in (key, earlier) if i >= 50 else (key,):
+                if store.get(k) != last[k]:
+                    missing.append(k)
+            i += 1
+
+    def move() -> None:
+        while not done.is_set():
+            store.maintain()
+
+    try:
+        mover = threading.Thread(target=move)
+        mover.start()
+        writers = [threading.Thread(target=write, args=(p,)) for p in "ab"]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join()
+        done.set()
+        mover.join()
+        store.maintain()
+        assert not missing
+        assert len(store._rewards) == 800 and len(store._journal) == 0
+        assert all(store._rewards.get(key) == value for key, value in last.items())
+    finally:
+        store.close()
+
+
 def test_a_move_the_table_refuses_keeps_the_rewards(tmp_path: Path) -> None:
     """If the rewards table refuses a move (a full disk, say), the rewards stay readable and
     go into the journal's next file, a key written again meanwhile keeps its newer value, and
