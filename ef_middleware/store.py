@@ -28,7 +28,7 @@ REWARD_PREFIX = "reward:"  # rewards: a lean table of their own (see DiskcacheSt
 REWARDS_FILE = "rewards.db"
 PURGE_EVERY = 60.0  # seconds between two purges of expired rewards (``maintain``)
 PURGE_CHUNK = 200  # expired rewards deleted per transaction: about 2 ms of the write lock
-# The request path's writes (rewards) leave SQLite's checkpoints to the learner (``maintain``);
+# Single writes (the writer thread's) leave SQLite's checkpoints to the learner (``maintain``);
 # past this many WAL pages (about 8 MB) they checkpoint themselves, so the log stays bounded
 # when no learner runs. SQLite's default is 1,000 pages.
 APPEND_AUTOCHECKPOINT = 2000
@@ -330,7 +330,7 @@ class DiskcacheStore:
         self._next_purge = now + PURGE_EVERY
         deleted = PURGE_CHUNK
         while deleted == PURGE_CHUNK:
-            with self._writing_rewards.held():  # a reward waits for one chunk at most
+            with self._writing_rewards.held():  # the journal's move waits a chunk at most
                 deleted = self._rewards.purge(PURGE_CHUNK)
             yield_to_requests()
 
@@ -338,12 +338,13 @@ class DiskcacheStore:
         """Copy the write-ahead logs' new pages into the databases, without blocking writers.
 
         SQLite checkpoints a log once it passes 1,000 pages, in the thread whose commit
-        crossed the line, and syncs the database file: 5-12 ms, measured here. Each reward
-        write adds about five pages, so one reward in about 200 paid for it, on the request
-        path. The reward path's connections now checkpoint only past
-        ``APPEND_AUTOCHECKPOINT`` pages (the writer thread's) or never (the event loop's, for
-        ``INLINE_WRITES`` writes between two complete checkpoints), and the learner calls this
-        every 0.25 s: a ``PASSIVE`` checkpoint waits for no reader and no writer.
+        crossed the line, and syncs the database file: 5-12 ms, measured here. When rewards
+        were written one by one (about five pages each), one reward in about 200 paid for it,
+        on the request path. Single writes now checkpoint only past ``APPEND_AUTOCHECKPOINT``
+        pages (the writer thread's connections) or never (the event loop's, for
+        ``INLINE_WRITES`` writes between two complete checkpoints), rewards reach SQLite in
+        the learner's batches, and the learner calls this every 0.25 s: a ``PASSIVE``
+        checkpoint waits for no reader and no writer.
 
         Returns
         -------
