@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from itsdangerous import BadSignature, Signer, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 from web_helpers import Clock, tamper
 
@@ -112,13 +112,14 @@ def test_a_known_value_is_verified_once_and_still_expires(
     reader = serializer(clock)  # meets it first in a request
     raw = ck.dump_decisions(signer_side, {"hero": ENTRY})
     verified: list[bytes] = []
-    verify = Signer.verify_signature
+    verify = ck._CookieSerializer._verified
 
-    def counting(self: Signer, value: bytes, sig: bytes) -> bool:
+    def counting(self: ck._CookieSerializer, value: bytes,
+                 salt: str | bytes | None) -> tuple[object, bytes, int] | None:
         verified.append(value)
-        return verify(self, value, sig)
+        return verify(self, value, salt)
 
-    monkeypatch.setattr(Signer, "verify_signature", counting)
+    monkeypatch.setattr(ck._CookieSerializer, "_verified", counting)
     for _ in range(3):
         assert ck.load_decisions_strict(signer_side, raw, max_age=60) == {"hero": ENTRY}
         assert ck.load_decisions_strict(reader, raw, max_age=60) == {"hero": ENTRY}
@@ -209,3 +210,65 @@ def test_cookie_attributes_match_set_cookie() -> None:
                          "SameSite=Lax"
     assert ck.set_cookie("ef_v", "abc", max_age=86_400.5, path="/shop", secure=True,
                          domain="example.com") == "ef_v=abc" + attributes
+
+
+def _signed_by(key: str, head: bytes) -> bytes:
+    """``head`` signed as itsdangerous's signer for the decisions salt signs: a test's way to
+    make values whose signature verifies but whose timestamp or payload is broken."""
+    signer = TimestampSigner(key, salt=ck.DECISIONS_SALT)
+    return head + b"." + signer.get_signature(head)
+
+
+def _outcome(load: object, value: bytes) -> object:
+    try:
+        return ("ok", load(value))  # type: ignore[operator]
+    except Exception as exc:
+        return ("error", type(exc).__name__)
+
+
+def test_one_step_verification_accepts_what_itsdangerous_accepts(clock: Clock) -> None:
+    """Every value, well-formed or not, loads to the same payload or the same error through
+    the one-step verification as through plain itsdangerous (a fresh serializer each time,
+    so nothing is remembered), with either key of a rotation; and values this code signs
+    never reach itsdangerous's own ``loads``."""
+    plain = URLSafeTimedSerializer(["old", "new"], salt=ck.DECISIONS_SALT)
+    good = ["e1", 1_800_000_000]  # too short for zlib to shrink: itsdangerous leaves it as is
+    now = base64_encode(int(clock.now).to_bytes(4, "big"))
+    body = base64_encode(b'{"hero":["e1","video",1800000000]}')
+    values = [
+        plain.dumps(good).encode(),  # signed with the newest key
+        URLSafeTimedSerializer(["old"], salt=ck.DECISIONS_SALT).dumps(good).encode(),
+        URLSafeTimedSerializer(["other"], salt=ck.DECISIONS_SALT).dumps(good).encode(),
+        URLSafeTimedSerializer(["new"], salt=ck.VISITOR_SALT).dumps(good).encode(),
+        plain.dumps({"x": "y" * 200}).encode(),  # compressed by itsdangerous
+        tamper(plain.dumps(good)).encode(),
+        plain.dumps(good).encode()[:-1],
+        b"", b".", b"..", b"no-dots", b"a.b.c", b"a.b.c.d",
+        _signed_by("new", body + b"." + now),
+        _signed_by("new", base64_encode('{"hé":["x","y",1]}'.encode()) + b"." + now),  # UTF-8
+        _signed_by("new", body),  # no timestamp
+        _signed_by("new", body + b".!!!"),  # a timestamp that does not decode
+        _signed_by("new", body + b"." + base64_encode((1 << 62).to_bytes(8, "big"))),  # no datetime
+        _signed_by("new", base64_encode(b"{not json") + b"." + now),
+        _signed_by("new", base64_encode(b'"\xff\xfe"') + b"." + now),  # not UTF-8
+        _signed_by("new", b"." + now),  # an empty payload
+        _signed_by("new", b"?" + body + b"." + now),  # a character base64 ignores
+    ]
+    for value in values:
+        ours = serializer(clock, keys=("new", "old"))
+        expected = _outcome(lambda v: plain.loads(v), value)
+        assert _outcome(lambda v, ours=ours: ours.loads(v), value) == expected, value
+    assert not values[0].startswith(b".") and values[4].startswith(b".")
+    assert [_outcome(plain.loads, v)[0] for v in values[:3]] == ["ok", "ok", "error"]
+    fast = [serializer(clock, keys=("new", "old"))._verified(v, None) is not None
+            for v in values]
+    assert fast[:2] == [True, True] and sum(fast) == 5  # the well-formed values, not others
+
+    signed = serializer(clock, keys=("new",)).dumps(good)
+    fresh = serializer(clock, keys=("new", "old"))
+    real = URLSafeTimedSerializer.loads
+    try:
+        URLSafeTimedSerializer.loads = None  # type: ignore[assignment,method-assign]
+        assert fresh.loads(signed) == good
+    finally:
+        URLSafeTimedSerializer.loads = real  # type: ignore[method-assign]
