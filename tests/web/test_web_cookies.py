@@ -272,3 +272,24 @@ def test_one_step_verification_accepts_what_itsdangerous_accepts(clock: Clock) -
         assert fresh.loads(signed) == good
     finally:
         URLSafeTimedSerializer.loads = real  # type: ignore[method-assign]
+
+
+def test_urlsafe_decoding_is_itsdangerous_own() -> None:
+    """The one-step verification's decoder returns what itsdangerous's ``base64_decode``
+    returns, and fails where it fails, for every padding case and for characters outside the
+    alphabet."""
+    from itsdangerous import BadData
+    from itsdangerous.encoding import base64_decode
+
+    cases = [base64_encode(bytes(range(256 - n, 256))) for n in range(40)]
+    cases += [b"", b"a", b"ab", b"abc", b"a=b", b"!!!", b"a b-c_d", b"\xff\xfe", b"abcd=", b"ab=="]
+    for case in cases:
+        try:
+            expected: object = base64_decode(case)
+        except BadData:
+            expected = "error"
+        try:
+            got: object = ck._urlsafe_b64_decode(case)
+        except ValueError:
+            got = "error"
+        assert got == expected, case
