@@ -283,6 +283,8 @@ class DiskcacheStore:
     def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
         rewards = [(k, v) for k, v in items.items() if k.startswith(REWARD_PREFIX)]
         if rewards:
+            if self._journal.full():
+                self._journal.move()
             self._journal.append(rewards, expire)
         parts: dict[tuple[diskcache.Cache, _FifoLock], dict[str, bytes]] = {}
         for key, value in items.items():
