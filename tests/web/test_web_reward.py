@@ -304,3 +304,21 @@ def test_a_reward_the_store_cannot_take_at_once_goes_to_the_writer_thread(
     assert tried == [True]
     engine.get_loop(loop_name).flush()
     assert stats(engine, loop_name)["rewards"] == rewards
+
+
+def test_the_origin_check_is_remembered_per_headers_and_trusted_origins() -> None:
+    """``same_origin`` remembers its answer per headers, never across different headers or
+    trusted origins."""
+    from ef_middleware.web.routes import _same_origin, same_origin
+
+    shop = {"host": "shop.test", "origin": "https://www.shop.test"}
+    trusted = ("https://www.shop.test",)
+    before = _same_origin.cache_info().hits
+    assert not same_origin(shop)
+    assert same_origin(shop, trusted)
+    assert not same_origin(shop) and same_origin(shop, trusted)
+    assert _same_origin.cache_info().hits == before + 2
+    assert same_origin({"host": "shop.test", "referer": "https://shop.test/cart"})
+    assert not same_origin({"host": "shop.test", "referer": "https://evil.test/cart"})
+    assert not same_origin({**shop, "host": "www.shop.test", "sec-fetch-site": "cross-site"})
+    assert same_origin({**shop, "host": "www.shop.test"})
