@@ -2,10 +2,11 @@
 
 A reward must be durable before the reward route answers. Committed to SQLite on the request
 path (one ``INSERT`` into :class:`~.keytable.KeyTable`), the write was the reward route's whole
-extra cost over a route that does nothing: called in process at 200 requests a second, the
-route's median went from about 0.40 ms to 0.55-0.63 ms with the write, its CPU per request
-from about the no-op's to 170 us more (docs/benchmarks.md, "The reward journal"). An
-appended line is one ``write`` system call: the route then cost what the no-op costs.
+extra cost over a route that does nothing: called in process with 5 ms between requests, the
+route's median was 0.56-0.63 ms with the write and 0.40 without it (the no-op's 0.41-0.46),
+its CPU per request 166-221 us over the no-op's with it and none without (docs/benchmarks.md,
+"The reward journal"). An appended line is one ``write`` system call: the route then cost what
+the no-op costs.
 
 The durability is SQLite's with ``synchronous=NORMAL`` (the store's setting): once ``write``
 returns, the line is in the operating system's cache and survives the process, not a crash
