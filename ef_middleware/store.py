@@ -230,9 +230,7 @@ class DiskcacheStore:
             self.set_many({key: value}, expire=expire)
             return
         if key.startswith(REWARD_PREFIX):
-            if self._journal.full():  # no learner moves it: move it here, off the loop
-                self._journal.move()
-            self._journal.append([(key, value)], expire)
+            self._append_rewards([(key, value)], expire)
             return
         with self._writing.held():
             self._tune(self._append).set(key, value, expire=expire)
@@ -283,9 +281,7 @@ class DiskcacheStore:
     def set_many(self, items: Mapping[str, bytes], *, expire: float | None = None) -> None:
         rewards = [(k, v) for k, v in items.items() if k.startswith(REWARD_PREFIX)]
         if rewards:
-            if self._journal.full():
-                self._journal.move()
-            self._journal.append(rewards, expire)
+            self._append_rewards(rewards, expire)
         parts: dict[tuple[diskcache.Cache, _FifoLock], dict[str, bytes]] = {}
         for key, value in items.items():
             if key.startswith(REWARD_PREFIX):
@@ -300,8 +296,9 @@ class DiskcacheStore:
         if key.startswith(REWARD_PREFIX):
             if self._cache.get(key) is not None:  # an earlier version's, in the main folder
                 return False
-            if self._journal.get(key) is not None:  # the journal's entry is the newest
-                if live(self._journal.get(key)) is not None:
+            entry = self._journal.get(key)
+            if entry is not None:  # the journal's entry is the newest
+                if live(entry) is not None:
                     return False
                 self._journal.move()  # a dead one: it must not land over the new value
             with self._writing_rewards.held():
@@ -361,6 +358,13 @@ class DiskcacheStore:
             self._inline_writes = 0
         done.append(self._rewards.checkpoint())
         return done
+
+    def _append_rewards(self, items: list[tuple[str, bytes]], expire: float | None) -> None:
+        """Rewards into the journal from a thread that may block: a full journal (no
+        learner moves it) is moved here first."""
+        if self._journal.full():
+            self._journal.move()
+        self._journal.append(items, expire)
 
     def _apply_rewards(self, entries: list[tuple[str, tuple[bytes | None, float | None]]]
                        ) -> None:
