@@ -49,6 +49,7 @@ log = logging.getLogger("ef_middleware")
 
 FOLDER = "journal"
 LIMIT = 2000  # entries kept unmoved before ``full()``: about 0.2 MB of memory and file
+STAGING_AGE = 60.0  # s: an unnamed file older than this was left by a crash, not being made
 Entry = tuple[bytes | None, float | None]  # (value or None for a deletion, deadline)
 Sink = Callable[[list[tuple[str, Entry]]], None]  # writes entries into the table, in order
 
@@ -197,8 +198,9 @@ class RewardJournal:
                 _unlink(path)
             finally:
                 os.close(fd)
-        for staging in self.folder.glob("*.tmp"):  # created, never named: empty
-            if not _locked(staging):
+        for staging in self.folder.glob("*.tmp"):  # created, never named (a crash): empty
+            # Only an old one: another store may be between creating its file and locking it.
+            if _age(staging) > STAGING_AGE and not _locked(staging):
                 _unlink(staging)
         if moved:
             log.info("ef_middleware: moved %d rewards from journals of ended processes", moved)
@@ -239,6 +241,14 @@ def _order(path: Path) -> tuple[str, int]:
     """Files of one process in the order it wrote them (their names end in a counter)."""
     stem, _, counter = path.stem.rpartition("-")
     return stem, int(counter) if counter.isdigit() else 0
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last modified (0 if it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _locked(path: Path) -> bool:

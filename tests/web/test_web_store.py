@@ -17,6 +17,7 @@ import pytest
 from web_helpers import ACTIONS
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
+from ef_middleware import journal as journal_module
 from ef_middleware import store as store_module
 from ef_middleware.loop import PERSIST_CHUNK
 from ef_middleware.store import DiskcacheStore
@@ -457,6 +458,20 @@ def test_a_journal_left_by_an_ended_process_is_moved_on_open(tmp_path: Path) -> 
         assert store.get("reward:hero:1") is None and store.get("reward:hero:49") is not None
     finally:
         store.close()
+
+
+def test_only_an_old_unnamed_journal_file_is_cleared(tmp_path: Path) -> None:
+    """A file created but never named (a crash in between) is deleted when a store opens the
+    folder, unless it is recent: another store may be between creating and locking it."""
+    folder = tmp_path / "store" / "journal"
+    folder.mkdir(parents=True)
+    old, fresh = folder / "1-aa-000001.tmp", folder / "2-bb-000001.tmp"
+    old.touch()
+    fresh.touch()
+    stale = time.time() - 2 * journal_module.STAGING_AGE
+    os.utime(old, (stale, stale))
+    DiskcacheStore(tmp_path / "store").close()
+    assert not old.exists() and fresh.exists()
 
 
 def test_a_live_store_keeps_its_journal(tmp_path: Path) -> None:
