@@ -22,7 +22,7 @@ nobody holds (a process that ended without closing its store) into the table: it
 order, so the last value of a key wins. A line is a JSON array ``[key, value, deadline]``
 (the value's bytes as Latin-1 text, the deadline a Unix time or ``null``); ``[key, null,
 null]`` deletes the key. A line cut short (a crash of the machine mid-write) is skipped with
-one log line.
+one log line; a write that fails part-way (a full disk) is cut back off the file at once.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ class RewardJournal:
         self._files = 0
         self.recovered = self._recover()
         self._fd, self._path = self._open()
+        self._size = 0  # bytes in the current file (this process is its only writer)
         self._unmoved: dict[str, Entry] = {}  # appended since the last move
         self._moving: dict[str, Entry] = {}  # being moved: still read from here
         self._closed = False
@@ -91,7 +92,7 @@ class RewardJournal:
         with self._lock:
             if self._closed:
                 raise OSError("the reward journal is closed")
-            _write_all(self._fd, data)
+            self._write(data)
             self._unmoved.update(entries)
 
     def get(self, key: str) -> Entry | None:
@@ -132,6 +133,7 @@ class RewardJournal:
                     self._closed = True
                 else:
                     self._fd, self._path = fresh
+                    self._size = 0
             moved = list(self._moving.items())
             try:
                 if moved:
@@ -153,8 +155,26 @@ class RewardJournal:
         again since."""
         with self._lock:
             back = [(key, entry) for key, entry in entries if key not in self._unmoved]
-            _write_all(self._fd, b"".join(_line(key, entry) for key, entry in back))
+            self._write(b"".join(_line(key, entry) for key, entry in back))
             self._unmoved = {**dict(back), **self._unmoved}
+
+    def _write(self, data: bytes) -> None:
+        """Append ``data`` to the current file, all or nothing: a write that fails part-way
+        (a full disk) is cut back off the file, so none of its lines is recovered after a
+        crash and the next line does not join a torn one. Called under ``_lock``."""
+        torn = self._size < 0  # an earlier failure could not be cut off
+        if torn:
+            data = b"\n" + data  # the torn tail becomes a line of its own, skipped on recovery
+        try:
+            _write_all(self._fd, data)
+        except OSError:
+            if not torn:
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError:
+                    self._size = -1
+            raise
+        self._size = os.fstat(self._fd).st_size if torn else self._size + len(data)
 
     def close(self) -> None:
         """Move what is left and delete the file (an unmovable rest stays for recovery)."""

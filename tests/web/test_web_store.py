@@ -460,6 +460,46 @@ def test_a_journal_left_by_an_ended_process_is_moved_on_open(tmp_path: Path) -> 
         store.close()
 
 
+def _journal_past_a_full_disk(directory: str) -> None:
+    """In another process: a reward, one whose write the kernel cuts short (a file-size
+    limit stands in for a full disk), another once there is room again, then the end
+    without closing the journal."""
+    import resource  # POSIX; Python ignores SIGXFSZ, so the write fails with EFBIG
+
+    journal = journal_module.RewardJournal(directory, lambda entries: None)
+    journal.append([("reward:hero:a", b"1")])
+    [path] = journal.folder.glob("*.log")
+    size = path.stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, hard))
+    try:
+        journal.append([("reward:hero:b", b"2" * 100)])
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the write past the limit did not fail")
+    assert path.stat().st_size == size  # the 10 bytes the kernel wrote were cut off
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert journal.get("reward:hero:b") is None  # the failed write changed nothing readable
+    journal.append([("reward:hero:c", b"3")])
+    os._exit(0)
+
+
+def test_a_write_cut_short_leaves_no_torn_line(tmp_path: Path) -> None:
+    """A journal write that fails part-way is cut back off the file: after a crash the
+    rewards before and after it are recovered, and nothing of the failed one."""
+    directory = str(tmp_path / "store")
+    child = multiprocessing.get_context("spawn").Process(target=_journal_past_a_full_disk,
+                                                          args=(directory,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    moved: list[tuple[str, journal_module.Entry]] = []
+    journal_module.RewardJournal(directory, moved.extend).close()
+    assert [(key, value) for key, (value, _) in moved] == [
+        ("reward:hero:a", b"1"), ("reward:hero:c", b"3")]
+
+
 def test_only_an_old_unnamed_journal_file_is_cleared(tmp_path: Path) -> None:
     """A file created but never named (a crash in between) is deleted when a store opens the
     folder, unless it is recent: another store may be between creating and locking it."""
