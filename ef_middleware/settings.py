@@ -11,6 +11,12 @@ from ._types import STRATEGIES, Aggregation, Strategy
 from .errors import ConfigurationError
 from .model import ModelConfig
 
+CORRECTION_RATE = 2.0  # the fast correction's step, unless the strategy has its own:
+# laplace and ucb explore by the network's own uncertainty, blind to the correction's
+# offsets, and with it they locked onto one action on some seeds (docs/benchmarks.md,
+# "Strategies that lock on with the correction"); thompson-dropout's draws never add them.
+CORRECTION_RATES: Mapping[str, float] = {"laplace": 0.0, "ucb": 0.0, "thompson-dropout": 0.0}
+
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -75,9 +81,14 @@ class LoopSettings:
         (context text, action), learned online from the network's errors, so that a new
         campaign or a segment whose taste changed is followed within hundreds of visitors,
         not the thousands the replayed network needs. The step is shared among a sample's
-        cells (one per context text, one for the action). ``0`` turns it off. The default, 2,
-        replaced 4, which locked Mushroom onto one action on 2 of 20 fresh seeds
-        (docs/benchmarks.md, "Fresh sets for correction_rate=2").
+        cells (one per context text, one for the action). ``0`` turns it off. ``None`` (the
+        default) takes the strategy's own: 2 (it replaced 4, which locked Mushroom onto one
+        action on 2 of 20 fresh seeds: docs/benchmarks.md, "Fresh sets for
+        correction_rate=2"), and 0 for ``laplace`` and ``ucb``, which explore by the
+        network's own uncertainty, blind to the offsets: with the correction they locked onto
+        one action on 1-2 of 5 seeds of Mushroom and MAGIC (docs/benchmarks.md, "Strategies
+        that lock on with the correction"), and for ``thompson-dropout``, whose draws are
+        dropout passes of the network alone (the offsets would be learned for nothing).
     correction_half_life
         Samples learned after which an offset of the correction that got no sample of its own
         counts half (``None``: offsets last until their next sample). The correction learns
@@ -105,7 +116,7 @@ class LoopSettings:
     min_batch_size: int = 64
     replay_size: int = 5_000
     replay_recency: float | None = None
-    correction_rate: float = 2.0
+    correction_rate: float | None = None  # None: CORRECTION_RATES, by strategy
     correction_half_life: float | None = None
     snapshot_every: int = 100
     posterior_every: int = 256
@@ -145,7 +156,11 @@ class LoopSettings:
         if self.replay_recency is not None and not self.replay_recency > 0:
             raise ConfigurationError("replay_recency is a mean age in samples and must be "
                                      "positive, e.g. 1000 (or None: uniform)")
-        if not (math.isfinite(self.correction_rate) and self.correction_rate >= 0):
+        step = self.correction_rate
+        if step is None:
+            step = CORRECTION_RATES.get(self.strategy, CORRECTION_RATE)
+            object.__setattr__(self, "correction_rate", step)
+        if not (math.isfinite(step) and step >= 0):
             raise ConfigurationError("correction_rate must be a finite number >= 0, e.g. 2 "
                                      "(0 turns the correction off)")
         half = self.correction_half_life

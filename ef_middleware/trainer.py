@@ -182,7 +182,7 @@ class Trainer:
         kind = POSTERIORS.get(settings.strategy)
         self.posterior = kind(cfg.hidden[-1] + 1) if kind is not None else None
         self.stats: dict[str, list[float]] = {}  # action id -> [count, summed reward]
-        rate = settings.correction_rate
+        rate = settings.correction_rate or 0.0  # resolved by LoopSettings: never None here
         self.correction = (Correction(rate, half_life=settings.correction_half_life)
                            if rate > 0 else None)
         self.learned = 0

@@ -159,3 +159,24 @@ def test_an_offset_without_samples_fades_by_its_half_life() -> None:
     for _ in range(200):
         steady.update(texts, "leave", logit(0.5), 0.5)
     assert float(steady.offsets(texts, ["eat"])[0]) == kept
+
+
+@pytest.mark.parametrize(("strategy", "step"), [
+    ("thompson", 2.0), ("squarecb", 2.0), ("epsilon-greedy", 2.0), ("neural-linear", 2.0),
+    ("laplace", 0.0), ("ucb", 0.0), ("thompson-dropout", 0.0)])
+def test_strategies_that_explore_by_the_network_alone_learn_no_correction(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder, strategy: str,
+        step: float) -> None:
+    """The correction's step follows the strategy unless set: off for the strategies whose
+    exploration cannot see its offsets (they locked onto one action with it), and a loop
+    that sets it gets what it set."""
+    engine = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        default = engine.loop("a", actions=["minimal", "video"], strategy=strategy)
+        chosen = engine.loop("b", actions=["minimal", "video"], strategy=strategy,
+                             correction_rate=0.5)
+        assert default.settings.correction_rate == step
+        assert (default.trainer.correction is None) == (step == 0)
+        assert chosen.trainer.correction is not None and chosen.trainer.correction.rate == 0.5
+    finally:
+        engine.close()
