@@ -117,8 +117,7 @@ class _CookieSerializer(URLSafeTimedSerializer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._signers: dict[str | bytes | None, Signer] = {}
-        self._signing: dict[str | bytes | None, _SigningKey] = {}
-        self._verifying: dict[str | bytes | None, tuple[hmac.HMAC, ...]] = {}  # keyed states
+        self._keys: dict[str | bytes | None, _SaltKeys] = {}
         # An OrderedDict: popping its oldest entry takes constant time (a dict's first entry
         # is found by skipping the slots of those deleted before it).
         self._known: OrderedDict[tuple[str | bytes | None, bytes], tuple[bytes, int]] = (
@@ -133,14 +132,10 @@ class _CookieSerializer(URLSafeTimedSerializer):
         self._known[key] = (text, stamp)
 
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
-        # Serializer.dumps and TimestampSigner.sign in one step (see _SigningKey), keeping the
+        # Serializer.dumps and TimestampSigner.sign in one step (see _SaltKeys), keeping the
         # JSON text and the signing time to remember.
         text = orjson.dumps(obj)
-        found = self._signing.get(salt)
-        if found is None:
-            found = self._signing[salt] = _SigningKey(
-                cast("TimestampSigner", self.make_signer(salt)))
-        signed, stamp = found.sign(_urlsafe_b64(text))
+        signed, stamp = self._salt_keys(salt).sign(_urlsafe_b64(text))
         self._remember((salt, signed), text, stamp)
         return signed.decode("ascii")
 
@@ -170,6 +165,12 @@ class _CookieSerializer(URLSafeTimedSerializer):
             return payload, _utc(stamp)
         return payload
 
+    def _salt_keys(self, salt: str | bytes | None) -> _SaltKeys:
+        found = self._keys.get(salt)
+        if found is None:
+            found = self._keys[salt] = _SaltKeys(cast("TimestampSigner", self.make_signer(salt)))
+        return found
+
     def _verified(self, value: bytes, salt: str | bytes | None) -> tuple[Any, bytes, int] | None:
         """``value``'s payload, JSON text and signing time if it is what :meth:`dumps` writes
         (uncompressed) and verifies with one of the keys; ``None`` for anything else.
@@ -177,31 +178,18 @@ class _CookieSerializer(URLSafeTimedSerializer):
         itsdangerous's ``loads`` spends about 60 Python calls on a value (a signer per key,
         key derivation, ``hmac.new``, three decodings), and in the reward route, called cold
         at 200 rewards a second, it took 174-183 us at the median (docs/benchmarks.md, "The
-        cookie verified in one step"). Here the keys' HMAC states are keyed once and
-        copied per value, and the parts are decoded as itsdangerous decodes them
-        (:func:`_urlsafe_b64_decode`, tested against its ``base64_decode``). A value this
-        does not verify goes to itsdangerous, so every refusal, and its error, stays
-        itsdangerous's; a test checks that both accept the same values with the same results.
+        cookie verified in one step"). Here the keys' HMAC states are keyed once
+        (:class:`_SaltKeys`) and copied per value, and the parts are decoded as itsdangerous
+        decodes them (:func:`_urlsafe_b64_decode`, tested against its ``base64_decode``). A
+        value this does not verify goes to itsdangerous, so every refusal, and its error,
+        stays itsdangerous's; a test checks that both accept the same values with the same
+        results.
         """
-        macs = self._verifying.get(salt)
-        if macs is None:
-            signer = cast("TimestampSigner", self.make_signer(salt))
-            macs = self._verifying[salt] = tuple(
-                hmac.new(signer.derive_key(k), digestmod=signer.digest_method)
-                for k in reversed(signer.secret_keys))  # the newest first
-        head, _, sig = value.rpartition(b".")
-        try:
-            digest = _urlsafe_b64_decode(sig)
-        except ValueError:
+        keys = self._salt_keys(salt)
+        head = keys.verify(value)
+        if head is None:
             return None
-        for mac in macs:
-            check = mac.copy()
-            check.update(head)
-            if hmac.compare_digest(digest, check.digest()):
-                break
-        else:
-            return None
-        encoded, dot, stamp_text = head.rpartition(b".")
+        encoded, dot, stamp_text = head.rpartition(keys.sep)
         if not dot or not encoded or encoded.startswith(b"."):  # compressed: itsdangerous
             return None
         try:
@@ -228,23 +216,25 @@ class _CookieSerializer(URLSafeTimedSerializer):
         return found
 
 
-class _SigningKey:
-    """Signing with one salt's newest key, prepared once: ``TimestampSigner.sign``'s output,
-    byte for byte, with the per-call work done ahead.
+class _SaltKeys:
+    """One salt's keys, prepared once: signing with the newest (``TimestampSigner.sign``'s
+    output, byte for byte, with the per-call work done ahead) and checking a signature
+    against each.
 
     ``sign`` spends about 60 Python calls per value (encodings, key derivation, ``hmac.new``),
     and a new visitor's page signs two cookies. Here the derived key's HMAC state is keyed once
     and copied per value, and the timestamp's encoding is kept for the second it stands for;
     the parts come from itsdangerous itself (its key derivation, ``int_to_bytes``) or
     encode as it does (:func:`_urlsafe_b64`), and a test checks the output against
-    itsdangerous's signer. Verification is prepared the same way
+    itsdangerous's signer. Verification keys each key's state the same way
     (:meth:`_CookieSerializer._verified`).
     """
 
     def __init__(self, signer: TimestampSigner) -> None:
         self._clock = signer.get_timestamp
-        self._sep = want_bytes(signer.sep)
-        self._mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
+        self.sep = want_bytes(signer.sep)
+        self._macs = tuple(hmac.new(signer.derive_key(k), digestmod=signer.digest_method)
+                           for k in reversed(signer.secret_keys))  # the newest first
         self._stamp: tuple[int, bytes] = (-1, b"")
 
     def sign(self, value: bytes) -> tuple[bytes, int]:
@@ -254,10 +244,24 @@ class _SigningKey:
         if second != now:
             stamp = base64_encode(int_to_bytes(now))
             self._stamp = (now, stamp)
-        value = value + self._sep + stamp
-        mac = self._mac.copy()
+        value = value + self.sep + stamp
+        mac = self._macs[0].copy()
         mac.update(value)
-        return value + self._sep + _urlsafe_b64(mac.digest()), now
+        return value + self.sep + _urlsafe_b64(mac.digest()), now
+
+    def verify(self, value: bytes) -> bytes | None:
+        """``value`` without its signature if one of the keys signed it, else ``None``."""
+        head, _, sig = value.rpartition(self.sep)
+        try:
+            digest = _urlsafe_b64_decode(sig)
+        except ValueError:
+            return None
+        for mac in self._macs:
+            check = mac.copy()
+            check.update(head)
+            if hmac.compare_digest(digest, check.digest()):
+                return head
+        return None
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
