@@ -77,6 +77,7 @@ class RewardJournal:
         self._size = 0  # bytes in the current file (this process is its only writer)
         self._unmoved: dict[str, Entry] = {}  # appended since the last move
         self._moving: dict[str, Entry] = {}  # being moved: still read from here
+        self._held: list[tuple[int, Path]] = []  # older files whose entries are in memory
         self._closed = False
 
     # -- the request path ---------------------------------------------------------------
@@ -120,7 +121,9 @@ class RewardJournal:
         Appends go to a new file meanwhile. The old one stays locked until its entries are
         in the table and it is deleted, so no other store recovers it in between. If the
         table refuses them, they go back to memory and into the new file (a key appended
-        again since keeps its newer entry), and the old file is deleted.
+        again since keeps its newer entry), and the old file is deleted; if the new file
+        cannot take them either, the old file is kept, still locked, until a later move has
+        landed them.
         """
         with self._moving_lock:
             if self._closed or (not self._unmoved and not final):
@@ -129,34 +132,50 @@ class RewardJournal:
             with self._lock:
                 old_fd, old_path = self._fd, self._path
                 self._moving, self._unmoved = self._unmoved, {}
+                held, self._held = self._held, []
                 if fresh is None:
                     self._closed = True
                 else:
                     self._fd, self._path = fresh
                     self._size = 0
+            held.append((old_fd, old_path))
             moved = list(self._moving.items())
             try:
                 if moved:
                     self.sink(moved)
             except BaseException:
-                if fresh is not None:
-                    self._put_back(moved)
-                    _unlink(old_path)
+                if fresh is None:  # final: the files stay, for the next store
+                    for fd, _ in held:
+                        os.close(fd)
+                else:
+                    self._put_back(moved, held)
                 self._moving = {}
-                os.close(old_fd)  # final: the file stays, for the next store
                 raise
             self._moving = {}
-            _unlink(old_path)
-            os.close(old_fd)
+            for fd, path in held:
+                _unlink(path)
+                os.close(fd)
             return len(moved)
 
-    def _put_back(self, entries: list[tuple[str, Entry]]) -> None:
-        """Entries the table refused: into the current file and memory, unless appended
-        again since."""
+    def _put_back(self, entries: list[tuple[str, Entry]],
+                  files: list[tuple[int, Path]]) -> None:
+        """Entries the table refused: back into memory and into the current file, unless
+        appended again since; then ``files``, which held them, are deleted. If the current
+        file cannot take them (a full disk), ``files`` are kept, locked, for the next move
+        (or, after a crash, the next store: they are older than the current file)."""
         with self._lock:
             back = [(key, entry) for key, entry in entries if key not in self._unmoved]
-            self._write(b"".join(_line(key, entry) for key, entry in back))
             self._unmoved = {**dict(back), **self._unmoved}
+            try:
+                self._write(b"".join(_line(key, entry) for key, entry in back))
+            except OSError as exc:
+                self._held = files + self._held
+                log.warning("ef_middleware: kept %d journal file(s) until the next move: %s",
+                            len(files), exc)
+                return
+        for fd, path in files:
+            _unlink(path)
+            os.close(fd)
 
     def _write(self, data: bytes) -> None:
         """Append ``data`` to the current file, all or nothing: a write that fails part-way

@@ -3,6 +3,7 @@ persisted in small transactions (real diskcache folders, real model)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -498,6 +499,69 @@ def test_a_write_cut_short_leaves_no_torn_line(tmp_path: Path) -> None:
     journal_module.RewardJournal(directory, moved.extend).close()
     assert [(key, value) for key, (value, _) in moved] == [
         ("reward:hero:a", b"1"), ("reward:hero:c", b"3")]
+
+
+def _refused_move_past_a_full_disk(directory: str) -> None:
+    """In another process: a move the table refuses while the new file cannot take the
+    rewards back either (a file-size limit stands in for a full disk); then a move that
+    lands, a reward after it, and the end without closing the journal."""
+    import resource
+
+    moved: list[tuple[str, journal_module.Entry]] = []
+    refuse = True
+
+    def sink(entries: list[tuple[str, journal_module.Entry]]) -> None:
+        if refuse:
+            raise OSError("database or disk is full")
+        moved.extend(entries)
+
+    journal = journal_module.RewardJournal(directory, sink)
+    journal.append([("reward:hero:a", b"1"), ("reward:hero:b", b"2")])
+    [old] = journal.folder.glob("*.log")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+    try:
+        journal.move()
+    except OSError as exc:
+        assert str(exc) == "database or disk is full"  # the table's error, not the file's
+    else:
+        raise AssertionError("the refused move did not raise")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert old.exists() and len(list(journal.folder.glob("*.log"))) == 2
+    assert journal.get("reward:hero:a") == (b"1", None)  # still readable, from memory
+    journal.append([("reward:hero:b", b"newer")])
+    refuse = False
+    assert journal.move() == 2 and not old.exists()
+    assert moved == [("reward:hero:a", (b"1", None)), ("reward:hero:b", (b"newer", None))]
+    journal.append([("reward:hero:c", b"3")])
+    assert str(old) not in _open_files()  # its descriptor was closed with it
+    os._exit(0)
+
+
+def _open_files() -> set[str]:
+    """What this process's file descriptors point to (Linux), deleted files included."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone
+            found.add(os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)"))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc (Linux)")
+def test_a_refused_move_keeps_its_file_when_the_rewards_cannot_go_back(
+        tmp_path: Path) -> None:
+    """A move the table refuses while the journal's new file cannot take the rewards back:
+    they stay readable, the old file is kept (locked) until a later move lands them, and
+    then it is deleted and closed; after a crash, only what came after is left."""
+    directory = str(tmp_path / "store")
+    child = multiprocessing.get_context("spawn").Process(
+        target=_refused_move_past_a_full_disk, args=(directory,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    moved: list[tuple[str, journal_module.Entry]] = []
+    journal_module.RewardJournal(directory, moved.extend).close()
+    assert [(key, value) for key, (value, _) in moved] == [("reward:hero:c", b"3")]
 
 
 def test_only_an_old_unnamed_journal_file_is_cleared(tmp_path: Path) -> None:
