@@ -461,16 +461,21 @@ def test_a_journal_left_by_an_ended_process_is_moved_on_open(tmp_path: Path) -> 
         store.close()
 
 
-def _journal_past_a_full_disk(directory: str) -> None:
+def _journal_past_a_full_disk(directory: str, cut_fails: bool) -> None:
     """In another process: a reward, one whose write the kernel cuts short (a file-size
     limit stands in for a full disk), another once there is room again, then the end
-    without closing the journal."""
+    without closing the journal. ``cut_fails``: cutting the torn bytes off fails too."""
     import resource  # POSIX; Python ignores SIGXFSZ, so the write fails with EFBIG
 
     journal = journal_module.RewardJournal(directory, lambda entries: None)
     journal.append([("reward:hero:a", b"1")])
     [path] = journal.folder.glob("*.log")
     size = path.stat().st_size
+    if cut_fails:
+        def ftruncate(fd: int, length: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        os.ftruncate = ftruncate  # this child's own module: nothing else runs here
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, hard))
     try:
@@ -479,26 +484,34 @@ def _journal_past_a_full_disk(directory: str) -> None:
         pass
     else:
         raise AssertionError("the write past the limit did not fail")
-    assert path.stat().st_size == size  # the 10 bytes the kernel wrote were cut off
+    # The 10 bytes the kernel wrote were cut off, or stay when the cut failed.
+    assert path.stat().st_size == size + (10 if cut_fails else 0)
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert journal.get("reward:hero:b") is None  # the failed write changed nothing readable
     journal.append([("reward:hero:c", b"3")])
+    journal.append([("reward:hero:d", b"4")])
     os._exit(0)
 
 
-def test_a_write_cut_short_leaves_no_torn_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cut_fails", [False, True], ids=["cut", "cut-fails"])
+def test_a_write_cut_short_leaves_no_torn_line(tmp_path: Path, cut_fails: bool,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     """A journal write that fails part-way is cut back off the file: after a crash the
-    rewards before and after it are recovered, and nothing of the failed one."""
+    rewards before and after it are recovered, and nothing of the failed one. If the cut
+    fails too, the next line starts on a line of its own: only the torn piece is skipped."""
     directory = str(tmp_path / "store")
     child = multiprocessing.get_context("spawn").Process(target=_journal_past_a_full_disk,
-                                                          args=(directory,))
+                                                          args=(directory, cut_fails))
     child.start()
     child.join(60)
     assert child.exitcode == 0
     moved: list[tuple[str, journal_module.Entry]] = []
-    journal_module.RewardJournal(directory, moved.extend).close()
+    with caplog.at_level("WARNING", logger="ef_middleware"):
+        journal_module.RewardJournal(directory, moved.extend).close()
     assert [(key, value) for key, (value, _) in moved] == [
-        ("reward:hero:a", b"1"), ("reward:hero:c", b"3")]
+        ("reward:hero:a", b"1"), ("reward:hero:c", b"3"), ("reward:hero:d", b"4")]
+    skipped = [r for r in caplog.records if "skipped line" in r.getMessage()]
+    assert len(skipped) == (1 if cut_fails else 0)
 
 
 def _refused_move_past_a_full_disk(directory: str) -> None:
