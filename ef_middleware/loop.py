@@ -299,7 +299,7 @@ class Loop:
             if cached is None:
                 cached = self.trainer.action_rows([a], state.model)[0]
                 state.model.action_rows[action_key(a)] = cached
-            stat = self.trainer.stats.get(a.id, (0.0, 0.0))
+            stat = self.trainer.counts.get(a.id)
             rows[j], counts[j], successes[j] = cached, stat[0], stat[1]
         return chosen, rows, counts, successes
 

@@ -28,6 +28,7 @@ import orjson
 
 from ._types import Context, FloatArray, IntArray
 from .correction import Correction
+from .counts import ActionCounts
 from .features import Action, EncodedContext, FeatureEncoder, RunningScaler
 from .model import FactoredInput, RewardNet, ServingModel, layer_views
 from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, with_bias
@@ -181,7 +182,7 @@ class Trainer:
         self.text_scaler = RunningScaler(cfg.text_dim)
         kind = POSTERIORS.get(settings.strategy)
         self.posterior = kind(cfg.hidden[-1] + 1) if kind is not None else None
-        self.stats: dict[str, list[float]] = {}  # action id -> [count, summed reward]
+        self.counts = ActionCounts(settings.count_half_life)  # per action, for exploration
         rate = settings.correction_rate or 0.0  # resolved by LoopSettings: never None here
         self.correction = (Correction(rate, half_life=settings.correction_half_life)
                            if rate > 0 else None)
@@ -234,9 +235,7 @@ class Trainer:
         slots = self.replay.add(text, raw, mask, rows, y)
         self._fresh.extend(int(i) for i in slots)
         for s in samples:
-            entry = self.stats.setdefault(s.action.id, [0.0, 0.0])
-            entry[0] += 1.0
-            entry[1] += s.reward
+            self.counts.add(s.action.id, s.reward)
         if self.correction is not None:
             for i, s in enumerate(samples, 1):
                 self.correction.update(s.inputs.texts, s.action.id, s.logit, s.reward)
@@ -287,8 +286,9 @@ class Trainer:
         """A fresh serving state: served weights, action rows, counts, posterior, scaling."""
         model = ServingModel(self.net.config, self.net.average, version=self.net.step)
         rows = model.project_actions(self.actions.vectors_of(actions))
-        counts = np.array([self.stats.get(a.id, (0.0, 0.0))[0] for a in actions], np.float32)
-        succ = np.array([self.stats.get(a.id, (0.0, 0.0))[1] for a in actions], np.float32)
+        stats = [self.counts.get(a.id) for a in actions]
+        counts = np.array([count for count, _ in stats], np.float32)
+        succ = np.array([summed for _, summed in stats], np.float32)
         post = self.posterior.snapshot() if self.posterior is not None else None
         return ServingState(model, tuple(actions), {a.id: i for i, a in enumerate(actions)},
                             np.ascontiguousarray(rows), counts, succ, post,
@@ -308,7 +308,7 @@ class Trainer:
         meta = orjson.dumps({
             "version": self.net.step, "learned": self.learned,
             "numeric": self.encoder.numeric.state(), "text": self.text_scaler.state(),
-            "stats": self.stats,
+            "stats": self.counts.state(),
             "correction": None if self.correction is None else self.correction.state(),
             "posterior": None if self.posterior is None else {
                 # orjson writes C-contiguous arrays only
@@ -350,7 +350,7 @@ class Trainer:
         self.encoder.numeric.restore(meta["numeric"])
         if "text" in meta:
             self.text_scaler.restore(meta["text"])
-        self.stats = {str(k): [float(v[0]), float(v[1])] for k, v in meta["stats"].items()}
+        self.counts.restore(meta["stats"])
         if self.correction is not None and meta.get("correction"):
             self.correction.restore(meta["correction"])
         saved = meta.get("posterior")

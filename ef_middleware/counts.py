@@ -1,0 +1,74 @@
+"""Samples learned per action and their summed rewards, optionally discounted with a half-life.
+
+Thompson sampling's noise and UCB's bonus shrink as ``1 / sqrt(count + 1)``, and
+``bernoulli-ts`` draws from ``Beta(1 + successes, 1 + failures)``. Counted forever, the
+exploration all but stops once every action has thousands of samples, and a population that
+shifts later is met by a policy that no longer looks. With a half-life of ``H`` samples, each
+learned sample multiplies every count by ``0.5 ** (1 / H)`` before adding its own (discounted
+Thompson sampling, Raj & Kalyani 2017): the counts level off near ``H / ln 2`` in all, shared
+by the actions as the policy chooses them, so exploration never fades below that level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ActionCounts"]
+
+
+class ActionCounts:
+    """Per action id: samples learned and summed normalised rewards, discounted lazily.
+
+    ``entries[id]`` is ``[count, summed reward, clock of its last write]``; ``clock`` counts
+    the samples added. A read multiplies by ``keep ** age`` (nothing walks the actions per
+    sample, so K = 1,000 costs what K = 4 costs). Only the learner thread writes.
+    """
+
+    def __init__(self, half_life: float | None = None) -> None:
+        if half_life is not None and not (math.isfinite(half_life) and half_life > 0):
+            raise ValueError("half_life must be a positive number of samples, or None")
+        self.keep = 1.0 if half_life is None else 0.5 ** (1.0 / half_life)
+        self.entries: dict[str, list[float]] = {}
+        self.clock = 0
+
+    def add(self, action_id: str, reward: float) -> None:
+        """Count one learned sample of ``action_id`` with its normalised ``reward``."""
+        self.clock += 1
+        entry = self.entries.get(action_id)
+        if entry is None:
+            self.entries[action_id] = [1.0, reward, float(self.clock)]
+            return
+        if self.keep != 1.0:
+            factor = self.keep ** (self.clock - entry[2])
+            entry[0] *= factor
+            entry[1] *= factor
+        entry[0] += 1.0
+        entry[1] += reward
+        entry[2] = float(self.clock)
+
+    def get(self, action_id: str) -> tuple[float, float]:
+        """``(count, summed reward)`` of ``action_id`` now (zeros for an action never learned)."""
+        entry = self.entries.get(action_id)
+        if entry is None:
+            return 0.0, 0.0
+        if self.keep == 1.0:
+            return entry[0], entry[1]
+        factor = self.keep ** (self.clock - entry[2])
+        return entry[0] * factor, entry[1] * factor
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready: the clock and every entry."""
+        return {"clock": self.clock, "entries": self.entries}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load :meth:`state`, or an older snapshot's ``{id: [count, summed reward]}``."""
+        entries = state.get("entries")
+        if isinstance(entries, Mapping):
+            self.clock = int(state.get("clock", 0))
+        else:  # before counts were discounted: the counts as of now
+            entries, self.clock = state, 0
+        self.entries = {str(k): [float(v[0]), float(v[1]),
+                                 float(v[2]) if len(v) > 2 else float(self.clock)]
+                        for k, v in entries.items()}
