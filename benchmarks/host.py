@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmarks.stats import percentile
 
@@ -107,3 +108,52 @@ def cpu_probe(cpus: Collection[int] | None = None, calls: int = 300,
             os.sched_setaffinity(0, before)
     times.sort()
     return {"p50": percentile(times, 50), "p99": percentile(times, 99)}
+
+
+CPUINFO = Path("/proc/cpuinfo")
+SGEMM_SHAPE = (1000, 256, 128)  # the first hidden layer's product when ranking 1,000 actions
+
+
+def cpu_model(text: str | None = None) -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``), or ``None`` where there is none."""
+    if text is None:
+        try:
+            text = CPUINFO.read_text()
+        except OSError:
+            return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return None
+
+
+def blas_probe(calls: int = 20) -> dict[str, Any]:
+    """numpy's BLAS (library, version, the kernel set it chose for this CPU) and the median
+    time of one float32 ``(1000 x 256) @ (256 x 128)`` product on one BLAS thread, as the
+    engine runs it: most of a rank of 1,000 actions, so rank timings of two hosts compare.
+
+    With the same numpy wheel (OpenBLAS, its Haswell kernels), the whole forward pass over
+    1,000 actions took about 2.5 ms on the host of the earlier stops, and this product alone
+    7.4-9.5 ms on the host of 2026-12-04, where float64 was faster than float32
+    (docs/benchmarks.md, "Speed")."""
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    found = [i for i in threadpool_info() if i.get("user_api") == "blas"
+             and "numpy" in str(i.get("filepath", ""))] or [
+        i for i in threadpool_info() if i.get("user_api") == "blas"]
+    info: dict[str, Any] = {key: found[0].get(key) for key in
+                            ("internal_api", "version", "architecture")} if found else {}
+    rows, inner, cols = SGEMM_SHAPE
+    rng = np.random.default_rng(0)
+    a = rng.random((rows, inner), dtype=np.float32)
+    b = rng.random((inner, cols), dtype=np.float32)
+    times: list[float] = []
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(calls):
+            start = time.perf_counter()
+            a @ b
+            times.append((time.perf_counter() - start) * 1000)
+    info["sgemm_1000x256x128_ms"] = round(percentile(sorted(times), 50), 3)
+    return info

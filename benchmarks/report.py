@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import blas_probe, cpu_model
 from benchmarks.learning import Run
 from benchmarks.paths import REPO_ROOT, RESULTS_DIR
 from benchmarks.stats import Summary, summarize
@@ -82,6 +83,7 @@ def environment() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     for mod in ("numpy", "vowpalwabbit", "torch", "ef_middleware"):
@@ -89,6 +91,10 @@ def environment() -> dict[str, Any]:
             info[mod] = getattr(__import__(mod), "__version__", "?")
         except Exception:
             info[mod] = None
+    try:  # the host's speed at the engine's largest product (rank timings depend on it)
+        info["blas"] = blas_probe()
+    except Exception as exc:  # a missing threadpoolctl must not lose a run's results
+        info["blas"] = {"error": f"{type(exc).__name__}: {exc}"}
     info["ef_middleware_source_sha1"] = SOURCE_AT_START
     now = source_digest()
     if now != SOURCE_AT_START:

@@ -15,6 +15,8 @@ from scipy import stats
 from benchmarks.host import (
     PROBE_SLEEP,
     CpuTicks,
+    blas_probe,
+    cpu_model,
     cpu_probe,
     parse_proc_stat,
     percent,
@@ -168,6 +170,16 @@ def test_the_cpu_probe_times_only_the_work_after_each_sleep_on_the_cpu_given() -
     assert os.sched_getaffinity(0) == home  # moved back
     assert 500 <= probe["p50"] <= probe["p99"] < 50_000
     assert probe_work() == probe_work() > 0  # the same work every time
+
+
+def test_the_environment_names_the_cpu_and_times_numpys_blas() -> None:
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n"
+            "flags\t\t: fpu avx2\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert cpu_model(text) == "AMD EPYC 7B13"
+    assert cpu_model("processor\t: 0\n") is None
+    blas = blas_probe(calls=3)
+    assert blas["internal_api"] in ("openblas", "mkl", "blis")
+    assert 0 < blas["sgemm_1000x256x128_ms"] < 1000
 
 
 def test_compare_report_gives_the_paired_difference_and_its_standard_error() -> None:
