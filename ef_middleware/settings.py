@@ -96,12 +96,12 @@ class LoopSettings:
         others could keep it there for good.
     count_half_life
         Samples learned after which an action's count counts half, for the policies whose
-        exploration shrinks with it (``thompson``'s noise, ``ucb``'s bonus, ``bernoulli-ts``'s
-        Beta posterior; :mod:`~ef_middleware.counts`): exploration then never fades below the
-        level of about ``count_half_life / ln 2`` samples, and a population that shifts
-        after months is still looked at. ``None`` (default): counted forever. On the web
-        simulator 5,000 cost 0.5% of conversions over 20,000 visitors and did not recover
-        from its shift faster (docs/benchmarks.md, "Discounted counts for Thompson's noise").
+        exploration shrinks with it (``thompson``'s noise, ``bernoulli-ts``'s Beta posterior,
+        ``ucb``'s bonus before its posterior exists; :mod:`~ef_middleware.counts`): exploration then
+        never fades below the level of about ``count_half_life / ln 2`` samples, and a population
+        that shifts after months is still looked at. ``None`` (default): counted forever. On the web
+        simulator 5,000 cost 0.5% of conversions over 20,000 visitors and did not recover from its
+        shift faster (docs/benchmarks.md, "Discounted counts for Thompson's noise").
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
