@@ -1,13 +1,13 @@
 """Samples learned per action and their summed rewards, optionally discounted with a half-life.
 
-Thompson sampling's noise (and UCB's bonus before its posterior exists) shrinks as ``1 /
-sqrt(count + 1)``, and ``bernoulli-ts`` draws from ``Beta(1 + successes, 1 + failures)``.
-Counted forever, the exploration all but stops once every action has thousands of samples, and
-a population that shifts later is met by a policy that no longer looks. With a half-life of
-``H`` samples, each learned sample multiplies every count by ``0.5 ** (1 / H)`` before adding
-its own (discounted Thompson sampling, Raj & Kalyani 2017): the counts level off near ``H / ln
-2`` in all, shared by the actions as the policy chooses them, so exploration never fades below
-that level.
+Thompson sampling's noise (and UCB's bonus before its posterior exists) shrinks as
+``1 / sqrt(count + 1)``, and ``bernoulli-ts`` draws from
+``Beta(1 + successes, 1 + failures)``. Counted forever, the exploration all but stops once
+every action has thousands of samples, and a population that shifts later is met by a policy
+that no longer looks. With a half-life of ``H`` samples, each learned sample multiplies every
+count by ``0.5 ** (1 / H)`` before adding its own (discounted Thompson sampling, Raj &
+Kalyani 2017): the counts level off near ``H / ln 2`` in all, shared by the actions as the
+policy chooses them, so exploration never fades below that level.
 """
 
 from __future__ import annotations
