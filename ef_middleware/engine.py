@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
-from threadpoolctl import threadpool_limits
-
+from .blas import limit_threads
 from .embedding import Embedder, EmbeddingCache, SentenceTransformerEmbedder
 from .errors import ConfigurationError, UnknownLoopError
 from .features import FeatureEncoder, NumericSpace
@@ -74,7 +73,7 @@ class Engine:
         if blas_threads is not None:
             # The model's matrices are small: threads cost more than they bring, and a web
             # worker already runs requests concurrently (docs/design.md, "Threads").
-            threadpool_limits(blas_threads, user_api="blas")
+            limit_threads(blas_threads)
         if store is None:
             if path is None:
                 raise ConfigurationError("Engine needs a folder for its store, e.g. "
