@@ -180,6 +180,8 @@ def test_the_environment_names_the_cpu_and_times_numpys_blas() -> None:
     blas = blas_probe(calls=3)
     assert blas["internal_api"] in ("openblas", "mkl", "blis")
     assert 0 < blas["sgemm_1000x256x128_ms"] < 1000
+    unwarmed = blas["sgemm_1000x256x128_unwarmed_ms"]  # None once this process warmed BLAS
+    assert unwarmed is None or 0 < unwarmed < 1000
 
 
 def test_compare_report_gives_the_paired_difference_and_its_standard_error() -> None:
