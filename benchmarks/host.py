@@ -143,9 +143,8 @@ def blas_probe(calls: int = 20) -> dict[str, Any]:
 
     from ef_middleware import blas
 
-    found = [i for i in threadpool_info() if i.get("user_api") == "blas"
-             and "numpy" in str(i.get("filepath", ""))] or [
-        i for i in threadpool_info() if i.get("user_api") == "blas"]
+    libraries = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    found = [i for i in libraries if "numpy" in str(i.get("filepath", ""))] or libraries
     info: dict[str, Any] = {key: found[0].get(key) for key in
                             ("internal_api", "version", "architecture")} if found else {}
     rows, inner, cols = SGEMM_SHAPE

@@ -55,7 +55,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from benchmarks.host import cpu_probe, cpu_ticks, percent, steal_share
+from benchmarks.host import cpu_model, cpu_probe, cpu_ticks, percent, steal_share
 from benchmarks.http_load import (
     LoadResult,
     closed_loop,
@@ -775,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
                              *(sys.argv[1:] if argv is None else argv)]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": {"python": platform.python_version(), "cores": os.cpu_count(),
-                        "platform": platform.platform()},
+                        "platform": platform.platform(), "cpu_model": cpu_model()},
         "wall_seconds": round(time.perf_counter() - started, 1),
         "targets_met": met, "summary": summary, "rounds": rounds, "fixed": fixed,
         "decisions": checks}, indent=2) + "\n")

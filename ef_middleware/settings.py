@@ -172,14 +172,13 @@ class LoopSettings:
         if not (math.isfinite(step) and step >= 0):
             raise ConfigurationError("correction_rate must be a finite number >= 0, e.g. 2 "
                                      "(0 turns the correction off)")
-        half = self.correction_half_life
-        if half is not None and not (math.isfinite(half) and half > 0):
-            raise ConfigurationError("correction_half_life is a number of samples and must be "
-                                     "positive, e.g. 2000 (or None: offsets do not fade)")
-        half = self.count_half_life
-        if half is not None and not (math.isfinite(half) and half > 0):
-            raise ConfigurationError("count_half_life is a number of samples and must be "
-                                     "positive, e.g. 5000 (or None: counts do not fade)")
+        for name, example, what in (("correction_half_life", 2000, "offsets"),
+                                    ("count_half_life", 5000, "counts")):
+            half = getattr(self, name)
+            if half is not None and not (math.isfinite(half) and half > 0):
+                raise ConfigurationError(f"{name} is a number of samples and must be "
+                                         f"positive, e.g. {example} (or None: {what} do not "
+                                         "fade)")
         if not 0 < self.replay_ratio <= 1024:
             raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 4")
         if self.replay_backlog is not None and self.replay_backlog < 1:
