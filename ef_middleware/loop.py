@@ -237,7 +237,7 @@ class Loop:
         numeric = self.encoder.numeric.standardise(encoded.numeric_raw, encoded.numeric_mask)
         hidden = model.last_hidden(model.project_context(text, numeric), rows)
         network = logits = model.logits(hidden)
-        ids = tuple(a.id for a in candidates)
+        ids = state.ids if own else tuple(a.id for a in candidates)
         if state.correction is not None:  # own: the loop's actions, rows memoised
             logits = network + state.correction.offsets(
                 encoded.texts, ids, state.offset_rows if own else None)

@@ -21,6 +21,7 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ class ServingState:
 
     model: ServingModel
     actions: tuple[Action, ...]
-    index: dict[str, int]
+    index: dict[str, int]  # action id -> position; its keys in order are the ids
     rows: FloatArray  # (K, hidden[0]) action half of layer 1
     counts: FloatArray  # (K,) learned decisions per action
     successes: FloatArray  # (K,) summed normalised rewards per action
@@ -62,6 +63,11 @@ class ServingState:
     @property
     def version(self) -> int:
         return self.model.version
+
+    @cached_property
+    def ids(self) -> tuple[str, ...]:
+        """The actions' ids in order, built once per published state, not per ranking."""
+        return tuple(self.index)
 
 
 @dataclass
