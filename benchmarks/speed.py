@@ -78,6 +78,9 @@ def speed_table(engine: dict[str, Any] | None, vw: dict[str, Any]) -> str:
                 ]
             )
     text = table(headers, rows)
+    floor = floor_table(engine)
+    if floor:
+        text += "\n\n" + floor
     headers2 = ["measure", "K", "engine", "VW", "engine/VW"]
     rows2: list[list[str]] = []
     for k, v in vw["by_k"].items():
@@ -122,6 +125,22 @@ def speed_table(engine: dict[str, Any] | None, vw: dict[str, Any]) -> str:
             ]
         )
     return text + "\n\n" + table(headers2, rows2)
+
+
+def floor_table(engine: dict[str, Any] | None) -> str:
+    """The engine's full forward pass (a new context each call) against the bare numpy
+    forward of the same network in the same process: how much of the rank's time is the
+    network's arithmetic on this host, which no ranking code can go below on one thread."""
+    rows = [[k, _ms(e["rank_new_context"]["p50_us"]), _ms(e["rank_new_context"]["p99_us"]),
+             _ms(e["bare_forward"]["p50_us"]), _ms(e["bare_forward"]["p99_us"]),
+             f'{e["rank_new_context"]["p50_us"] / e["bare_forward"]["p50_us"]:.2f}x',
+             f'{e["rank_new_context"]["p99_us"] / e["bare_forward"]["p99_us"]:.2f}x']
+            for k, e in (engine or {}).get("by_k", {}).items() if "bare_forward" in e]
+    if not rows:  # results from before the measure existed
+        return ""
+    headers = ["K", "rank, new context p50 ms", "p99 ms", "bare forward p50 ms", "p99 ms",
+               "rank/bare p50", "rank/bare p99"]
+    return table(headers, rows)
 
 
 def sustained_table(runs: list[dict[str, Any]]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import resource
 import shutil
@@ -95,11 +96,41 @@ def warm_loop(name: str, k: int, pool: list[dict[str, Any]], seed: int,
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def bare_forward(k: int, text_dim: int, numeric_dim: int, hidden: Sequence[int],
+                 calls: int, seed: int) -> dict[str, float]:
+    """The floor under the engine's full forward pass: the same network in plain numpy
+    (float32, random weights, the action half of layer 1 precomputed), a new context vector
+    each call, and nothing else (no features, policy, logging). Run in the engine's process,
+    right after its ``rank_new_context``, so both see the same BLAS set-up and host."""
+    rng = np.random.default_rng(seed)
+
+    def dense(n_in: int, n_out: int) -> tuple[Any, Any]:
+        w = rng.standard_normal((n_in, n_out)).astype(np.float32) * np.float32(
+            np.sqrt(2.0 / (n_in + n_out)))
+        return w, np.zeros(n_out, np.float32)
+
+    w_context, b1 = dense(text_dim + numeric_dim, hidden[0])
+    rows = rng.standard_normal((k, hidden[0])).astype(np.float32)  # the actions' halves
+    layers = [dense(a, b) for a, b in itertools.pairwise(hidden)]
+    w_out, b_out = dense(hidden[-1], 1)
+    contexts = rng.standard_normal((64, text_dim + numeric_dim)).astype(np.float32)
+
+    def forward(i: int) -> Any:
+        h = np.maximum(rows + (contexts[i % 64] @ w_context + b1), 0.0)
+        for w, b in layers:
+            h = np.maximum(h @ w + b, 0.0)
+        return 1.0 / (1.0 + np.exp(-(h @ w_out[:, 0] + b_out[0])))
+
+    return latency(forward, calls)
+
+
 def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     with warm_loop(f"speed-{k}", k, pool, seed) as (loop, setup):
         n = len(pool)
         warm = latency(lambda i: loop.rank(pool[i % n]), calls)
         forward = latency(lambda i: loop.rank(new_context(pool[i % n], i)), calls)
+        cfg = loop.trainer.net.config
+        floor = bare_forward(k, cfg.text_dim, cfg.numeric_dim, cfg.hidden, calls, seed)
         fresh = latency(lambda i: loop.rank(unseen(pool[i % n], i)), calls)
         events = [loop.rank(pool[i % n]).event_id for i in range(calls)]
         loop.learn_pending()  # log the decisions now: the timed part is rewards to learned
@@ -113,6 +144,7 @@ def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[
         "setup_s": setup,
         "rank": warm,
         "rank_new_context": forward,
+        "bare_forward": floor,
         "rank_unseen": fresh,
         "learn": {"n": calls, "per_s": calls / learned, "enqueue_per_s": calls / enqueued},
     }

@@ -253,3 +253,19 @@ def test_paired_comparison_reads_agents_from_several_files_and_either_block() ->
     main["runs"][0]["metrics"]["relative_regret"] = None
     with pytest.raises(ValueError, match="has no 'relative_regret' on seed 0"):
         collect([main, peer], "a", "vw", "relative_regret")
+
+
+def test_the_bare_forward_floor_runs_the_network_and_the_table_divides_by_it() -> None:
+    from benchmarks.speed import floor_table
+    from benchmarks.speed_worker import bare_forward
+
+    timed = bare_forward(5, text_dim=8, numeric_dim=2, hidden=(6, 4, 3), calls=7, seed=0)
+    assert timed["calls"] == 7 and 0 < timed["p50_us"] <= timed["p99_us"]
+    cell = {"p50_us": 2000.0, "p99_us": 4000.0}
+    engine = {"by_k": {"10": {"rank_new_context": cell},  # a result from before the floor
+                       "1000": {"rank_new_context": {"p50_us": 5000.0, "p99_us": 6000.0},
+                                "bare_forward": cell}}}
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]]
+            for line in floor_table(engine).splitlines() if line.startswith("| 1000")]
+    assert rows == [["1000", "5.000", "6.000", "2.000", "4.000", "2.50x", "1.50x"]]
+    assert floor_table({"by_k": {"10": {"rank_new_context": cell}}}) == ""
