@@ -4,6 +4,8 @@ Latencies are per call with warm caches (after a warm-up of 256 visitors ranked 
 p50 and p99 of ``time.perf_counter_ns`` deltas. "unseen" puts a never-seen campaign string in
 every context (the engine must embed it). Throughput: the engine ranks N visitors, then times N
 ``loop.reward`` calls plus ``loop.flush()``; VW times N ``learn`` calls. Ratios are engine / VW.
+The engine's worker also times the bare numpy forward of the same network (the floor under a
+rank on this host) and the table gives rank / bare.
 ``--sustained RATE``: rewards sent to the engine's learner thread at that rate (K = 10), with and
 without ``replay_backlog``, and how far behind the learner fell.
 """

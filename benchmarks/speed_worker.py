@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.speed_worker engine|vw --ks 10,100,1000 --calls 1000`` prints one JSON
 object on stdout: per K the rank/predict latency (warm caches, and with one unseen feature value
-per call), the reward-to-learned throughput, setup time, and the process's peak RSS.
+per call), the reward-to-learned throughput, setup time, and the process's peak RSS; the
+engine's also the bare numpy forward of its network (``bare_forward``).
 
 ``python -m benchmarks.speed_worker engine --sustained 3000 --seconds 8`` instead sends rewards
 at a fixed rate to the learner thread (K = 10), once with the loop's ``replay_backlog`` and once
