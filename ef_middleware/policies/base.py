@@ -4,10 +4,11 @@ A policy turns the model's view of K candidate actions into a choice, and the pr
 choosing each action under exactly the distribution the choice was drawn from. The chosen
 action's probability is the *true propensity* logged for counterfactual evaluation. It is exact
 (a closed form, or a one-dimensional integral computed to better than 1e-3, see
-:mod:`.winprob`) for every policy but ``thompson-dropout``, and for Gaussian policies up to
-:data:`~.winprob.MAX_EXACT` actions that can win; beyond, a Monte Carlo estimate over ``M``
-draws of the policy's own randomness (standard error ``sqrt(p (1 - p) / M)``, see
-:meth:`Policy.draws`).
+:mod:`.winprob`) for every policy but ``thompson-dropout``, and ``bernoulli-ts`` beyond
+:data:`~.winprob.MAX_EXACT` actions: these log a Monte Carlo estimate over ``M`` draws of the
+policy's own randomness that counts the draw that chose (see :meth:`Policy.draws`), so the
+chosen action's estimate is at least one draw in ``M`` (``M + 1`` for ``bernoulli-ts``):
+biased up by about ``(1 - p) / M``, which matters where ``p`` is below ``1 / M``.
 
 Thompson policies draw the choice with one sample per action on the request path and compute
 the probabilities only when asked (:class:`~ef_middleware.decision.Choice`).
@@ -32,6 +33,7 @@ from .winprob import (
     MAX_EXACT,
     gaussian_win_probabilities,
     gaussian_win_probabilities_many,
+    gaussian_win_probabilities_wide,
     live_actions,
 )
 
@@ -133,7 +135,7 @@ class Policy(ABC):
             score = m + d * e  # as numpy computes mean + sd * z: the same float
             if score > best:  # the first of equal scores, as argmax
                 index, best = i, score
-        return self._gaussian_choice(mean, sd, index, exact=True, seed=None)
+        return gaussian_choice(mean, sd, index)
 
     def _normals(self, rng: np.random.Generator) -> Normals:
         normals = self._normal_stream
@@ -154,26 +156,14 @@ class Policy(ABC):
         if k == 1:
             return Choice(0, np.ones(1, dtype=np.float32))
         index = int((mu + sigma * rng.standard_normal(k)).argmax())
-        exact = k <= MAX_EXACT
-        if not exact:  # prune now, to know whether the integral will do
-            live = live_actions(mu, sigma)
-            exact = live.size <= MAX_EXACT
-        seed = None if exact else int(rng.integers(2**62))
-        return self._gaussian_choice(mu, sigma, index, exact=exact, seed=seed)
-
-    def _gaussian_choice(self, mu: Float64Array, sigma: Float64Array, index: int, *,
-                         exact: bool, seed: int | None) -> Choice:
-        """The choice of ``index`` among independent Gaussian scores, its probabilities
-        computed later by :func:`gaussian_probabilities` (``seed``: its Monte Carlo draws)."""
-        return Choice(index, exact=exact, lazy=("gaussian", (mu, sigma, index,
-                                                             self.draws(mu.shape[0]), seed)))
+        return gaussian_choice(mu, sigma, index)
 
 
 class Normals:
     """Standard normal draws from ``rng``, drawn :data:`NORMALS_CHUNK` at a time and handed
     out ``k`` at a time: the same numbers in the same order as one ``rng.standard_normal(k)``
     per call, as long as nothing else draws from ``rng`` meanwhile (Gaussian Thompson
-    sampling over up to ``MAX_EXACT`` actions draws nothing else)."""
+    sampling draws nothing else)."""
 
     __slots__ = ("_at", "_buffer", "rng")
 
@@ -206,7 +196,7 @@ def resolve_choices(choices: Iterable[Choice]) -> None:
     shared: dict[tuple[int, int], tuple[Float64Array, Float64Array, list[Choice]]] = {}
     for choice in choices:
         gaussian = choice.gaussian
-        if not choice.resolved and gaussian is not None and gaussian[0].shape[0] <= MAX_EXACT:
+        if not choice.resolved and gaussian is not None:
             mu, sigma = gaussian
             shared.setdefault((id(mu), id(sigma)), (mu, sigma, []))[2].append(choice)
     groups: dict[int, list[tuple[Float64Array, Float64Array, list[Choice]]]] = {}
@@ -215,6 +205,12 @@ def resolve_choices(choices: Iterable[Choice]) -> None:
     for k, group in groups.items():
         if k <= 2:
             continue  # the closed form is as cheap one by one
+        if k > MAX_EXACT:  # pruned and integrated one view at a time
+            for mu, sigma, members in group:
+                row = gaussian_probabilities(mu, sigma)
+                for each in members:
+                    each.resolve(row)
+            continue
         step = max(1, RESOLVE_CELLS // (k * k))  # keep the temporaries in the CPU cache
         for start in range(0, len(group), step):
             part = group[start : start + step]
@@ -226,13 +222,18 @@ def resolve_choices(choices: Iterable[Choice]) -> None:
                     each.resolve(row)
 
 
-def gaussian_probabilities(mu: Float64Array, sigma: Float64Array, index: int, draws: int,
-                           seed: int | None) -> FloatArray:
-    """Win probabilities of independent Gaussian scores; ``index`` was drawn from them.
+def gaussian_choice(mu: Float64Array, sigma: Float64Array, index: int) -> Choice:
+    """The choice of ``index`` among independent Gaussian scores ``N(mu, sigma^2)``, its
+    probabilities computed later by :func:`gaussian_probabilities`."""
+    return Choice(index, exact=True, lazy=("gaussian", (mu, sigma)))
 
-    Two actions: the closed form. Up to ``MAX_EXACT`` actions that can win: the integral.
-    Beyond: Monte Carlo with ``draws`` draws from ``seed``, counting the draw that chose, so
-    the chosen action never gets propensity 0.
+
+def gaussian_probabilities(mu: Float64Array, sigma: Float64Array) -> FloatArray:
+    """Win probabilities of independent Gaussian scores, by integration.
+
+    Two actions: the closed form. Up to ``MAX_EXACT`` actions that can win: the integral on
+    every action's quantile points; beyond, the integral on a grid at the quantiles of the
+    best score (:func:`~.winprob.gaussian_win_probabilities_wide`).
     """
     k = mu.shape[0]
     if k == 2:  # P(first wins) = Phi((mu_0 - mu_1) / sqrt(sd_0^2 + sd_1^2))
@@ -247,11 +248,7 @@ def gaussian_probabilities(mu: Float64Array, sigma: Float64Array, index: int, dr
     elif live.size <= MAX_EXACT:
         probs[live] = gaussian_win_probabilities(mu[live], sigma[live])
     else:
-        z = np.random.default_rng(seed).standard_normal((draws, live.size))
-        winners = np.argmax(mu[live] + z * sigma[live], axis=1)
-        counts = np.bincount(winners, minlength=live.size).astype(np.float64)
-        counts[np.searchsorted(live, index)] += 1.0  # the draw that made the choice
-        probs[live] = counts / (draws + 1)
+        probs[live] = gaussian_win_probabilities_wide(mu[live], sigma[live])
     return probs
 
 

@@ -704,7 +704,7 @@ def test_decisions_from_one_view_share_one_propensity_integral(
                    for c in choices)
         resolve_choices(choices)  # what the learner does when it logs them
         mu, sigma = choices[0].gaussian  # type: ignore[misc]
-        alone = gaussian_probabilities(mu, sigma, 0, 1000, None)  # the integral, one decision
+        alone = gaussian_probabilities(mu, sigma)  # the integral, one decision
         assert np.sum(alone > 0.05) >= 2  # a real draw, not a sure thing
         for choice in choices:
             np.testing.assert_allclose(choice.probabilities, alone, atol=1e-6)
