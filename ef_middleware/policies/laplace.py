@@ -20,8 +20,8 @@ class Laplace(Policy):
 
     name = "laplace"
 
-    def __init__(self, *, scale: float = 0.35, samples: int = 1000) -> None:
-        super().__init__(samples=samples)
+    def __init__(self, *, scale: float = 0.35) -> None:
+        super().__init__()
         if not scale > 0:
             raise ValueError("scale must be positive")
         self.scale = scale

@@ -23,8 +23,8 @@ class NeuralLinear(Policy):
 
     name = "neural-linear"
 
-    def __init__(self, *, scale: float = 1.0, samples: int = 1000) -> None:
-        super().__init__(samples=samples)
+    def __init__(self, *, scale: float = 1.0) -> None:
+        super().__init__()
         if not scale > 0:
             raise ValueError("scale must be positive")
         self.scale = scale

@@ -19,8 +19,8 @@ class Thompson(Policy):
 
     name = "thompson"
 
-    def __init__(self, *, noise: float = 0.5, samples: int = 1000) -> None:
-        super().__init__(samples=samples)
+    def __init__(self, *, noise: float = 0.5) -> None:
+        super().__init__()
         if not noise > 0:
             raise ValueError("noise must be positive")
         self.noise = noise

@@ -17,8 +17,8 @@ class UCB(Policy):
 
     name = "ucb"
 
-    def __init__(self, *, alpha: float = 1.0, samples: int = 1) -> None:
-        super().__init__(samples=samples)
+    def __init__(self, *, alpha: float = 1.0) -> None:
+        super().__init__()
         self.alpha = alpha
 
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:

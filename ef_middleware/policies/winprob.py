@@ -12,8 +12,10 @@ was at most 3e-4 on thirteen random Gaussian cases of 2 to 5 actions with widths
 orders of magnitude; ``tests/engine/test_policies.py`` checks it against the closed form for two
 actions and against 400,000-draw Monte Carlo runs. The 1,000-draw Monte Carlo estimate it
 replaces had a standard error of up to 0.016.
-The cost is about ``K * K * n`` CDF evaluations, so callers prune hopeless actions first and
-fall back to Monte Carlo above :data:`MAX_EXACT` live actions.
+The cost is about ``K * K * n`` CDF evaluations, so callers prune hopeless actions first, and
+above :data:`MAX_EXACT` live actions the Gaussian integral runs on one grid of about 64 points
+at the quantiles of the best score (:func:`gaussian_win_probabilities_wide`, about ``K * 150``
+CDF values). Beta scores (``bernoulli-ts``) fall back to Monte Carlo there.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from scipy.special import betainc, ndtr, ndtri
 
 from .._types import Float64Array
 
-MAX_EXACT = 48  # live actions up to which propensities are integrated, not sampled
+MAX_EXACT = 48  # live actions up to which the integral's grid has every action's points
 # Points per action: the standard-normal quantiles at the middles of 19 equal-probability
 # bins, plus +-6 standard deviations for the tails.
 NODES = np.concatenate([[-6.0], ndtri((np.arange(19) + 0.5) / 19), [6.0]])
@@ -122,8 +124,8 @@ def gaussian_win_probabilities_wide(mean: Float64Array, sd: Float64Array, *,
     the points where ``M`` reaches ``Phi(t)`` for ``fine`` values of ``t`` evenly in [-7, 7]
     (interpolated), plus both ends; then the integral of :func:`win_probabilities` on it.
     About ``K * (coarse + 2 * fine)`` CDF values, where :func:`gaussian_win_probabilities`
-    needs ``K * K * 42``. The error is measured against quadrature and Monte Carlo in
-    ``tests/engine/test_policies.py`` (docs/design.md, "Propensities are exact").
+    needs ``K * K * 42``. ``tests/engine/test_policies.py`` checks it against adaptive
+    quadrature (docs/design.md, "Propensities are exact").
     """
     k = mean.shape[0]
     floor = float(np.max(mean - NODES[-1] * sd))  # below it some action surely scores higher
@@ -143,7 +145,6 @@ def gaussian_win_probabilities_wide(mean: Float64Array, sd: Float64Array, *,
     x[1::2] = 0.5 * (grid[1:] + grid[:-1])
     out: Float64Array = _integrate(cdf(x)[None])[0]
     return out
-
 
 
 def gaussian_win_probabilities_many(mean: Float64Array, sd: Float64Array) -> Float64Array:
