@@ -3,12 +3,11 @@
 A policy turns the model's view of K candidate actions into a choice, and the probability of
 choosing each action under exactly the distribution the choice was drawn from. The chosen
 action's probability is the *true propensity* logged for counterfactual evaluation. It is exact
-(a closed form, or a one-dimensional integral computed to better than 1e-3, see
-:mod:`.winprob`) for every policy but ``thompson-dropout``, and ``bernoulli-ts`` beyond
-:data:`~.winprob.MAX_EXACT` actions: these log a Monte Carlo estimate over ``M`` draws of the
-policy's own randomness that counts the draw that chose (see :meth:`Policy.draws`), so the
-chosen action's estimate is at least one draw in ``M`` (``M + 1`` for ``bernoulli-ts``):
-biased up by about ``(1 - p) / M``, which matters where ``p`` is below ``1 / M``.
+(a closed form, or a one-dimensional integral computed to about 1e-3, see
+:mod:`.winprob`) for every policy but ``thompson-dropout``, which logs a Monte Carlo estimate
+over ``M`` draws of its own randomness that counts the draw that chose (see
+:meth:`Policy.draws`): the chosen action's estimate is at least one draw in ``M``, biased up
+by about ``(1 - p) / M``, which matters where ``p`` is below ``1 / M``.
 
 Thompson policies draw the choice with one sample per action on the request path and compute
 the probabilities only when asked (:class:`~ef_middleware.decision.Choice`).
@@ -189,16 +188,28 @@ def gaussian_scores(mean: FloatArray | Float64Array,
 
 
 def resolve_choices(choices: Iterable[Choice]) -> None:
-    """Compute the probabilities of many Gaussian choices at once (the learner logs decisions
-    in batches: one vectorised integral per action count instead of one per decision)."""
-    # Decisions drawn from one cached view (Loop.rank) share their score arrays: one integral
-    # serves them all.
+    """Compute the probabilities of many choices at once (the learner logs decisions in
+    batches): one computation per distinct set of arguments, and for Gaussian choices one
+    vectorised integral per action count instead of one per decision."""
+    # Decisions drawn from one cached view (Loop.rank), or from one published state
+    # (bernoulli-ts), share their argument arrays: one integral serves them all. The arrays
+    # are alive while the choices hold them, so their ids name them.
     shared: dict[tuple[int, int], tuple[Float64Array, Float64Array, list[Choice]]] = {}
+    others: dict[tuple[Any, ...], list[Choice]] = {}
     for choice in choices:
+        if choice.resolved or choice.lazy is None:
+            continue
         gaussian = choice.gaussian
-        if not choice.resolved and gaussian is not None:
+        if gaussian is not None:
             mu, sigma = gaussian
             shared.setdefault((id(mu), id(sigma)), (mu, sigma, []))[2].append(choice)
+        else:
+            name, args = choice.lazy
+            others.setdefault((name, *map(id, args)), []).append(choice)
+    for members in others.values():
+        row = members[0].probabilities
+        for each in members[1:]:
+            each.resolve(row)
     groups: dict[int, list[tuple[Float64Array, Float64Array, list[Choice]]]] = {}
     for entry in shared.values():
         groups.setdefault(entry[0].shape[0], []).append(entry)

@@ -7,7 +7,7 @@ import numpy as np
 from .._types import Float64Array, FloatArray
 from ..decision import LAZY_PROPENSITIES, Choice
 from .base import Candidates, Policy
-from .winprob import MAX_EXACT, beta_win_probabilities
+from .winprob import MAX_EXACT, beta_win_probabilities, beta_win_probabilities_wide
 
 
 class BernoulliThompson(Policy):
@@ -15,30 +15,38 @@ class BernoulliThompson(Policy):
 
     Rewards normalised to [0, 1] count as fractional successes (Agrawal & Goyal 2012 show the
     Bernoulli trick keeps the regret bound). Context is ignored: every visitor is the same.
-    One draw per action chooses; the propensities are exact integrals up to ``MAX_EXACT``
-    actions and Monte Carlo beyond, computed on demand.
+    One draw per action chooses; the propensities are integrals computed on demand, one per
+    published model: the decisions drawn between two publications share their Beta
+    parameters (see ``resolve_choices``).
     """
 
     name = "bernoulli-ts"
 
+    def __init__(self) -> None:
+        super().__init__()
+        # (counts, successes, a, b) of the last call: the loop's own actions share one
+        # counts array per published state, whatever the context.
+        self._last: tuple[FloatArray, FloatArray, Float64Array, Float64Array] | None = None
+
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
-        k = c.counts.shape[0]
+        a, b = self._posterior(c)
+        index = int(np.argmax(rng.beta(a, b)))
+        return Choice(index, lazy=("beta", (a, b)))
+
+    def _posterior(self, c: Candidates) -> tuple[Float64Array, Float64Array]:
+        last = self._last
+        if last is not None and last[0] is c.counts and last[1] is c.successes:
+            return last[2], last[3]
         a = 1.0 + c.successes.astype(np.float64)
         b = 1.0 + np.maximum(c.counts - c.successes, 0.0).astype(np.float64)
-        index = int(np.argmax(rng.beta(a, b)))
-        seed = None if k <= MAX_EXACT else int(rng.integers(2**62))
-        return Choice(index, exact=k <= MAX_EXACT,
-                      lazy=("beta", (a, b, index, self.draws(k), seed)))
+        self._last = (c.counts, c.successes, a, b)
+        return a, b
 
 
-def _probabilities(a: Float64Array, b: Float64Array, index: int, draws: int,
-                   seed: int | None) -> FloatArray:
-    if seed is None:
+def _probabilities(a: Float64Array, b: Float64Array) -> FloatArray:
+    if a.size <= MAX_EXACT:
         return beta_win_probabilities(a, b).astype(np.float32)
-    winners = np.argmax(np.random.default_rng(seed).beta(a, b, size=(draws, a.size)), axis=1)
-    counts = np.bincount(winners, minlength=a.size).astype(np.float64)
-    counts[index] += 1.0  # the draw that made the choice
-    out: FloatArray = (counts / (draws + 1)).astype(np.float32)
+    out: FloatArray = beta_win_probabilities_wide(a, b).astype(np.float32)
     return out
 
 

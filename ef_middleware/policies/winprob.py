@@ -13,9 +13,8 @@ orders of magnitude; ``tests/engine/test_policies.py`` checks it against the clo
 actions and against 400,000-draw Monte Carlo runs. The 1,000-draw Monte Carlo estimate it
 replaces had a standard error of up to 0.016.
 The cost is about ``K * K * n`` CDF evaluations, so callers prune hopeless actions first, and
-above :data:`MAX_EXACT` live actions the Gaussian integral runs on one grid of about 64 points
-at the quantiles of the best score (:func:`gaussian_win_probabilities_wide`, about ``K * 150``
-CDF values). Beta scores (``bernoulli-ts``) fall back to Monte Carlo there.
+above :data:`MAX_EXACT` live actions the integral runs on one grid of about 64 points at the
+quantiles of the best score (:func:`wide_win_probabilities`, about ``K * 150`` CDF values).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.special import betainc, ndtr, ndtri
+from scipy.special import betainc, betaincinv, ndtr, ndtri
 
 from .._types import Float64Array
 
@@ -116,23 +115,48 @@ def gaussian_win_probabilities_wide(mean: Float64Array, sd: Float64Array, *,
                                     coarse: int = WIDE_COARSE,
                                     fine: int = WIDE_FINE) -> Float64Array:
     """Win probabilities of many independent ``N(mean_a, sd_a^2)`` scores (``sd`` > 0) on one
-    grid of about ``fine`` points, for more actions than :data:`MAX_EXACT`.
+    grid of about ``fine`` points, for more actions than :data:`MAX_EXACT`
+    (:func:`wide_win_probabilities`)."""
+    floor = float(np.max(mean + NODES[0] * sd))  # below it some action surely scores higher
+    top = float(np.max(mean + NODES[-1] * sd))
+    return wide_win_probabilities(mean.shape[0], floor, top, _gaussian_cdf(mean, sd),
+                                  coarse=coarse, fine=fine)
+
+
+def beta_win_probabilities_wide(a: Float64Array, b: Float64Array, *,
+                                coarse: int = WIDE_COARSE,
+                                fine: int = WIDE_FINE) -> Float64Array:
+    """Win probabilities of many independent ``Beta(a_k, b_k)`` scores on one grid
+    (:func:`wide_win_probabilities`), between the highest of the actions' lowest quantiles
+    and the highest of their highest (the tails of the Gaussian grid's ``NODES``)."""
+    tail = float(ndtr(NODES[0]))
+    floor = float(np.max(betaincinv(a, b, tail)))
+    top = float(np.max(betaincinv(a, b, 1.0 - tail)))
+
+    def cdf(x: Float64Array) -> Float64Array:
+        out: Float64Array = np.asarray(betainc(a[:, None], b[:, None], x[None, :]),
+                                       dtype=np.float64)
+        return out
+
+    return wide_win_probabilities(a.shape[0], floor, top, cdf, coarse=coarse, fine=fine)
+
+
+def wide_win_probabilities(k: int, floor: float, top: float, cdf: Cdf, *,
+                           coarse: int = WIDE_COARSE, fine: int = WIDE_FINE) -> Float64Array:
+    """Win probabilities of ``k`` independent scores, all of whose winning mass lies in
+    [``floor``, ``top``], on one grid of about ``fine`` points.
 
     Action ``a`` can only win where the best of the other scores is below its own, so the
     integrand of every action lives where the CDF of the best score, ``M(s) = prod_a F_a(s)``,
     rises. The grid is placed there in two passes: ``log M`` on ``coarse`` even points, then
     the points where ``M`` reaches ``Phi(t)`` for ``fine`` values of ``t`` evenly in [-7, 7]
     (interpolated), plus both ends; then the integral of :func:`win_probabilities` on it.
-    About ``K * (coarse + 2 * fine)`` CDF values, where :func:`gaussian_win_probabilities`
-    needs ``K * K * 42``. ``tests/engine/test_policies.py`` checks it against adaptive
-    quadrature (docs/design.md, "Propensities are exact").
+    About ``k * (coarse + 2 * fine)`` CDF values, where :func:`win_probabilities` needs
+    ``k * k * 42``. ``tests/engine/test_policies.py`` checks it against adaptive quadrature
+    (docs/design.md, "Propensities are exact").
     """
-    k = mean.shape[0]
-    floor = float(np.max(mean - NODES[-1] * sd))  # below it some action surely scores higher
-    top = float(np.max(mean + NODES[-1] * sd))
     if not top > floor:
         return np.full(k, 1.0 / k)
-    cdf = _gaussian_cdf(mean, sd)
     even = np.linspace(floor, top, coarse)
     with np.errstate(divide="ignore"):
         log_best = np.log(cdf(even)).sum(axis=0)

@@ -7,9 +7,11 @@ import pytest
 
 from ef_middleware.model import ModelConfig, RewardNet, ServingModel
 from ef_middleware.policies import POLICIES, Candidates, base, make_policy
+from ef_middleware.policies.base import resolve_choices
 from ef_middleware.policies.winprob import (
     MAX_EXACT,
     beta_win_probabilities,
+    beta_win_probabilities_wide,
     gaussian_win_probabilities,
     gaussian_win_probabilities_wide,
 )
@@ -205,6 +207,64 @@ def test_thompson_logs_the_true_propensity_among_many_equal_actions() -> None:
     for _ in range(5):
         choice = make_policy("thompson").choose(alike, rng)
         assert choice.exact
+        assert choice.probabilities[choice.index] == pytest.approx(1 / k, rel=1e-3)
+        assert choice.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def _beta_quadrature(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each action's win probability by adaptive quadrature of its own integral."""
+    from scipy.integrate import quad
+    from scipy.special import betainc
+    from scipy.stats import beta
+
+    out = []
+    for i in range(a.size):
+        others = np.arange(a.size) != i
+
+        def integrand(x: float, i: int = i, oa: np.ndarray = a[others],
+                      ob: np.ndarray = b[others]) -> float:
+            with np.errstate(divide="ignore"):
+                log_others = np.log(betainc(oa, ob, x)).sum()
+            return float(np.exp(beta.logpdf(x, a[i], b[i]) + log_others))
+
+        low, high = beta.ppf([1e-12, 1 - 1e-12], a[i], b[i])
+        out.append(quad(integrand, low, high, limit=400, epsabs=1e-11, epsrel=1e-7,
+                        points=[a[i] / (a[i] + b[i])])[0])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("kind", ["early", "later"])
+def test_the_beta_integral_over_many_actions_matches_quadrature(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    k = 60
+    if kind == "early":  # a few visitors each
+        n = rng.integers(0, 6, k)
+        wins = rng.binomial(n, 0.3)
+    else:  # thousands each, close rates
+        n = rng.integers(500, 3000, k)
+        wins = rng.binomial(n, rng.uniform(0.04, 0.06, k))
+    a, b = 1.0 + wins, 1.0 + n - wins
+    reference = _beta_quadrature(a, b)
+    wide = beta_win_probabilities_wide(a, b)
+    assert wide.sum() == pytest.approx(1.0)
+    assert np.abs(wide - reference).max() < 1.5e-3
+    big = reference > 1e-3
+    assert (np.abs(wide - reference)[big] / reference[big]).max() < 0.05
+
+
+def test_bernoulli_ts_logs_the_true_propensity_among_many_arms_once_per_model() -> None:
+    """200 arms alike: each is drawn with probability 1/200, and the decisions drawn from one
+    published model share one integral."""
+    c = candidates()
+    k = 200
+    arms = Candidates(np.full(k, 0.4, np.float32), np.zeros(k, np.float32),
+                      np.zeros((k, 4), np.float32), np.full(k, 3.0, np.float32),
+                      np.ones(k, np.float32), c.model, None)
+    policy, rng = make_policy("bernoulli-ts"), np.random.default_rng(3)
+    choices = [policy.choose(arms, rng) for _ in range(5)]
+    resolve_choices(choices)
+    for choice in choices:
+        assert choice.exact and choice.probabilities is choices[0].probabilities
         assert choice.probabilities[choice.index] == pytest.approx(1 / k, rel=1e-3)
         assert choice.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
 
