@@ -46,7 +46,8 @@ def shared_embedder() -> Any:
 
 
 def make_engine(path: str, seed: int, sync: bool = False) -> Any:
-    """``Engine(path, seed=seed)`` with the shared embedder (and no learner thread if ``sync``)."""
+    """``Engine(path, seed=seed)`` with the shared embedder; with ``sync``, no thread at all
+    (learning in ``flush()``, new texts embedded at once), so a run is the same every time."""
     from ef_middleware import Engine
 
     kwargs: dict[str, Any] = {"seed": seed}
@@ -54,6 +55,7 @@ def make_engine(path: str, seed: int, sync: bool = False) -> Any:
         kwargs["embedder"] = shared_embedder()
     if sync:
         kwargs["learner"] = False
+        kwargs["embed_in_background"] = False
     return Engine(path, **kwargs)
 
 
