@@ -189,8 +189,8 @@ def gaussian_scores(mean: FloatArray | Float64Array,
 
 def resolve_choices(choices: Iterable[Choice]) -> None:
     """Compute the probabilities of many choices at once (the learner logs decisions in
-    batches): one computation per distinct set of arguments, and for Gaussian choices one
-    vectorised integral per action count instead of one per decision."""
+    batches): one computation per distinct set of arguments, and for Gaussian choices over up
+    to ``MAX_EXACT`` actions one vectorised integral per action count."""
     # Decisions drawn from one cached view (Loop.rank), or from one published state
     # (bernoulli-ts), share their argument arrays: one integral serves them all. The arrays
     # are alive while the choices hold them, so their ids name them.
@@ -200,10 +200,10 @@ def resolve_choices(choices: Iterable[Choice]) -> None:
         if choice.resolved or choice.lazy is None:
             continue
         gaussian = choice.gaussian
-        if gaussian is not None:
+        if gaussian is not None and gaussian[0].shape[0] <= MAX_EXACT:
             mu, sigma = gaussian
             shared.setdefault((id(mu), id(sigma)), (mu, sigma, []))[2].append(choice)
-        else:
+        else:  # pruned and integrated one argument set at a time
             name, args = choice.lazy
             others.setdefault((name, *map(id, args)), []).append(choice)
     for members in others.values():
@@ -216,12 +216,6 @@ def resolve_choices(choices: Iterable[Choice]) -> None:
     for k, group in groups.items():
         if k <= 2:
             continue  # the closed form is as cheap one by one
-        if k > MAX_EXACT:  # pruned and integrated one view at a time
-            for mu, sigma, members in group:
-                row = gaussian_probabilities(mu, sigma)
-                for each in members:
-                    each.resolve(row)
-            continue
         step = max(1, RESOLVE_CELLS // (k * k))  # keep the temporaries in the CPU cache
         for start in range(0, len(group), step):
             part = group[start : start + step]

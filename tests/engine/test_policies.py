@@ -201,16 +201,18 @@ def _assert_near(wide: np.ndarray, reference: np.ndarray, tolerance: float) -> N
 
 def test_thompson_logs_the_true_propensity_among_many_equal_actions() -> None:
     """200 actions alike: each is chosen with probability 1/200, and that is what is logged
-    (a Monte Carlo estimate that counts the draw that chose logged 1/65 or more)."""
+    (a Monte Carlo estimate that counts the draw that chose logged 1/65 or more); decisions
+    drawn from one view share one integral."""
     c = candidates()
     k = 200
     alike = Candidates(np.full(k, 0.4, np.float32), np.zeros(k, np.float32),
                        np.zeros((k, 4), np.float32), np.ones(k, np.float32),
                        np.zeros(k, np.float32), c.model, None)
-    rng = np.random.default_rng(3)
-    for _ in range(5):
-        choice = make_policy("thompson").choose(alike, rng)
-        assert choice.exact
+    policy, rng = make_policy("thompson"), np.random.default_rng(3)
+    choices = [policy.choose(alike, rng) for _ in range(5)]
+    resolve_choices(choices)
+    for choice in choices:
+        assert choice.exact and choice.probabilities is choices[0].probabilities
         assert choice.probabilities[choice.index] == pytest.approx(1 / k, rel=1e-3)
         assert choice.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
 
