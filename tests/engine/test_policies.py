@@ -199,24 +199,6 @@ def _assert_near(wide: np.ndarray, reference: np.ndarray, tolerance: float) -> N
     assert (np.abs(wide - reference)[big] / reference[big]).max() < 0.05
 
 
-def test_thompson_logs_the_true_propensity_among_many_equal_actions() -> None:
-    """200 actions alike: each is chosen with probability 1/200, and that is what is logged
-    (a Monte Carlo estimate that counts the draw that chose logged 1/65 or more); decisions
-    drawn from one view share one integral."""
-    c = candidates()
-    k = 200
-    alike = Candidates(np.full(k, 0.4, np.float32), np.zeros(k, np.float32),
-                       np.zeros((k, 4), np.float32), np.ones(k, np.float32),
-                       np.zeros(k, np.float32), c.model, None)
-    policy, rng = make_policy("thompson"), np.random.default_rng(3)
-    choices = [policy.choose(alike, rng) for _ in range(5)]
-    resolve_choices(choices)
-    for choice in choices:
-        assert choice.exact and choice.probabilities is choices[0].probabilities
-        assert choice.probabilities[choice.index] == pytest.approx(1 / k, rel=1e-3)
-        assert choice.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
-
-
 def _beta_quadrature(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Each action's win probability by adaptive quadrature of its own integral."""
     from scipy.integrate import quad
@@ -253,16 +235,20 @@ def test_the_beta_integral_over_many_actions_matches_quadrature(kind: str) -> No
     _assert_near(beta_win_probabilities_wide(a, b), _beta_quadrature(a, b), 1.5e-3)
 
 
-def test_bernoulli_ts_logs_the_true_propensity_among_many_arms_once_per_model() -> None:
-    """200 arms alike: each is drawn with probability 1/200, and the decisions drawn from one
-    published model share one integral."""
+@pytest.mark.parametrize(("strategy", "count", "success"),
+                         [("thompson", 1.0, 0.0), ("bernoulli-ts", 3.0, 1.0)])
+def test_many_alike_actions_log_their_true_propensity_once_per_view(
+        strategy: str, count: float, success: float) -> None:
+    """200 actions alike: each is chosen with probability 1/200, and that is what is logged
+    (a Monte Carlo estimate that counts the draw that chose logged 1/65 or more); decisions
+    drawn from one view (bernoulli-ts: one published model) share one integral."""
     c = candidates()
     k = 200
-    arms = Candidates(np.full(k, 0.4, np.float32), np.zeros(k, np.float32),
-                      np.zeros((k, 4), np.float32), np.full(k, 3.0, np.float32),
-                      np.ones(k, np.float32), c.model, None)
-    policy, rng = make_policy("bernoulli-ts"), np.random.default_rng(3)
-    choices = [policy.choose(arms, rng) for _ in range(5)]
+    alike = Candidates(np.full(k, 0.4, np.float32), np.zeros(k, np.float32),
+                       np.zeros((k, 4), np.float32), np.full(k, count, np.float32),
+                       np.full(k, success, np.float32), c.model, None)
+    policy, rng = make_policy(strategy), np.random.default_rng(3)
+    choices = [policy.choose(alike, rng) for _ in range(5)]
     resolve_choices(choices)
     for choice in choices:
         assert choice.exact and choice.probabilities is choices[0].probabilities
