@@ -165,3 +165,27 @@ def blas_probe(calls: int = 20) -> dict[str, Any]:
     blas.warm()
     info["sgemm_1000x256x128_ms"] = median_ms()
     return info
+
+
+def process_memory(pid: int) -> dict[str, float] | None:
+    """Process ``pid``'s resident memory now and at its peak (``VmRSS``, ``VmHWM`` of
+    ``/proc/<pid>/status``, in MB), read from outside so any process can be measured;
+    ``None`` where there is no such file (not Linux, or the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return parse_memory(text)
+
+
+def parse_memory(text: str) -> dict[str, float] | None:
+    """``{"rss": MB, "peak": MB}`` from the text of a ``/proc/<pid>/status`` file."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            number, _, unit = value.strip().partition(" ")
+            if unit != "kB" or not number.isdigit():
+                return None
+            found["rss" if name == "VmRSS" else "peak"] = int(number) / 1024
+    return found if len(found) == 2 else None

@@ -55,7 +55,14 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from benchmarks.host import cpu_model, cpu_probe, cpu_ticks, percent, steal_share
+from benchmarks.host import (
+    cpu_model,
+    cpu_probe,
+    cpu_ticks,
+    percent,
+    process_memory,
+    steal_share,
+)
 from benchmarks.http_load import (
     LoadResult,
     closed_loop,
@@ -219,6 +226,9 @@ def _free_port() -> int:
         return port
 
 
+SERVER_PIDS: dict[int, int] = {}  # port -> process id of the servers that are up
+
+
 @contextmanager
 def serve(factory: str, env: dict[str, str], root: Path = ROOT) -> Iterator[int]:
     """Run ``benchmarks.web_throughput:<factory>`` under uvicorn from ``root`` (a checkout:
@@ -245,8 +255,10 @@ def serve(factory: str, env: dict[str, str], root: Path = ROOT) -> Iterator[int]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{factory}: the server did not start")
             time.sleep(0.3)
+        SERVER_PIDS[port] = proc.pid
         yield port
     finally:
+        SERVER_PIDS.pop(port, None)
         proc.terminate()
         try:
             proc.wait(timeout=30)
@@ -492,7 +504,8 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
     ``probe_p50`` and ``probe_p99``, the CPU probe's figures before the reward runs, and
     ``peer_p50`` and ``peer_p99``, the in-server latency of the bare app's no-op route at the
     reward rate (medians over runs), and ``peer_gap_p99``, the reward's p99 minus the no-op's
-    (median of the per-run differences)."""
+    (median of the per-run differences); ``rss_mb`` and ``peak_rss_mb``, a page server's
+    resident and peak resident memory after its fixed-rate run, where read."""
     out: dict[str, dict[str, float]] = {}
     for mode in (*page_modes, "reward"):
         runs = [r[mode] for r in rounds if mode in r]
@@ -528,6 +541,9 @@ def summarise(rounds: list[dict[str, Any]], fixed: dict[str, dict[str, Any]],
         if probes:  # the CPU probe before each reward run (benchmarks/host.py)
             row["probe_p50"] = _median([x["p50"] for x in probes])
             row["probe_p99"] = _median([x["p99"] for x in probes])
+        memory = fixed[mode].get("memory_mb") if mode in page_modes else None
+        if memory:  # the server's resident and peak resident memory after its last page
+            row["rss_mb"], row["peak_rss_mb"] = memory["rss"], memory["peak"]
         if mode in page_modes:
             row["cpu_us"] = _median([x.get("cpu_us_process", math.nan) for x in sat])
             row["cpu_us_loop"] = _median([x.get("cpu_us_loop", math.nan) for x in sat])
@@ -579,6 +595,11 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
              if "steal" in summary.get(mode, {})]
     if steal:
         print("\nThe host's steal time, median share of CPU time: " + "; ".join(steal))
+    memory = [f"{mode} {s['rss_mb']:.0f} / {s['peak_rss_mb']:.0f}"
+              for mode, s in summary.items() if "rss_mb" in s]
+    if memory:
+        print("Server memory after its pages, resident / peak resident MB: "
+              + "; ".join(memory))
     if "peer_p99" in summary.get("reward", {}):
         r = summary["reward"]
         print(f"The reward route's peer, the same requests at the same rate to a no-op POST "
@@ -699,6 +720,8 @@ def page_rounds(args: argparse.Namespace, work: Path, trained: Path, env: dict[s
                 flush=True)
         for mode in modes:
             fixed[mode] = fixed_run(ports[mode], args, pages[mode])
+        for mode in modes:  # after every page it served (any checkout: read from outside)
+            fixed[mode]["memory_mb"] = process_memory(SERVER_PIDS[ports[mode]])
         for mode in ("new visitor", "new visitors, mixed"):
             # Warm-up requests come on top, so this is a lower bound.
             sent = sum(r[mode]["requests"] for r in rounds) + fixed[mode]["requests"]

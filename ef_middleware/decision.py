@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ._json import kept_json
 from ._types import Float64Array, FloatArray
 from .features import Action
 
@@ -191,9 +192,10 @@ def log_record(entry: LogEntry, choice: Choice, action: Action) -> dict[str, Any
 
 
 def context_json(context: Mapping[str, Any]) -> bytes:
-    """The context as the decision log writes it (values JSON cannot hold become strings)."""
+    """The context as the decision log writes it (values JSON cannot hold become strings),
+    right-sized: it waits with the decision until the learner logs it."""
     try:
-        return orjson.dumps(context, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+        return kept_json(context, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError:  # an int beyond 64 bits: the standard library writes it
         return json.dumps(context, default=str, ensure_ascii=False,
                           separators=(",", ":")).encode("utf-8")

@@ -29,6 +29,8 @@ from itsdangerous.encoding import (
     want_bytes,
 )
 
+from .._json import kept_json
+
 __all__ = [
     "DECISIONS_SALT",
     "VISITOR_SALT",
@@ -53,7 +55,7 @@ DECISIONS_SALT = "ef_middleware.web.decisions"
 VISITOR_SALT = "ef_middleware.web.visitor"
 MAX_ENTRIES = 16  # loops remembered in one decision cookie (oldest dropped first)
 MAX_ID = 128  # characters of an event id, action id or loop name we accept from a cookie
-KNOWN_VALUES = 4096  # signed values remembered per serializer (about 1.5 MB at most)
+KNOWN_VALUES = 4096  # signed values remembered per serializer (about 2 MB at most)
 
 
 class DecisionEntry(NamedTuple):
@@ -134,7 +136,7 @@ class _CookieSerializer(URLSafeTimedSerializer):
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
         # Serializer.dumps and TimestampSigner.sign in one step (see _SaltKeys), keeping the
         # JSON text and the signing time to remember.
-        text = orjson.dumps(obj)
+        text = kept_json(obj)  # remembered below: right-sized (ef_middleware._json)
         signed, stamp = self._salt_keys(salt).sign(_urlsafe_b64(text))
         self._remember((salt, signed), text, stamp)
         return signed.decode("ascii")
@@ -148,7 +150,7 @@ class _CookieSerializer(URLSafeTimedSerializer):
             if verified is None:  # anything else: itsdangerous decides, with its own errors
                 payload, signed_at = super().loads(s, return_timestamp=True, salt=salt)
                 stamp = int(signed_at.timestamp())
-                text = orjson.dumps(payload)
+                text = kept_json(payload)
             else:
                 payload, text, stamp = verified
             self._remember(key, text, stamp)

@@ -18,9 +18,11 @@ from benchmarks.host import (
     blas_probe,
     cpu_model,
     cpu_probe,
+    parse_memory,
     parse_proc_stat,
     percent,
     probe_work,
+    process_memory,
     steal_share,
 )
 from benchmarks.learning import Run, ShiftSpec, _recovery
@@ -119,10 +121,14 @@ def test_web_summary_takes_shares_within_rounds_and_more_reward_runs_than_rounds
     rounds[1]["reward"] = _reward(2.0)  # no steal time, probe or peer (an older result file)
     rounds.append({"reward": _reward(2.5, 0.10, {"p50": 120.0, "p99": 450.0}, 1.5)})  # a
     # reward run beyond the page rounds
-    fixed = {m: {"p50": 1.0, "p99": 2.0, "non_2xx": 0, "server": {"p50": 0.4, "p99": 1.0}}
-             for m in modes}
+    fixed: dict[str, dict[str, Any]] = {
+        m: {"p50": 1.0, "p99": 2.0, "non_2xx": 0, "server": {"p50": 0.4, "p99": 1.0}}
+        for m in modes}
+    fixed["new visitor"]["memory_mb"] = {"rss": 120.0, "peak": 130.0}  # bare: not read
     summary = summarise(rounds, fixed, modes)
     new = summary["new visitor"]
+    assert (new["rss_mb"], new["peak_rss_mb"]) == (120.0, 130.0)
+    assert "rss_mb" not in summary["bare"] and "rss_mb" not in summary["reward"]
     assert new["share"] == pytest.approx(0.6)  # median of 0.8, 0.5, 0.6: not 900 / 1500
     assert new["cpu_share"] == pytest.approx(0.75)  # median of 0.75, 0.5, 0.8
     assert new["rps"] == 900.0
@@ -150,6 +156,17 @@ def test_steal_time_is_the_stolen_share_of_all_cpu_ticks() -> None:
     assert percent(share) == "0.5%" and percent(None) == "n/a"
     assert steal_share(after, before) is None and steal_share(None, after) is None
     assert parse_proc_stat("intr 1 2\n") is None
+
+
+def test_a_server_memory_is_read_from_its_proc_status() -> None:
+    status = ("Name:\tpython\nVmPeak:\t 900000 kB\nVmHWM:\t  204800 kB\n"
+              "VmRSS:\t  153600 kB\nThreads:\t4\n")
+    assert parse_memory(status) == {"rss": 150.0, "peak": 200.0}
+    assert parse_memory("Name:\tpython\nVmRSS:\t 1 kB\n") is None  # no peak
+    assert parse_memory("VmHWM:\t 2 MB\nVmRSS:\t 1 MB\n") is None  # not kB
+    own = process_memory(os.getpid())
+    assert own is not None and 0 < own["rss"] <= own["peak"]
+    assert process_memory(2**22 + 1) is None  # above Linux's highest process id
 
 
 def test_the_cpu_probe_times_only_the_work_after_each_sleep_on_the_cpu_given() -> None:
