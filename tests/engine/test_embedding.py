@@ -1,0 +1,97 @@
+"""The embedding cache's background queue under a flood of new values (real model)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ef_middleware import ConfigurationError, SentenceTransformerEmbedder
+from ef_middleware.embedding import HELP_LIMIT, EmbeddingCache
+
+
+class GatedEmbedder:
+    """The real model; the background thread's encodes wait until the gate opens."""
+
+    def __init__(self, model: SentenceTransformerEmbedder) -> None:
+        self.model, self.name, self.dim = model, model.name, model.dim
+        self.gate = threading.Event()
+        self.calls: list[tuple[str, list[str]]] = []  # (thread name, texts) per encode
+
+    def encode(self, texts: Any) -> Any:
+        name = threading.current_thread().name
+        if name == "ef-embedder":
+            self.gate.wait(60)
+        self.calls.append((name, list(texts)))
+        return self.model.encode(texts)
+
+    def encoded(self) -> list[str]:
+        return [text for _, texts in self.calls for text in texts]
+
+
+def test_a_flood_of_new_values_waits_in_a_bounded_queue_and_is_learned_as_stand_ins(
+        embedder: SentenceTransformerEmbedder, caplog: pytest.LogCaptureFixture) -> None:
+    gated = GatedEmbedder(embedder)
+    cache = EmbeddingCache(gated, None, background=True, max_queued=HELP_LIMIT + 36)
+    try:
+        first = cache.get_many(["campaign: spring"])  # a key's first value: encoded at once
+        flood = [f"campaign: c{i}" for i in range(cache.max_queued + 20)]
+        with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+            for text in flood:
+                vector, complete = cache.lookup([text])
+                assert not complete
+                np.testing.assert_array_equal(vector, first)  # the key's mean stands in
+        assert len(cache._queued) == cache.max_queued
+        assert cache.overflowed == 20
+        warnings = [r for r in caplog.records if "wait for embedding" in r.getMessage()]
+        assert len(warnings) == 1  # one line, not one per text
+
+        # A blocking caller (the learner) during the flood: stand-ins, no transformer run on
+        # its thread, for queued and overflowed texts alike.
+        before = len(gated.calls)
+        vectors, complete = cache.lookup([flood[0], flood[-1]], block=True)
+        assert not complete and len(gated.calls) == before
+        np.testing.assert_array_equal(vectors, np.vstack([first, first]))
+
+        gated.gate.set()
+        assert cache.wait()
+        encoded = gated.encoded()
+        assert sorted(encoded) == sorted(["campaign: spring", *flood[:cache.max_queued]])
+        assert all(thread == "ef-embedder" for thread, _ in gated.calls[1:])
+
+        # An overflowed text seen again, with room now: queued and embedded.
+        cache.get_many([flood[-1]])
+        assert cache.wait()
+        assert gated.encoded()[-1] == flood[-1]
+        vector, complete = cache.lookup([flood[-1]])
+        assert complete and not np.array_equal(vector, first)
+    finally:
+        gated.gate.set()
+        cache.close()
+
+
+def test_a_blocking_caller_still_encodes_a_new_value_when_the_queue_is_short(
+        embedder: SentenceTransformerEmbedder) -> None:
+    gated = GatedEmbedder(embedder)
+    cache = EmbeddingCache(gated, None, background=True)
+    try:
+        cache.get_many(["campaign: spring"])
+        cache.get_many(["campaign: summer"])  # queued; the background thread waits at the gate
+        vector, complete = cache.lookup(["campaign: summer"], block=True)
+        assert complete  # encoded on this thread, as before any flood
+        assert gated.calls[-1] == (threading.current_thread().name, ["campaign: summer"])
+        np.testing.assert_allclose(np.linalg.norm(vector), 1.0, rtol=1e-5)
+        gated.gate.set()
+        assert cache.wait()
+        np.testing.assert_allclose(cache.get_many(["campaign: summer"]), vector, atol=1e-6)
+    finally:
+        gated.gate.set()
+        cache.close()
+
+
+def test_max_queued_must_be_positive(embedder: SentenceTransformerEmbedder) -> None:
+    with pytest.raises(ConfigurationError):
+        EmbeddingCache(embedder, None, background=True, max_queued=0)
