@@ -302,9 +302,13 @@ class FeatureEncoder:
         return EncodedContext(pooled, values, mask, provisional=not complete,
                               texts=tuple(texts))
 
-    def actions(self, actions: Sequence[Action]) -> FloatArray:
-        """Pooled text vectors of ``actions``, one row each."""
+    def actions(self, actions: Sequence[Action], *, block: bool | None = True
+                ) -> tuple[FloatArray, list[bool]]:
+        """Pooled text vectors of ``actions``, one row each, and whether each had its real
+        vectors (``block`` as in :meth:`EmbeddingCache.get_many`)."""
         out = np.empty((len(actions), self.dim), dtype=np.float32)
+        complete = []
         for i, action in enumerate(actions):
-            out[i] = self.pool(action.texts(), block=True)[0]
-        return out
+            out[i], done = self.pool(action.texts(), block=block)
+            complete.append(done)
+        return out, complete

@@ -297,8 +297,10 @@ class Loop:
                 continue
             cached = state.model.action_rows.get(action_key(a))
             if cached is None:
-                cached = self.trainer.action_rows([a], state.model)[0]
-                state.model.action_rows[action_key(a)] = cached
+                projected, final = self.trainer.action_rows([a], state.model)
+                cached = projected[0]
+                if final:  # a stand-in is computed again until the real vectors are in
+                    state.model.action_rows[action_key(a)] = cached
             stat = self.trainer.counts.get(a.id)
             rows[j], counts[j], successes[j] = cached, stat[0], stat[1]
         return chosen, rows, counts, successes

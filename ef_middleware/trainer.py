@@ -39,6 +39,7 @@ from .store import Store
 
 log = logging.getLogger("ef_middleware")
 KEEP_VERSIONS = 3
+ACTION_ROWS = 64  # rows of an action table before its first doubling
 ActionKey = tuple[str, tuple[tuple[str, str], ...]]
 POSTERIORS = {"laplace": LaplacePosterior, "ucb": LaplacePosterior,
               "neural-linear": LinearPosterior}
@@ -82,32 +83,68 @@ class Sample:
 
 
 class ActionTable:
-    """Every action the loop has learned about: its pooled, scaled text vector, by row."""
+    """Every action the loop has learned about: its pooled, scaled text vector, by row.
+
+    Rows never move (the replay buffer keeps row numbers), so the table only grows: per-call
+    action lists (a catalogue, the day's articles) add a row per new action. The rows live in
+    a buffer that doubles when full, and :attr:`vectors` is a view of its filled part, set
+    after new rows are written: a reader sees the rows it knows of. Appending to an array of
+    exactly the filled size copied the whole table for each new action, on the request path:
+    23.5 ms per rank with a new action once 40,000 were known (a lab run with a stand-in
+    embedder), against 2.3 ms at 1,000.
+    """
 
     def __init__(self, encoder: FeatureEncoder, scale: float) -> None:
         self._encoder = encoder
         self._scale = np.float32(scale)
         self._index: dict[ActionKey, int] = {}
         self._lock = threading.Lock()  # the learner and a per-call action list may both add
-        self.vectors = np.zeros((0, encoder.dim), dtype=np.float32)
+        self._buffer = np.zeros((ACTION_ROWS, encoder.dim), dtype=np.float32)
+        self.vectors: FloatArray = self._buffer[:0]
+        self._provisional: dict[int, Action] = {}  # rows whose texts' means stand in
 
-    def rows(self, actions: Sequence[Action]) -> IntArray:
-        """Row of each action, embedding the new ones."""
+    def rows(self, actions: Sequence[Action], *, block: bool | None = True) -> IntArray:
+        """Row of each action, embedding the new ones.
+
+        ``block=None`` (the request path) embeds as the embedding cache does in the
+        background: a new action whose texts are not embedded yet gets a row of their keys'
+        means, which the first later call that finds the real vectors overwrites.
+        """
         out = np.empty(len(actions), dtype=np.int64)
         for i, action in enumerate(actions):
             row = self._index.get(action_key(action))
             if row is None:
                 with self._lock:
-                    return self._add(actions, out)
+                    return self._add(actions, out, block)
             out[i] = row
+        if self._provisional:
+            for number in out.tolist():
+                if number in self._provisional:
+                    self._refresh(number, block)
         return out
 
-    def vectors_of(self, actions: Sequence[Action]) -> FloatArray:
-        rows = self.rows(actions)  # first: it may grow the table
+    def provisional(self, rows: IntArray) -> bool:
+        """Whether any of these rows still holds a stand-in."""
+        return bool(self._provisional) and any(r in self._provisional for r in rows.tolist())
+
+    def vectors_of(self, actions: Sequence[Action], *, block: bool | None = True
+                   ) -> FloatArray:
+        rows = self.rows(actions, block=block)  # first: it may grow the table
         out: FloatArray = self.vectors[rows]
         return out
 
-    def _add(self, actions: Sequence[Action], out: IntArray) -> IntArray:
+    def _refresh(self, row: int, block: bool | None) -> None:
+        """Overwrite a stand-in row once its action's texts are embedded."""
+        action = self._provisional.get(row)
+        if action is None:
+            return
+        vectors, complete = self._encoder.actions([action], block=block)
+        if complete[0]:
+            with self._lock:  # not while _add copies the buffer to a larger one
+                if self._provisional.pop(row, None) is not None:
+                    self._buffer[row] = vectors[0] * self._scale
+
+    def _add(self, actions: Sequence[Action], out: IntArray, block: bool | None) -> IntArray:
         new: list[tuple[int, Action]] = []
         for i, action in enumerate(actions):
             row = self._index.get(action_key(action))
@@ -116,11 +153,20 @@ class ActionTable:
             else:
                 out[i] = row
         if new:
-            vectors = self._encoder.actions([a for _, a in new]) * self._scale
+            vectors, complete = self._encoder.actions([a for _, a in new], block=block)
             start = self.vectors.shape[0]
-            self.vectors = np.vstack([self.vectors, vectors.astype(np.float32)])
+            end = start + len(new)
+            if end > self._buffer.shape[0]:  # full: double (a reader's view keeps the old one)
+                grown = np.zeros((max(end, 2 * self._buffer.shape[0]), self._buffer.shape[1]),
+                                 dtype=np.float32)
+                grown[:start] = self._buffer[:start]
+                self._buffer = grown
+            self._buffer[start:end] = vectors * self._scale
             for j, (i, action) in enumerate(new):
                 self._index[action_key(action)] = out[i] = start + j
+                if not complete[j]:
+                    self._provisional[start + j] = action
+            self.vectors = self._buffer[:end]  # published once its rows are written
         return out
 
 
@@ -300,10 +346,14 @@ class Trainer:
                             np.ascontiguousarray(rows), counts, succ, post,
                             self.text_scaler.scale, self.learned, self.correction)
 
-    def action_rows(self, actions: Sequence[Action], model: ServingModel) -> FloatArray:
-        """Layer-1 action rows of ``actions`` under ``model`` (for per-call action lists)."""
-        rows: FloatArray = model.project_actions(self.actions.vectors_of(actions))
-        return rows
+    def action_rows(self, actions: Sequence[Action], model: ServingModel
+                    ) -> tuple[FloatArray, bool]:
+        """Layer-1 action rows of ``actions`` under ``model`` (for per-call action lists),
+        and whether they are final: a new action's texts are not embedded on the request
+        path (:meth:`ActionTable.rows`), and its row is not final until they are."""
+        table = self.actions.rows(actions, block=None)
+        rows: FloatArray = model.project_actions(self.actions.vectors[table])
+        return rows, not self.actions.provisional(table)
 
     # -- snapshots ------------------------------------------------------------------------
     def save(self) -> None:
