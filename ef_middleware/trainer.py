@@ -162,11 +162,14 @@ class ActionTable:
                 grown[:start] = self._buffer[:start]
                 self._buffer = grown
             self._buffer[start:end] = vectors * self._scale
-            for j, (i, action) in enumerate(new):
-                self._index[action_key(action)] = out[i] = start + j
+            for j, (_, action) in enumerate(new):
                 if not complete[j]:
                     self._provisional[start + j] = action
-            self.vectors = self._buffer[:end]  # published once its rows are written
+            # Rows written, then the view, then the index: a reader that finds a row's
+            # number (without the lock) finds its row in the view too.
+            self.vectors = self._buffer[:end]
+            for j, (i, action) in enumerate(new):
+                self._index[action_key(action)] = out[i] = start + j
         return out
 
 
