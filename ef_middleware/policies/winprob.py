@@ -132,13 +132,8 @@ def beta_win_probabilities_wide(a: Float64Array, b: Float64Array, *,
     tail = float(ndtr(NODES[0]))
     floor = float(np.max(betaincinv(a, b, tail)))
     top = float(np.max(betaincinv(a, b, 1.0 - tail)))
-
-    def cdf(x: Float64Array) -> Float64Array:
-        out: Float64Array = np.asarray(betainc(a[:, None], b[:, None], x[None, :]),
-                                       dtype=np.float64)
-        return out
-
-    return wide_win_probabilities(a.shape[0], floor, top, cdf, coarse=coarse, fine=fine)
+    return wide_win_probabilities(a.shape[0], floor, top, _beta_cdf(a, b), coarse=coarse,
+                                  fine=fine)
 
 
 def wide_win_probabilities(k: int, floor: float, top: float, cdf: Cdf, *,
@@ -194,13 +189,16 @@ def beta_win_probabilities(a: Float64Array, b: Float64Array) -> Float64Array:
     # Gaussian quantile points miss a skewed Beta's tails, so the grid also spans [0, 1].
     inner = np.clip(mean[:, None] + sd[:, None] * NODES[None, :], 0.0, 1.0)
     points = np.concatenate([np.zeros((a.size, 1)), inner, np.ones((a.size, 1))], axis=1)
+    return win_probabilities(points, _beta_cdf(a, b))
 
+
+def _beta_cdf(a: Float64Array, b: Float64Array) -> Cdf:
     def cdf(x: Float64Array) -> Float64Array:
         out: Float64Array = np.asarray(betainc(a[:, None], b[:, None], x[None, :]),
                                        dtype=np.float64)
         return out
 
-    return win_probabilities(points, cdf)
+    return cdf
 
 
 def live_actions(mean: Float64Array, sd: Float64Array) -> np.ndarray[tuple[int], np.dtype[np.intp]]:
