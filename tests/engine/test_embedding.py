@@ -4,37 +4,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 import numpy as np
 import pytest
 
 from ef_middleware import ConfigurationError, SentenceTransformerEmbedder
 from ef_middleware.embedding import HELP_LIMIT, EmbeddingCache
-
-
-class GatedEmbedder:
-    """The real model; the background thread's encodes wait until the gate opens."""
-
-    def __init__(self, model: SentenceTransformerEmbedder) -> None:
-        self.model, self.name, self.dim = model, model.name, model.dim
-        self.gate = threading.Event()
-        self.calls: list[tuple[str, list[str]]] = []  # (thread name, texts) per encode
-
-    def encode(self, texts: Any) -> Any:
-        name = threading.current_thread().name
-        if name == "ef-embedder":
-            self.gate.wait(60)
-        self.calls.append((name, list(texts)))
-        return self.model.encode(texts)
-
-    def encoded(self) -> list[str]:
-        return [text for _, texts in self.calls for text in texts]
+from tests.engine.embedders import RecordingEmbedder
 
 
 def test_a_flood_of_new_values_waits_in_a_bounded_queue_and_is_learned_as_stand_ins(
         embedder: SentenceTransformerEmbedder, caplog: pytest.LogCaptureFixture) -> None:
-    gated = GatedEmbedder(embedder)
+    gated = RecordingEmbedder(embedder)
+    gated.gate.clear()
     cache = EmbeddingCache(gated, None, background=True, max_queued=HELP_LIMIT + 36)
     try:
         first = cache.get_many(["campaign: spring"])  # a key's first value: encoded at once
@@ -75,7 +57,8 @@ def test_a_flood_of_new_values_waits_in_a_bounded_queue_and_is_learned_as_stand_
 
 def test_a_blocking_caller_still_encodes_a_new_value_when_the_queue_is_short(
         embedder: SentenceTransformerEmbedder) -> None:
-    gated = GatedEmbedder(embedder)
+    gated = RecordingEmbedder(embedder)
+    gated.gate.clear()
     cache = EmbeddingCache(gated, None, background=True)
     try:
         cache.get_many(["campaign: spring"])

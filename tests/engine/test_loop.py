@@ -31,6 +31,7 @@ from ef_middleware import (
 from ef_middleware.loop import WRITE_GRACE
 from ef_middleware.policies.base import gaussian_probabilities, resolve_choices
 from ef_middleware.settings import LoopSettings
+from tests.engine.embedders import RecordingEmbedder
 
 HERO = [
     {"id": "minimal", "features": {"layout": "minimal", "cta": "Start free trial"}},
@@ -210,27 +211,15 @@ def test_unseen_values_generalise_from_their_neighbours(engine: Engine) -> None:
     assert engine.embeddings.misses == misses + 4  # the unseen values were embedded once each
 
 
-class ThreadRecordingEmbedder:
-    """The real model, noting which thread ran each encode."""
-
-    def __init__(self, model: SentenceTransformerEmbedder) -> None:
-        self.model, self.name, self.dim = model, model.name, model.dim
-        self.threads: list[str] = []
-
-    def encode(self, texts: Any) -> Any:
-        self.threads.append(threading.current_thread().name)
-        return self.model.encode(texts)
-
-
 def test_ranking_never_runs_the_transformer_for_a_known_key(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
-    recording = ThreadRecordingEmbedder(embedder)
+    recording = RecordingEmbedder(embedder)
     eng = Engine(tmp_path / "ef", embedder=recording)
     hero = eng.loop("hero", actions=HERO)
     hero.rank({"device": "mobile phone"})  # the first value of a key has no neighbours: inline
     hero.flush()
     assert eng.embeddings.wait()
-    recording.threads.clear()
+    recording.calls.clear()
     d = hero.rank({"device": "smartphone"})
     assert not any(t == threading.current_thread().name for t in recording.threads)
     hero.reward(d.event_id, 1.0)
@@ -243,33 +232,19 @@ def test_ranking_never_runs_the_transformer_for_a_known_key(
     eng.close()
 
 
-class GatedRecordingEmbedder(ThreadRecordingEmbedder):
-    """The real model, noting threads; the background thread's encodes wait for the gate."""
-
-    def __init__(self, model: SentenceTransformerEmbedder) -> None:
-        super().__init__(model)
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def encode(self, texts: Any) -> Any:
-        if threading.current_thread().name == "ef-embedder":
-            self.gate.wait(60)
-        return super().encode(texts)
-
-
 def test_a_new_per_call_action_never_runs_the_transformer_on_the_request_path(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """A catalogue's new item ranks at once with its texts' keys' means, as a new context
     value does; its row gets the real vector once the background thread has embedded its
     texts (before, each new item ran the transformer in the request: 32-43 ms a rank)."""
-    recording = GatedRecordingEmbedder(embedder)
+    recording = RecordingEmbedder(embedder)
     eng = Engine(tmp_path / "ef", embedder=recording, learner=False)
     try:
         hero = eng.loop("hero", actions=HERO)
         context = {"device": "mobile"}
         hero.rank(context)
         assert eng.embeddings.wait()
-        recording.threads.clear()
+        recording.calls.clear()
         recording.gate.clear()  # the item's texts wait in the queue until the gate opens
         quiz = {"id": "quiz", "features": {"layout": "quiz", "cta": "Take the quiz"}}
         d = hero.rank(context, actions=[*HERO, quiz])
@@ -303,11 +278,11 @@ def test_a_new_per_call_action_never_runs_the_transformer_on_the_request_path(
 
 def test_inline_embedding_sees_a_new_value_at_once(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
-    recording = ThreadRecordingEmbedder(embedder)
+    recording = RecordingEmbedder(embedder)
     eng = Engine(tmp_path / "ef", embedder=recording, embed_in_background=False)
     hero = eng.loop("hero", actions=HERO)
     hero.rank({"device": "mobile phone"})
-    recording.threads.clear()
+    recording.calls.clear()
     hero.rank({"device": "smartphone"})
     assert recording.threads == [threading.current_thread().name]
     eng.close()
