@@ -19,6 +19,7 @@ from web_helpers import ACTIONS
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
 from ef_middleware import journal as journal_module
+from ef_middleware import keytable as keytable_module
 from ef_middleware import store as store_module
 from ef_middleware.loop import PERSIST_CHUNK
 from ef_middleware.store import DiskcacheStore
@@ -625,6 +626,47 @@ def test_writes_on_the_event_loop_leave_checkpoints_to_the_learner(tmp_path: Pat
         assert store.try_set("event:last", b'{"value": 1.0}')
     finally:
         store.close()
+
+
+def test_a_log_with_nothing_to_checkpoint_is_read_without_a_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The learner checkpoints every 0.25 s; opening a connection for it costs about 0.3 ms
+    of CPU, so a log whose pages are all checkpointed is read from SQLite's shared index
+    instead, and its pages agree with SQLite's own answer at every step."""
+    path = str(tmp_path / "table.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=wal")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (a)")
+    opened: list[str] = []
+    connect = sqlite3.connect
+
+    def counting_connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        opened.append(str(args[0]))
+        return connect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keytable_module.sqlite3, "connect", counting_connect)
+    try:
+        for i in range(5):
+            writer.execute("INSERT INTO t VALUES (?)", (i,))
+        assert keytable_module.log_pages(path) == (7, 0)  # schema, table, five inserts
+        assert keytable_module.checkpoint(path) == (7, 7) and len(opened) == 1
+        assert keytable_module.checkpoint(path) == (7, 7) and len(opened) == 1  # skipped
+        writer.execute("INSERT INTO t VALUES (5)")  # the log starts over
+        reader = connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM t").fetchone()  # holds a snapshot at frame 1
+        writer.execute("INSERT INTO t VALUES (6)")
+        assert keytable_module.checkpoint(path) == (2, 1) and len(opened) == 2
+        assert keytable_module.checkpoint(path) == (2, 1) and len(opened) == 3  # retried
+        reader.execute("COMMIT")
+        reader.close()
+        assert keytable_module.checkpoint(path) == (2, 2) and len(opened) == 4
+        assert keytable_module.checkpoint(path) == (2, 2) and len(opened) == 4
+    finally:
+        writer.close()
+    assert keytable_module.log_pages(str(tmp_path / "missing.db")) is None
 
 
 def _write_rewards(directory: str, prefix: str, count: int) -> int:
