@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -339,7 +340,7 @@ def signed_age(serializer: URLSafeTimedSerializer, raw: str | None, now: float) 
     if stamp is None:
         try:
             stamp = bytes_to_int(base64_decode(raw.rsplit(".", 2)[-2]))
-        except (IndexError, ValueError, TypeError):
+        except (IndexError, ValueError, TypeError, struct.error):  # struct: over 8 bytes
             return None
     return now - stamp
 

@@ -149,7 +149,7 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
         return error(413, "body_too_large", f"a reward body is at most {s.max_body} bytes")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         return error(400, "bad_json", "the body is not valid JSON")
     if not isinstance(payload, dict):
         return error(400, "bad_json", 'the body must be a JSON object: {"loop": ..., "value": 1}')

@@ -240,6 +240,7 @@ def test_signed_age_reads_the_timestamp_without_verifying(clock: Clock) -> None:
     assert ck.signed_age(s, raw, clock.now + 30) == 30
     assert ck.signed_age(s, tamper(raw), clock.now + 30) == 30  # read, not verified
     assert ck.signed_age(s, "garbage", clock.now) is None
+    assert ck.signed_age(s, "WyJ4IiwxLDEsIiJd.AAAAAAAAAAAA.c2ln", clock.now) is None  # 9 bytes
     assert ck.signed_age(s, None, clock.now) is None
     remembered = len(s._known)  # type: ignore[attr-defined]
     long = "x" * 4096 + raw  # not ours: read, not remembered

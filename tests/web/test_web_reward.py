@@ -119,6 +119,18 @@ def test_bad_requests(engine: Engine, loop_name: str, visitor: TestClient, body:
     assert stats(engine, loop_name)["rewards"] == 0  # nothing stored, nothing learned
 
 
+def test_deeply_nested_json_is_bad_json(engine: Engine, loop_name: str, clock: Clock,
+                                        client_for: Client) -> None:
+    """Nesting past Python's recursion limit fits in a default-sized body (4 KB): the parser
+    raises RecursionError, not ValueError, and it must still be a 400."""
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    client.get("/")
+    body = b"[" * 2000 + b"]" * 2000
+    assert len(body) <= 4096
+    assert error_of(post(client, body)) == (400, "bad_json")
+    assert stats(engine, loop_name)["rewards"] == 0
+
+
 def test_referer_is_checked_when_there_is_no_origin(engine: Engine, loop_name: str,
                                                     visitor: TestClient) -> None:
     def send(headers: dict[str, str]) -> Any:
