@@ -78,6 +78,8 @@ class PersonalizationMiddleware:
         A header with the visitor's country code set by your CDN, e.g. ``cf-ipcountry``.
     context_hook
         ``hook(scope) -> dict`` of extra context features (called once per ranked request).
+        If it raises or returns something else than a mapping, the request is ranked without
+        its features and one line is logged.
     honor_gpc
         Honour Global Privacy Control: requests with ``Sec-GPC: 1`` get default variants and
         no cookies, and ef.js (``data-gpc="true"``) sends nothing.

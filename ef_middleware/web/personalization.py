@@ -171,8 +171,12 @@ class Personalization:
             if country:
                 ctx["country"] = country
         if s.context_hook is not None:
-            extra = s.context_hook(self._scope)
-            ctx.update({str(k): v for k, v in extra.items()})
+            try:
+                extra = s.context_hook(self._scope)
+                ctx.update({str(k): v for k, v in extra.items()})
+            except Exception as exc:  # the host's code: its features are left out this time
+                logger.warning("ef_middleware: the context hook failed, its features are left"
+                               " out: %s", one_line(exc))
         return ctx
 
     # -- decisions -------------------------------------------------------------------------

@@ -203,16 +203,34 @@ def test_failure_serves_the_default_and_logs_one_line(
     assert loop_name in message
 
 
-def test_failing_context_hook_serves_the_default(engine: Engine, loop_name: str,
-                                                 client_for: Client,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
-    def hook(scope: object) -> dict[str, Any]:
-        raise KeyError("user_id")
+@pytest.mark.parametrize("outcome", [KeyError("user_id"), None, ["plan", "pro"]])
+def test_a_failing_context_hook_leaves_its_features_out(
+    engine: Engine, loop_name: str, client_for: Client, caplog: pytest.LogCaptureFixture,
+    outcome: object
+) -> None:
+    """The host's hook failing (raising, or not returning a mapping) costs its features only:
+    it is called once per request, logs one line, every loop still ranks, and
+    ``ef.context`` still answers."""
+    second = engine.loop(f"{loop_name}-second", actions=ACTIONS).name
+    calls: list[object] = []
 
+    def hook(scope: object) -> Any:
+        calls.append(scope)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    app = make_app(engine, [loop_name, second], context_hook=hook)
+    before = {name: stats(engine, name)["decisions"] for name in (loop_name, second)}
     with caplog.at_level(logging.WARNING, logger="ef_middleware"):
-        response = client_for(make_app(engine, [loop_name], context_hook=hook)).get("/")
-    assert shown(response)[loop_name] == "minimal"
-    assert len([r for r in caplog.records if r.name == "ef_middleware"]) == 1
+        response = client_for(app).get("/")
+        context = client_for(app).get("/context")
+    assert response.status_code == 200 and len(calls) == 2  # one per request
+    assert {name: stats(engine, name)["decisions"] for name in before} == {
+        name: count + 1 for name, count in before.items()}
+    assert context.status_code == 200 and context.json()["device"] == "desktop"
+    records = [r for r in caplog.records if r.name == "ef_middleware"]
+    assert len(records) == 2 and all("context hook" in r.getMessage() for r in records)
 
 
 def test_unknown_loop_renders_empty_and_logs_one_line(engine: Engine, client_for: Client,
