@@ -182,7 +182,10 @@ class PersonalizationMiddleware:
         async def receive_wrapper() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await run_in_threadpool(runtime.startup)
+                try:
+                    await run_in_threadpool(runtime.startup)
+                except Exception as exc:  # the host app's own startup must still run
+                    logger.error("ef_middleware: starting the engine failed: %s", one_line(exc))
             return message
 
         async def send_wrapper(message: Message) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 from web_helpers import (
@@ -282,6 +285,41 @@ def test_lifespan_starts_and_closes_the_engine(new_engine: Callable[..., Engine]
     assert calls == ["start", "close"]
 
 
+def test_an_engine_that_fails_to_start_leaves_the_host_startup_alone(
+    new_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The middleware starts the engine on the way into the host's lifespan: if that fails,
+    the host's own startup and shutdown still run, pages still render, one line is logged."""
+    engine = new_engine()
+    engine.loop("hero", actions=ACTIONS)
+    host: list[str] = []
+
+    def broken_start() -> None:
+        raise RuntimeError("can't start new thread")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        host.append("up")
+        yield
+        host.append("down")
+
+    async def home(request: Request) -> Response:
+        return PlainTextResponse(f"hero={request.scope['ef'].variant('hero')}")
+
+    monkeypatch.setattr(engine, "start", broken_start)
+    app = Starlette(routes=[Route("/", home)], lifespan=lifespan)
+    app.add_middleware(PersonalizationMiddleware, engine=engine, secret_key=SECRET)
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        with TestClient(app) as client:
+            assert host == ["up"]
+            response = client.get("/")
+        assert host == ["up", "down"]
+    assert response.status_code == 200 and response.text.startswith("hero=")
+    records = [r for r in caplog.records if r.name == "ef_middleware"]
+    assert len(records) == 1 and "can't start new thread" in records[0].getMessage()
+
+
 def test_websocket_scopes_pass_through(engine: Engine, loop_name: str) -> None:
     async def echo(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -331,7 +369,6 @@ def test_dependency_without_middleware_says_so() -> None:
 
 
 def test_server_side_reward(engine: Engine, loop_name: str, client_for: Client) -> None:
-    from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
@@ -376,7 +413,6 @@ def test_scope_lets_go_of_the_personalization_after_the_response(
         engine: Engine, loop_name: str, client_for: Client) -> None:
     """scope -> ef -> scope would be a reference cycle per page view (work for the cyclic
     garbage collector, whose full passes pause the server): the middleware breaks it."""
-    from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
