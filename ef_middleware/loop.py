@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import random
 import threading
 import time
@@ -343,10 +344,13 @@ class Loop:
         low, high = self.settings.reward_range
         if value is None:
             value = high
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
             raise RewardOutOfRangeError(f"a reward is a number, not {type(value).__name__}",
                                         loop=self.name, event_id=event_id)
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int past float's range
+            value = math.inf
         if not (math.isfinite(value) and low <= value <= high):
             raise RewardOutOfRangeError(
                 f"reward {value!r} is outside the loop's range {low}..{high}",
@@ -355,7 +359,9 @@ class Loop:
             before = self._pending.get(event_id)
             if before is None:
                 if self.store.get(f"reward:{self.name}:{event_id}") is not None:
-                    raise DuplicateRewardError(f"event {event_id!r} was already rewarded",
+                    closed = ("was already rewarded" if self.settings.aggregation == "earliest"
+                              else "was rewarded and its reward wait is over")
+                    raise DuplicateRewardError(f"event {event_id!r} {closed}",
                                                loop=self.name, event_id=event_id)
                 raise UnknownEventError(self.name, event_id)
             rewarded = before[_REWARDED]
@@ -363,7 +369,7 @@ class Loop:
                 raise DuplicateRewardError(f"event {event_id!r} already has its reward "
                                            "(aggregation 'earliest')",
                                            loop=self.name, event_id=event_id)
-            total = min(high, before[_TOTAL] + value) if rewarded else value
+            total = min(high, max(low, before[_TOTAL] + value)) if rewarded else value
             after = (*before[:_TOTAL], total, True)
             now = self.clock()
             write = RewardWrite(self, event_id, before, after, now,

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 import tracemalloc
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -542,11 +544,41 @@ def test_sum_aggregation_and_default_reward_after_the_wait(
     engine.close()
 
 
+def test_sum_aggregation_clips_at_both_ends_of_the_range(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Under 'sum' a total below the range's bottom would teach a target below 0 (and break
+    bernoulli-ts's Beta counts): it is clipped like one above the top."""
+    clock = Clock()
+    engine = Engine(tmp_path / "ef", embedder=embedder, clock=clock, learner=False)
+    hero = engine.loop("hero", actions=HERO, aggregation="sum", reward_range=(-1, 1),
+                       reward_wait=60)
+    d = hero.rank({"device": "mobile"})
+    for _ in range(3):
+        hero.reward(d.event_id, -1)
+    stored = engine.store.get(f"reward:hero:{d.event_id}")
+    assert stored is not None and json.loads(stored)["value"] == -1.0
+    clock.now += 61
+    hero.expire()
+    assert [s.reward for s in hero._ready] == [0.0]  # -1 on the range (-1, 1)
+    engine.close()
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.int64(1), Fraction(1, 2), 1])
+def test_any_real_number_is_a_reward(engine: Engine, value: Any) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"})
+    hero.reward(d.event_id, value)
+    assert hero.stats()["rewards"] == 1
+
+
 @pytest.mark.parametrize(
     ("value", "error"),
     [(11.0, RewardOutOfRangeError), (-0.1, RewardOutOfRangeError),
      (math.nan, RewardOutOfRangeError), (math.inf, RewardOutOfRangeError),
-     ("1", RewardOutOfRangeError), (True, RewardOutOfRangeError)],
+     ("1", RewardOutOfRangeError), (True, RewardOutOfRangeError),
+     (np.True_, RewardOutOfRangeError),
+     pytest.param(10**400, RewardOutOfRangeError, id="int-past-float"),
+     (Decimal("1"), RewardOutOfRangeError)],
 )
 def test_bad_rewards_raise_and_change_nothing(engine: Engine, value: Any,
                                               error: type[Exception]) -> None:
