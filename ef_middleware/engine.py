@@ -12,7 +12,7 @@ from typing import Any
 
 from .blas import limit_threads
 from .embedding import Embedder, EmbeddingCache, SentenceTransformerEmbedder
-from .errors import ConfigurationError, UnknownLoopError
+from .errors import ConfigurationError, EngineClosedError, UnknownLoopError
 from .features import FeatureEncoder, NumericSpace
 from .learner import Learner
 from .loop import Loop
@@ -107,6 +107,8 @@ class Engine:
         ``settings`` are :class:`~ef_middleware.settings.LoopSettings` fields, e.g.
         ``strategy="ucb"``, ``reward_range=(0, 10)``, ``reward_wait=300``.
         """
+        if self._closed:
+            raise EngineClosedError(f"the engine is closed: no loop {name!r} can be made")
         if not isinstance(name, str) or not name or len(name) > 100:
             raise ConfigurationError("a loop name is a non-empty string of at most 100 chars")
         existing = self._loops.get(name)
@@ -152,6 +154,7 @@ class Engine:
         for loop in self._loops.values():
             loop.learn_pending()
             loop.save()
+            loop.closed = True
         self.embeddings.close()
         self.store.close()
 

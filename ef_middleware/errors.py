@@ -75,6 +75,12 @@ class DuplicateRewardError(RewardError):
     code = "duplicate_reward"
 
 
+class EngineClosedError(EFError, RuntimeError):
+    """The engine was closed: its loops neither rank, take rewards nor learn any more."""
+
+    code = "engine_closed"
+
+
 class StoreError(EFError):
     """The state store failed; the caller falls back to the default variant."""
 

@@ -24,6 +24,7 @@ from ._types import Context, FloatArray
 from .decision import Choice, Decision, LogEntry, context_json, log_record
 from .errors import (
     DuplicateRewardError,
+    EngineClosedError,
     InvalidInputError,
     RewardOutOfRangeError,
     UnknownEventError,
@@ -151,6 +152,7 @@ class Loop:
         self.learned = 0  # samples learned (or dropped)
         self.dropped = 0  # samples whose learning failed (the learner logged why)
         self.replay_ratio = self.settings.replay_ratio  # of the last pass (lower: it was behind)
+        self.closed = False  # set by Engine.close: rank, rewards and flush raise after it
         self.decisions = 0
         self.rewards = 0
         self._log_chunks = 0
@@ -181,6 +183,8 @@ class Loop:
         Decision
             The chosen action, its propensity and every candidate ranked.
         """
+        if self.closed:
+            raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
         state = self._serving
         own = actions is None and not exclude and not isinstance(exclude, str)
         view = self._cached_view(state, context) if own else None
@@ -331,6 +335,8 @@ class Loop:
             ``earliest`` aggregation and the event already has its reward.
         RewardOutOfRangeError
             ``value`` is not a finite number within ``reward_range``.
+        EngineClosedError
+            The engine was closed.
         """
         self.accept_reward(event_id, value).commit()
 
@@ -339,6 +345,8 @@ class Loop:
         it: the returned :class:`RewardWrite` stores it and hands it to learning. For a
         caller that decides where the write runs (the reward route: on its event loop when
         the store can take it at once). Raises what :meth:`reward` raises."""
+        if self.closed:
+            raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
         if not isinstance(event_id, str) or not event_id:
             raise InvalidInputError(f"event_id must be a non-empty string, not {event_id!r}")
         low, high = self.settings.reward_range
@@ -500,8 +508,11 @@ class Loop:
     def flush(self, timeout: float | None = 60.0) -> None:
         """Block until every reward handed to learning so far has been learned.
 
-        Raises ``TimeoutError`` if the learner does not get there within ``timeout`` seconds.
+        Raises ``TimeoutError`` if the learner does not get there within ``timeout`` seconds,
+        :class:`~ef_middleware.errors.EngineClosedError` once the engine is closed.
         """
+        if self.closed:
+            raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
         target = self.enqueued
         self._wake(True)
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -24,6 +24,7 @@ from ef_middleware import (
     ConfigurationError,
     DuplicateRewardError,
     Engine,
+    EngineClosedError,
     InvalidInputError,
     RewardOutOfRangeError,
     SentenceTransformerEmbedder,
@@ -542,6 +543,23 @@ def test_sum_aggregation_and_default_reward_after_the_wait(
     with pytest.raises(UnknownEventError):
         hero.reward(silent.event_id, 1)  # its wait is over and it had no reward
     engine.close()
+
+
+def test_a_closed_engine_refuses_everything_and_changes_nothing(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """After close, ranks, rewards, flushes and new loops raise one clear error: before, a
+    rank still logged a decision into the closed store and a new loop restarted the learner
+    thread, which the next close() then left running."""
+    engine = Engine(tmp_path / "ef", embedder=embedder)
+    hero = engine.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"})
+    engine.close()
+    counts = hero.stats()
+    for call in (lambda: hero.rank({"device": "mobile"}), lambda: hero.reward(d.event_id),
+                 hero.flush, lambda: engine.loop("late", actions=HERO)):
+        with pytest.raises(EngineClosedError, match="closed"):
+            call()
+    assert hero.stats() == counts and "late" not in engine.loops
 
 
 def test_sum_aggregation_clips_at_both_ends_of_the_range(
