@@ -176,7 +176,8 @@ class Loop:
         exclude
             Action ids not to consider for this call.
         event_id
-            Use this id for the logged decision instead of a fresh random one.
+            Use this id for the logged decision instead of a fresh random one; a non-empty
+            string that no open decision of the loop has (else ``InvalidInputError``).
 
         Returns
         -------
@@ -185,6 +186,8 @@ class Loop:
         """
         if self.closed:
             raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
+        if event_id is not None and (not isinstance(event_id, str) or not event_id):
+            raise InvalidInputError(f"event_id must be a non-empty string, not {event_id!r}")
         state = self._serving
         own = actions is None and not exclude and not isinstance(exclude, str)
         view = self._cached_view(state, context) if own else None
@@ -205,6 +208,9 @@ class Loop:
         logged = (event_id, now, context_json(context), view.ids, number, state.version,
                   *choice.state())
         with self._pending_lock:
+            if event_id in self._pending:  # only a caller's own id can be there already
+                raise InvalidInputError(f"event {event_id!r} is already open in loop "
+                                        f"{self.name!r}: an event id names one decision")
             self._pending[event_id] = waiting
             self._arrivals.append(event_id)
             self._to_persist.append(logged)

@@ -619,6 +619,17 @@ def test_unknown_events_and_bad_ids(engine: Engine) -> None:
     assert hero.stats()["rewards"] == 0
 
 
+def test_a_callers_own_event_id_names_one_open_decision(engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    assert hero.rank({"device": "mobile"}, event_id="order-1").event_id == "order-1"
+    before = hero.stats()
+    for bad in ("order-1", 123, ""):
+        with pytest.raises(InvalidInputError, match="event"):
+            hero.rank({"device": "mobile"}, event_id=bad)  # type: ignore[arg-type]
+    assert hero.stats() == before
+    hero.reward("order-1", 1.0)  # the first decision is still open
+
+
 @pytest.mark.parametrize(
     "context",
     [["device", "mobile"], {"device": {"nested": 1}}, {"visits": math.nan}, {3: "x"},
