@@ -12,7 +12,7 @@ import orjson
 
 from ._json import kept_json
 from ._types import Float64Array, FloatArray
-from .features import Action
+from .features import MAX_TEXT, Action
 
 
 @dataclass(frozen=True)
@@ -193,9 +193,31 @@ def log_record(entry: LogEntry, choice: Choice, action: Action) -> dict[str, Any
 
 def context_json(context: Mapping[str, Any]) -> bytes:
     """The context as the decision log writes it (values JSON cannot hold become strings),
-    right-sized: it waits with the decision until the learner logs it."""
+    right-sized: it waits with the decision until the learner logs it.
+
+    Text values are cut to the :data:`~ef_middleware.features.MAX_TEXT` characters the model
+    reads when the whole would pass :data:`MAX_CONTEXT_JSON` bytes (a megabyte value was
+    kept in memory and logged whole)."""
+    if not isinstance(context, dict):  # orjson writes other mappings as their repr
+        context = dict(context)
     try:
-        return kept_json(context, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+        out = kept_json(context, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError:  # an int beyond 64 bits: the standard library writes it
-        return json.dumps(context, default=str, ensure_ascii=False,
-                          separators=(",", ":")).encode("utf-8")
+        out = json.dumps(context, default=str, ensure_ascii=False,
+                         separators=(",", ":")).encode("utf-8")
+    if len(out) > MAX_CONTEXT_JSON:
+        cut = {key: _cut(value) for key, value in context.items()}
+        if cut != context:
+            return context_json(cut)
+    return out
+
+
+MAX_CONTEXT_JSON = 4096
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[:MAX_TEXT]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [v[:MAX_TEXT] if isinstance(v, str) else v for v in value]
+    return value

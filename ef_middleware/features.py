@@ -10,6 +10,7 @@ same scale.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +24,11 @@ from .embedding import EmbeddingCache
 from .errors import InvalidInputError
 
 MAX_TEXT = 200  # characters of a value that reach the embedder
+# A context's features, and its text values (a list's items each): the first value of a key
+# never seen runs the transformer at once (about 20 ms), so a context of thousands of new keys
+# stalled one rank for minutes.
+MAX_FEATURES = 128
+MAX_TEXTS = 256
 CYCLES = {"hour": 24.0, "weekday": 7.0}  # numeric keys encoded on a circle
 
 
@@ -166,8 +172,9 @@ class NumericSpace:
                 index = self.slots.get(name)
                 if index is None:
                     used = len(self.slots)
-                    index = used if used < self.dim else zlib.crc32(name.encode()) % self.dim
-                    self.slots[name] = index
+                    if used >= self.dim:  # shared by hash: nothing to remember
+                        return zlib.crc32(name.encode()) % self.dim
+                    index = self.slots[name] = used
         return index
 
     def raw(self, context: Context) -> tuple[FloatArray, FloatArray]:
@@ -175,13 +182,17 @@ class NumericSpace:
         values = np.zeros(self.dim, dtype=np.float32)
         mask = np.zeros(self.dim, dtype=np.float32)
         for key, value in context.items():
-            if isinstance(value, int | float):
+            if isinstance(value, numbers.Real):
                 self.put(str(key).strip().lower(), value, values, mask)
         return values, mask
 
-    def put(self, name: str, value: float, values: FloatArray, mask: FloatArray) -> None:
+    def put(self, name: str, value: float | numbers.Real, values: FloatArray,
+            mask: FloatArray) -> None:
         """Write number ``value`` of feature ``name`` into its slot(s) (booleans are 0/1)."""
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float's range
+            number = math.inf
         if not math.isfinite(number):
             raise InvalidInputError(f"context feature {name!r} is not finite: {value!r}")
         period = CYCLES.get(name)
@@ -276,6 +287,9 @@ class FeatureEncoder:
         if not isinstance(context, Mapping):
             raise InvalidInputError(f"a context is a mapping of feature names to values, not "
                                     f"{type(context).__name__}")
+        if len(context) > MAX_FEATURES:
+            raise InvalidInputError(f"a context has at most {MAX_FEATURES} features, not "
+                                    f"{len(context)}")
         numeric = self.numeric
         values = np.zeros(numeric.dim, dtype=np.float32)
         mask = np.zeros(numeric.dim, dtype=np.float32)
@@ -287,7 +301,7 @@ class FeatureEncoder:
                 continue
             if isinstance(value, str):
                 texts.append(f"{key.strip().lower()}: {_clean(value)}")
-            elif isinstance(value, int | float):  # bool included
+            elif isinstance(value, numbers.Real):  # bool included
                 numeric.put(key.strip().lower(), value, values, mask)
             elif (isinstance(value, list | tuple | set | frozenset)
                   and all(isinstance(v, str) for v in value)):
@@ -298,6 +312,9 @@ class FeatureEncoder:
                     f"context feature {key!r} has unsupported type {type(value).__name__}: use "
                     "str, int, float, bool, None or a list of str"
                 )
+        if len(texts) > MAX_TEXTS:
+            raise InvalidInputError(f"a context has at most {MAX_TEXTS} text values (lists "
+                                    f"count each item), not {len(texts)}")
         pooled, complete = self.pool(texts, block=block)
         return EncodedContext(pooled, values, mask, provisional=not complete,
                               texts=tuple(texts))

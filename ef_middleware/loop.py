@@ -171,6 +171,7 @@ class Loop:
         context
             Visitor features: str values are embedded as text, numbers stay numbers (``hour``
             and ``weekday`` become sin/cos), booleans become 0/1, lists of str are multi-valued.
+            At most 128 features and 256 text values (``InvalidInputError`` past them).
         actions
             This call's candidates instead of the loop's own (ids and features).
         exclude

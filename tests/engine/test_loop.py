@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -633,7 +634,9 @@ def test_a_callers_own_event_id_names_one_open_decision(engine: Engine) -> None:
 @pytest.mark.parametrize(
     "context",
     [["device", "mobile"], {"device": {"nested": 1}}, {"visits": math.nan}, {3: "x"},
-     {"tags": ["a", 3]}],
+     {"tags": ["a", 3]}, pytest.param({"visits": 10**400}, id="int-past-float"),
+     pytest.param({f"k{i}": "v" for i in range(129)}, id="129-features"),
+     pytest.param({"tags": [f"t{i}" for i in range(257)]}, id="257-texts")],
 )
 def test_bad_contexts_raise_and_log_nothing(engine: Engine, context: Any) -> None:
     hero = engine.loop("hero", actions=HERO)
@@ -693,6 +696,53 @@ def _decision_log(eng: Engine, loop: str) -> dict[str, dict[str, Any]]:
                 record = json.loads(line)
                 logged[record["event_id"]] = record
     return logged
+
+
+def test_the_decision_log_writes_any_mapping_and_cuts_huge_texts(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """A context that is a Mapping but not a dict was logged as its repr; a megabyte text
+    value was kept and logged whole, though the model reads its first MAX_TEXT characters.
+    Numbers of numpy's types are numbers."""
+    from types import MappingProxyType
+
+    from ef_middleware.features import MAX_TEXT
+
+    class Visitor(Mapping[str, Any]):
+        def __init__(self, **values: Any) -> None:
+            self._values = values
+
+        def __getitem__(self, key: str) -> Any:
+            return self._values[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._values)
+
+        def __len__(self) -> int:
+            return len(self._values)
+
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    hero = eng.loop("hero", actions=HERO)
+    mapped = hero.rank(Visitor(device="mobile", visits=np.int64(3), score=np.float32(0.5)))
+    proxied = hero.rank(MappingProxyType({"device": "tablet"}))
+    huge = hero.rank({"device": "desktop", "note": "x" * 1_000_000, "tags": ["y" * 5000]})
+    hero.save()
+    logged = _decision_log(eng, "hero")
+    assert logged[mapped.event_id]["context"] == {"device": "mobile", "visits": 3,
+                                                  "score": 0.5}
+    assert logged[proxied.event_id]["context"] == {"device": "tablet"}
+    assert logged[huge.event_id]["context"] == {"device": "desktop", "note": "x" * MAX_TEXT,
+                                                "tags": ["y" * MAX_TEXT]}
+    eng.close()
+
+
+def test_numeric_slots_stay_bounded(engine: Engine) -> None:
+    """Past its ``dim`` slots a numeric key shares one by hash, and is not remembered: a
+    context of 10,000 numbers left 10,001 names in every model snapshot."""
+    hero = engine.loop("hero", actions=HERO)
+    numeric = hero.encoder.numeric
+    for start in range(0, 1000, 100):
+        hero.rank({f"n{i}": float(i) for i in range(start, start + 100)})
+    assert len(numeric.slots) <= numeric.dim
 
 
 def test_the_decision_log_holds_the_propensities_the_decisions_report(
