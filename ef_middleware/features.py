@@ -29,6 +29,9 @@ MAX_TEXT = 200  # characters of a value that reach the embedder
 # stalled one rank for minutes.
 MAX_FEATURES = 128
 MAX_TEXTS = 256
+# Numbers: numpy's scalars and Fraction too (numbers.Real), with int and float first: the
+# ABC's own check takes about 1.5 us here, a tuple's first hit 0.1 us.
+_NUMBERS = (int, float, numbers.Real)
 CYCLES = {"hour": 24.0, "weekday": 7.0}  # numeric keys encoded on a circle
 
 
@@ -182,7 +185,7 @@ class NumericSpace:
         values = np.zeros(self.dim, dtype=np.float32)
         mask = np.zeros(self.dim, dtype=np.float32)
         for key, value in context.items():
-            if isinstance(value, numbers.Real):
+            if isinstance(value, _NUMBERS):
                 self.put(str(key).strip().lower(), value, values, mask)
         return values, mask
 
@@ -301,7 +304,7 @@ class FeatureEncoder:
                 continue
             if isinstance(value, str):
                 texts.append(f"{key.strip().lower()}: {_clean(value)}")
-            elif isinstance(value, numbers.Real):  # bool included
+            elif isinstance(value, _NUMBERS):  # bool too
                 numeric.put(key.strip().lower(), value, values, mask)
             elif (isinstance(value, list | tuple | set | frozenset)
                   and all(isinstance(v, str) for v in value)):

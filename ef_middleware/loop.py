@@ -359,7 +359,7 @@ class Loop:
         low, high = self.settings.reward_range
         if value is None:
             value = high
-        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | numbers.Real):
             raise RewardOutOfRangeError(f"a reward is a number, not {type(value).__name__}",
                                         loop=self.name, event_id=event_id)
         try:
