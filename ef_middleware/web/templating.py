@@ -133,6 +133,8 @@ class PersonalizeExtension(Extension):
         if not isinstance(ef, Personalization):
             return variant_id == ids[0]
         chosen = ef.variant(loop).id
+        if not chosen:  # an unknown loop (logged): the first block, as without the middleware
+            return variant_id == ids[0]
         if chosen == variant_id:
             return True
         if variant_id == ids[-1] and chosen and chosen not in ids:

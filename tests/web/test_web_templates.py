@@ -79,6 +79,16 @@ def test_block_for_bots_shows_the_default(engine: Engine, loop_name: str,
     assert "<h1>M Start free trial</h1>" in text
 
 
+def test_block_for_an_unknown_loop_shows_the_first_block(
+        engine: Engine, client_for: Client, caplog: pytest.LogCaptureFixture) -> None:
+    """A misspelt loop name renders the default (first) block and logs one line, as the
+    block does without the middleware: before, it rendered nothing."""
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        text = client_for(template_app(engine)).get("/block.html?loop=no-such-loop").text
+    assert text.removeprefix("<main>").removesuffix("</main>").strip() == "<h1>M </h1>"
+    assert len([r for r in caplog.records if r.name == "ef_middleware"]) == 1
+
+
 def test_chosen_variant_without_a_block_renders_nothing(
         engine: Engine, client_for: Client, caplog: pytest.LogCaptureFixture) -> None:
     engine.loop("only-video", actions=["video", "minimal"])
