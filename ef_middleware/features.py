@@ -27,6 +27,9 @@ MAX_TEXT = 200  # characters of a value that reach the embedder
 # A context's features, and its text values (a list's items each): the first value of a key
 # never seen runs the transformer at once (about 20 ms), so a context of thousands of new keys
 # stalled one rank for minutes.
+# Action ids and event ids travel in the middleware's signed decision cookie, which a browser
+# keeps up to about 4 KB.
+MAX_ID = 128
 MAX_FEATURES = 128
 MAX_TEXTS = 256
 # Numbers: numpy's scalars and Fraction too (numbers.Real), with int and float first: the
@@ -75,6 +78,10 @@ def to_actions(values: Iterable[Any]) -> list[Action]:
     ids = [a.id for a in actions]
     if len(set(ids)) != len(ids):
         raise InvalidInputError(f"action ids must be unique, got {ids}")
+    long = [i for i in ids if len(i) > MAX_ID]
+    if long:
+        raise InvalidInputError(f"an action id has at most {MAX_ID} characters: {long[0][:40]!r}"
+                                f"... has {len(long[0])}")
     return actions
 
 

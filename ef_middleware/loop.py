@@ -29,7 +29,15 @@ from .errors import (
     RewardOutOfRangeError,
     UnknownEventError,
 )
-from .features import Action, EncodedContext, FeatureEncoder, join_texts, split_texts, to_actions
+from .features import (
+    MAX_ID,
+    Action,
+    EncodedContext,
+    FeatureEncoder,
+    join_texts,
+    split_texts,
+    to_actions,
+)
 from .model import sigmoid
 from .policies import Candidates, Policy, make_policy, resolve_choices
 from .priority import yield_to_requests
@@ -187,8 +195,10 @@ class Loop:
         """
         if self.closed:
             raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
-        if event_id is not None and (not isinstance(event_id, str) or not event_id):
-            raise InvalidInputError(f"event_id must be a non-empty string, not {event_id!r}")
+        if event_id is not None and (not isinstance(event_id, str)
+                                     or not 0 < len(event_id) <= MAX_ID):
+            raise InvalidInputError(f"event_id must be a string of 1 to {MAX_ID} characters, "
+                                    f"not {event_id!r}")
         state = self._serving
         own = actions is None and not exclude and not isinstance(exclude, str)
         view = self._cached_view(state, context) if own else None

@@ -30,6 +30,7 @@ from itsdangerous.encoding import (
     want_bytes,
 )
 
+from .. import features
 from .._json import kept_json
 
 __all__ = [
@@ -55,7 +56,12 @@ __all__ = [
 DECISIONS_SALT = "ef_middleware.web.decisions"
 VISITOR_SALT = "ef_middleware.web.visitor"
 MAX_ENTRIES = 16  # loops remembered in one decision cookie (oldest dropped first)
-MAX_ID = 128  # characters of an event id, action id or loop name we accept from a cookie
+# Characters of a decision cookie's value: with its name and attributes, under the 4,096 bytes
+# a browser keeps.
+MAX_VALUE = 3800
+# Characters of an event id, action id or loop name we accept from a cookie: the engine's own
+# bound on ids (a loop name is at most 100).
+MAX_ID = features.MAX_ID
 KNOWN_VALUES = 4096  # signed values remembered per serializer (about 2 MB at most)
 
 
@@ -413,12 +419,19 @@ def entry_expired(entry: DecisionEntry, *, max_age: int, now: float) -> bool:
 def dump_decisions(
     serializer: URLSafeTimedSerializer, entries: Mapping[str, DecisionEntry]
 ) -> str:
-    """Sign the decisions (ids only); keeps the newest :data:`MAX_ENTRIES` loops."""
+    """Sign the decisions (ids only); keeps the newest :data:`MAX_ENTRIES` loops, and fewer
+    if their value would pass :data:`MAX_VALUE` characters (long loop names and ids: a
+    browser drops a cookie past 4 KB whole, and every decision in it with it)."""
     items: Any = entries.items()
     if len(entries) > MAX_ENTRIES:
         items = sorted(items, key=lambda kv: kv[1].issued_at)[-MAX_ENTRIES:]
     payload = {loop: [e.event_id, e.action_id, e.issued_at] for loop, e in items}
-    return str(serializer.dumps(payload))
+    value = str(serializer.dumps(payload))
+    while len(value) > MAX_VALUE and len(payload) > 1:
+        oldest = min(payload, key=lambda loop: payload[loop][2])
+        del payload[oldest]
+        value = str(serializer.dumps(payload))
+    return value
 
 
 def new_visitor_id() -> str:

@@ -620,11 +620,20 @@ def test_unknown_events_and_bad_ids(engine: Engine) -> None:
     assert hero.stats()["rewards"] == 0
 
 
+def test_ids_that_a_decision_cookie_cannot_hold_are_refused(engine: Engine) -> None:
+    with pytest.raises(InvalidInputError, match="at most 128"):
+        engine.loop("hero", actions=["a" * 129, "b"])
+    hero = engine.loop("hero", actions=HERO)
+    with pytest.raises(InvalidInputError, match="at most 128"):
+        hero.rank({"device": "mobile"}, [{"id": "x" * 129}, {"id": "y"}])
+    assert hero.rank({}, ["a" * 128, "b"]).action_id in ("a" * 128, "b")
+
+
 def test_a_callers_own_event_id_names_one_open_decision(engine: Engine) -> None:
     hero = engine.loop("hero", actions=HERO)
     assert hero.rank({"device": "mobile"}, event_id="order-1").event_id == "order-1"
     before = hero.stats()
-    for bad in ("order-1", 123, ""):
+    for bad in ("order-1", 123, "", "e" * 129):
         with pytest.raises(InvalidInputError, match="event"):
             hero.rank({"device": "mobile"}, event_id=bad)  # type: ignore[arg-type]
     assert hero.stats() == before

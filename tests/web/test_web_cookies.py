@@ -85,6 +85,20 @@ def test_old_entries_are_dropped_and_the_cookie_stays_small(clock: Clock) -> Non
     assert set(stale) == {f"loop{i}" for i in range(30, 40)}
 
 
+def test_a_cookie_of_long_ids_keeps_under_what_a_browser_keeps(clock: Clock) -> None:
+    """16 loops of 100-character names with 128-character ids signed to 5.9 KB, which a
+    browser drops whole: the oldest decisions give way until it fits."""
+    s = serializer(clock)
+    entries = {f"{i:02d}" + "n" * 98: ck.DecisionEntry("e" * 128, "a" * 128,
+                                                         int(clock.now) - 100 + i)
+               for i in range(ck.MAX_ENTRIES)}
+    raw = ck.dump_decisions(s, entries)
+    loaded = ck.load_decisions(s, raw, max_age=1000, now=clock.now)
+    assert len(raw) <= ck.MAX_VALUE and 5 < len(loaded) < ck.MAX_ENTRIES
+    newest = sorted(entries, key=lambda loop: entries[loop].issued_at)[-len(loaded):]
+    assert set(loaded) == set(newest)
+
+
 @pytest.mark.parametrize("payload", [[1, 2], {"hero": ["e", "a"]}, {"hero": ["e", "a", "x"]},
                                      {"hero": ["", "a", 1]}, {"hero": ["e", "a", True]},
                                      {"h" * 200: ["e", "a", 1]}])
