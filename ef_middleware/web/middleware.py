@@ -161,12 +161,15 @@ class PersonalizationMiddleware:
         scope["ef"] = ef
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start" and ef.touched:
-                try:
-                    message["headers"] = with_cookies(message.get("headers", ()),
-                                                      ef.cookie_headers())
-                except Exception as exc:  # never break the host page
-                    logger.warning("ef_middleware: could not set cookies: %s", one_line(exc))
+            if message["type"] == "http.response.start":
+                ef.headers_sent = True  # from now on, a new decision could not be signed
+                if ef.touched:
+                    try:
+                        message["headers"] = with_cookies(message.get("headers", ()),
+                                                          ef.cookie_headers())
+                    except Exception as exc:  # never break the host page
+                        logger.warning("ef_middleware: could not set cookies: %s",
+                                       one_line(exc))
             await send(message)
 
         try:

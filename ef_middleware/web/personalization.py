@@ -62,6 +62,9 @@ class Personalization:
         self._visitor_changed = False
         self.decisions: dict[str, Variant] = {}
         """This request's variants by loop name."""
+        self.headers_sent = False
+        """The response's headers are gone (a streamed body): a new decision could not reach
+        the cookie, so none is made (the default variant is served, one line logged)."""
 
     # -- request data ----------------------------------------------------------------------
     @property
@@ -214,6 +217,9 @@ class Personalization:
                     self._keep_visit_alive()
                     return Variant(name, action.id, action.features, event_id=entry.event_id,
                                    sticky=True)
+        if self.headers_sent:
+            raise RuntimeError("the response's headers were sent before this variant was asked"
+                               " for: a decision made now could not be signed into the cookie")
         decision = loop.rank(self.context)
         if decision.logged:
             self._new[name] = ck.DecisionEntry(decision.event_id, decision.action_id,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
@@ -318,6 +318,32 @@ def test_an_engine_that_fails_to_start_leaves_the_host_startup_alone(
     assert response.status_code == 200 and response.text.startswith("hero=")
     records = [r for r in caplog.records if r.name == "ef_middleware"]
     assert len(records) == 1 and "can't start new thread" in records[0].getMessage()
+
+
+def test_a_variant_first_asked_for_while_streaming_is_the_default_and_not_logged(
+    engine: Engine, loop_name: str, client_for: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the headers are sent, a new decision could not reach the cookie: it would be
+    learned as a visit that never converts. The default is served, nothing logged."""
+    async def page(request: Request) -> Response:
+        ef = request.scope["ef"]
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"<header>"
+            yield f"hero={ef.variant(loop_name)}".encode()
+
+        return StreamingResponse(body())
+
+    app = Starlette(routes=[Route("/", page)])
+    app.add_middleware(PersonalizationMiddleware, engine=engine, secret_key=SECRET)
+    before = stats(engine, loop_name)["decisions"]
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        response = client_for(app).get("/")
+    assert response.text == f"<header>hero={ACTIONS[0]['id']}"
+    assert "ef_d" not in set_cookies(response)
+    assert stats(engine, loop_name)["decisions"] == before
+    records = [r for r in caplog.records if r.name == "ef_middleware"]
+    assert len(records) == 1 and "headers were sent" in records[0].getMessage()
 
 
 def test_websocket_scopes_pass_through(engine: Engine, loop_name: str) -> None:
