@@ -79,8 +79,14 @@ def same_origin(headers: dict[str, str], trusted: tuple[str, ...] = ()) -> bool:
     median in the server, docs/benchmarks.md, "The origin check remembered").
     """
     origin = headers.get("origin")
-    return _same_origin(headers.get("sec-fetch-site", ""), headers.get("host", ""), origin,
-                        headers.get("referer") if origin is None else None, trusted)
+    args = (headers.get("sec-fetch-site", ""), headers.get("host", ""), origin,
+            headers.get("referer") if origin is None else None, trusted)
+    if len(args[1]) + len(origin or args[3] or "") > MAX_REMEMBERED:  # not kept: checked once
+        return _same_origin.__wrapped__(*args)
+    return _same_origin(*args)
+
+
+MAX_REMEMBERED = 2048  # characters of Host and Origin (or Referer) a remembered answer keeps
 
 
 @functools.lru_cache(maxsize=1024)

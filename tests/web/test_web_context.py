@@ -41,6 +41,10 @@ MAC_FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.1; rv:121.0) Gecko/2010
         (MAC_FIREFOX, "desktop", "Firefox", "Mac OS X", False),
         (GOOGLEBOT, "bot", "Googlebot", "Other", True),
         ("", "bot", "Other", "Other", True),
+        ("curl/8.5.0", "bot", "curl", "Other", True),
+        ("python-requests/2.31.0", "bot", "Python Requests", "Other", True),
+        ("Go-http-client/1.1", "bot", "Go-http-client", "Other", True),
+        (DESKTOP.replace("Chrome/", "HeadlessChrome/"), "bot", "HeadlessChrome", "Windows", True),
     ],
 )
 def test_parse_device(user_agent: str, device: str, browser: str, os: str, bot: bool) -> None:
@@ -182,3 +186,15 @@ def test_local_time_ignores_seconds_but_not_minutes() -> None:
     assert local_time(minute, zone) == local_time(minute + 59.9, zone)
     assert local_time(minute + 60, zone) != local_time(minute, zone)
     assert local_time(minute, zone) != local_time(minute, visitor_zone("Asia/Tokyo"))
+
+
+def test_the_device_cache_keeps_what_is_parsed_only() -> None:
+    """Agents are cached by the part that is parsed (MAX_UA characters): 2,000 distinct
+    100 KB agents held 218 MB when the whole header was the key."""
+    from ef_middleware.web.context import MAX_UA, _classify
+
+    _classify.cache_clear()
+    head = DESKTOP.ljust(MAX_UA, " ")
+    for i in range(50):
+        assert parse_device(head + f"{i:04d}" + "x" * 100_000) == parse_device(DESKTOP)
+    assert _classify.cache_info().currsize <= 2  # the padded head and DESKTOP itself

@@ -334,3 +334,6 @@ def test_the_origin_check_is_remembered_per_headers_and_trusted_origins() -> Non
     assert not same_origin({"host": "shop.test", "referer": "https://evil.test/cart"})
     assert not same_origin({**shop, "host": "www.shop.test", "sec-fetch-site": "cross-site"})
     assert same_origin({**shop, "host": "www.shop.test"})
+    size = _same_origin.cache_info().currsize  # a huge header is checked, not remembered
+    assert same_origin({"host": "shop.test", "referer": "https://shop.test/" + "x" * 70_000})
+    assert _same_origin.cache_info().currsize == size
