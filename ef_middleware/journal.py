@@ -93,6 +93,8 @@ class RewardJournal:
         with self._lock:
             if self._closed:
                 raise OSError("the reward journal is closed")
+            if os.fstat(self._fd).st_nlink == 0:
+                self._replace_deleted_file()
             self._write(data)
             self._unmoved.update(entries)
 
@@ -176,6 +178,19 @@ class RewardJournal:
         for fd, path in files:
             _unlink(path)
             os.close(fd)
+
+    def _replace_deleted_file(self) -> None:
+        """The current file was deleted under us (its folder removed by hand, a clean-up
+        job): a write to it would be lost with the process. Carry on in a new file holding
+        the entries not yet moved, or raise ``OSError`` (the folder is gone too), so that no
+        reward is acknowledged that a restart would not find. Called under ``_lock``."""
+        fd, path = self._open()
+        old_fd, self._fd, self._path, self._size = self._fd, fd, path, 0
+        os.close(old_fd)
+        log.warning("ef_middleware: the reward journal's file was deleted; continuing in %s",
+                    path.name)
+        if self._unmoved:
+            self._write(b"".join(_line(key, entry) for key, entry in self._unmoved.items()))
 
     def _write(self, data: bytes) -> None:
         """Append ``data`` to the current file, all or nothing: a write that fails part-way

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 log = logging.getLogger("ef_middleware")
+MAINTENANCE_WARN_AFTER = 60.0  # s of failing maintenance before one warning
 
 
 class Lease:
@@ -84,6 +85,8 @@ class Learner:
         self.engine = engine
         self.maintain_every = maintain_every
         self._next_maintenance = 0.0
+        self._maintenance_failing_since: float | None = None
+        self._maintenance_warned = False
         self.nice = nice
         self.tick = tick
         self.linger = linger
@@ -147,4 +150,16 @@ class Learner:
         try:
             self.engine.store.maintain()
         except Exception as exc:  # housekeeping only: never stop learning for it
+            # A lock taken by another process fails now and then; a store that fails for a
+            # minute on end (its folder deleted, a full disk) is worth a warning, once.
+            if self._maintenance_failing_since is None:
+                self._maintenance_failing_since = now
+            elif (now - self._maintenance_failing_since > MAINTENANCE_WARN_AFTER
+                  and not self._maintenance_warned):
+                self._maintenance_warned = True
+                log.warning("ef_middleware: the store's maintenance has failed for a minute:"
+                            " %s: %s", type(exc).__name__, " ".join(str(exc).split()))
             log.debug("ef_middleware: store maintenance: %s", exc)
+        else:
+            self._maintenance_failing_since = None
+            self._maintenance_warned = False

@@ -1016,3 +1016,32 @@ def test_a_second_learner_on_one_store_says_so(
         assert not [r for r in caplog.records if "already learns" in r.getMessage()]
     finally:
         third.close()
+
+
+def test_a_store_whose_maintenance_keeps_failing_is_worth_one_warning(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Maintenance failures are logged at debug level (a lock held elsewhere fails now and
+    then), but one that lasts (a deleted folder, a full disk) gets one warning."""
+    from ef_middleware import learner as learner_module
+
+    monkeypatch.setattr(learner_module, "MAINTENANCE_WARN_AFTER", 0.3)
+    engine = Engine(tmp_path / "ef", embedder=embedder)
+
+    def broken() -> None:
+        raise OSError("unable to open database file")
+
+    monkeypatch.setattr(engine.store, "maintain", broken)
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        engine.loop("hero", actions=HERO)  # starts the learner
+
+        def warned() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "maintenance has failed" in r.getMessage()]
+
+        deadline = time.monotonic() + 10
+        while not warned() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.2)  # another pass or more (idle: one a second), and no second warning
+        engine.close()
+    records = warned()
+    assert len(records) == 1 and "unable to open database file" in records[0].getMessage()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -576,6 +578,29 @@ def test_a_refused_move_keeps_its_file_when_the_rewards_cannot_go_back(
     moved: list[tuple[str, journal_module.Entry]] = []
     journal_module.RewardJournal(directory, moved.extend).close()
     assert [(key, value) for key, (value, _) in moved] == [("reward:hero:c", b"3")]
+
+
+def test_a_deleted_journal_file_is_replaced_and_a_deleted_folder_refuses_rewards(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Appends to a file deleted under the journal would be lost with the process, though
+    acknowledged: the journal carries on in a new file with everything not yet moved, and
+    without its folder it raises (the reward route answers an error instead of 204)."""
+    directory = tmp_path / "store"
+    moved: list[tuple[str, journal_module.Entry]] = []
+    journal = journal_module.RewardJournal(directory, moved.extend)
+    journal.append([("reward:hero:a", b"1")])
+    [first] = journal.folder.glob("*.log")
+    first.unlink()
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        journal.append([("reward:hero:b", b"2")])
+    assert len([r for r in caplog.records if "was deleted" in r.getMessage()]) == 1
+    [second] = journal.folder.glob("*.log")
+    assert [key for key, _ in journal_module.read_entries(second.read_bytes())] == [
+        "reward:hero:a", "reward:hero:b"]
+    shutil.rmtree(directory)
+    with pytest.raises(OSError):
+        journal.append([("reward:hero:c", b"3")])
+    assert journal.get("reward:hero:c") is None
 
 
 def test_only_an_old_unnamed_journal_file_is_cleared(tmp_path: Path) -> None:
