@@ -13,7 +13,7 @@ from typing import Any
 from .blas import limit_threads
 from .embedding import Embedder, EmbeddingCache, SentenceTransformerEmbedder
 from .errors import ConfigurationError, EngineClosedError, UnknownLoopError
-from .features import FeatureEncoder, NumericSpace
+from .features import FeatureEncoder, NumericSpace, to_actions
 from .learner import Learner
 from .loop import Loop
 from .priority import BACKGROUND_NICE
@@ -113,10 +113,12 @@ class Engine:
             raise ConfigurationError("a loop name is a non-empty string of at most 100 chars")
         existing = self._loops.get(name)
         if existing is not None:
-            if actions is None and not settings:
+            if (actions is None and not settings) or self._same_loop(existing, actions,
+                                                                     settings):
                 return existing
-            raise ConfigurationError(f"loop {name!r} exists already; get it with "
-                                     f"engine.loop({name!r}) or engine.get_loop({name!r})")
+            raise ConfigurationError(f"loop {name!r} exists already with other actions or "
+                                     f"settings; get it with engine.loop({name!r}) or "
+                                     f"engine.get_loop({name!r})")
         if actions is None:
             raise ConfigurationError(f"loop {name!r} needs actions, e.g. actions=['a', 'b']")
         unknown = set(settings) - _SETTING_NAMES
@@ -132,6 +134,16 @@ class Engine:
         if self._learner is not None:
             self._learner.start()
         return loop
+
+    @staticmethod
+    def _same_loop(loop: Loop, actions: Iterable[Any] | None, settings: dict[str, Any]) -> bool:
+        """Whether ``engine.loop(name, actions, **settings)`` asks for ``loop`` as it is (a
+        module that declares its loops imported twice, an app built twice in tests)."""
+        try:
+            same_actions = actions is None or to_actions(actions) == loop.actions
+            return same_actions and LoopSettings(**settings) == loop.settings
+        except (TypeError, ValueError):  # bad actions or settings: not the same loop
+            return False
 
     def _wake(self, name: str, urgent: bool) -> None:
         if self._learner is not None and self._learner.is_alive():

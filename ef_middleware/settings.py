@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ._types import STRATEGIES, Aggregation, Strategy
@@ -132,6 +133,37 @@ class LoopSettings:
     posterior_window: int = 2048
 
     def __post_init__(self) -> None:
+        self._check_types()
+        try:
+            self._check_values()
+        except ConfigurationError:
+            raise
+        except (TypeError, ValueError) as exc:  # a shape the checks below did not foresee
+            raise ConfigurationError(f"a loop setting has the wrong type or shape: {exc}"
+                                     ) from exc
+
+    def _check_types(self) -> None:
+        """Each number setting a real number (bools refused), each count an int; the range a
+        pair of numbers; the options a mapping."""
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            kind = _NUMBER_KINDS.get(str(spec.type))
+            if kind is None or (value is None and str(spec.type).endswith("| None")):
+                continue
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ConfigurationError(f"{spec.name} must be {_KIND_NAMES[kind]}, not "
+                                         f"{value!r}")
+        if not isinstance(self.strategy_options, Mapping):
+            raise ConfigurationError("strategy_options is a mapping of the policy's options, "
+                                     f"e.g. {{'epsilon': 0.1}}, not {self.strategy_options!r}")
+        pair = self.reward_range
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(
+                isinstance(x, numbers.Real) and not isinstance(x, bool) for x in pair)):
+            raise ConfigurationError(f"reward_range is a pair of numbers (low, high), e.g. "
+                                     f"(0, 1), not {pair!r}")
+        object.__setattr__(self, "reward_range", (float(pair[0]), float(pair[1])))
+
+    def _check_values(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigurationError(f"strategy {self.strategy!r} is unknown; use one of "
                                      f"{', '.join(STRATEGIES)}")
@@ -202,3 +234,11 @@ class LoopSettings:
     def denormalise(self, value: float) -> float:
         low, high = self.reward_range
         return low + value * (high - low)
+
+
+# Annotations of LoopSettings' number fields, and the type their values must have.
+_NUMBER_KINDS: dict[str, type] = {
+    "float": numbers.Real, "float | None": numbers.Real,
+    "int": numbers.Integral, "int | None": numbers.Integral,
+}
+_KIND_NAMES: dict[type, str] = {numbers.Real: "a number", numbers.Integral: "a whole number"}

@@ -175,6 +175,8 @@ class DiskcacheStore:
         if not path:
             raise ConfigurationError(
                 "DiskcacheStore needs a directory, e.g. DiskcacheStore('var/ef')")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigurationError(f"the store's path {path!r} is a file, not a folder")
         self.directory = path
         # No eviction by recency for model snapshots: "none" would grow forever, so keep the
         # default least-recently-stored policy with a generous limit. Values under 1 MiB (a

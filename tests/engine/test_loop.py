@@ -654,6 +654,37 @@ def test_bad_contexts_raise_and_log_nothing(engine: Engine, context: Any) -> Non
     assert hero.stats()["decisions"] == 0
 
 
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [({"reward_range": "0,1"}, "pair of numbers"), ({"reward_range": (0, "1")}, "pair"),
+     ({"reward_wait": "600"}, "reward_wait must be a number"),
+     ({"strategy_options": None}, "strategy_options is a mapping"),
+     ({"batch_size": 3.5}, "batch_size must be a whole number"),
+     ({"default_reward": True}, "default_reward must be a number")],
+)
+def test_settings_of_the_wrong_type_say_so(engine: Engine, setting: dict[str, Any],
+                                           match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        engine.loop("typed", actions=HERO, **setting)
+    assert "typed" not in engine.loops
+
+
+def test_a_loop_asked_for_again_as_it_is_is_the_same_loop(engine: Engine,
+                                                          tmp_path: Path) -> None:
+    """A module that declares its loops, imported twice, gets its loops back; a different
+    ask is refused. A store path that is a file says so."""
+    hero = engine.loop("again", actions=HERO, reward_wait=60)
+    assert engine.loop("again", actions=[dict(a) for a in HERO], reward_wait=60) is hero
+    assert engine.loop("again") is hero
+    with pytest.raises(ConfigurationError, match="other actions or settings"):
+        engine.loop("again", actions=HERO, reward_wait=61)
+    with pytest.raises(ConfigurationError, match="other actions or settings"):
+        engine.loop("again", actions=HERO[:1], reward_wait=60)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigurationError, match="is a file, not a folder"):
+        Engine(tmp_path / "a-file")
+
+
 def test_configuration_is_checked_when_the_loop_is_made(engine: Engine) -> None:
     with pytest.raises(ConfigurationError, match="low < high"):
         engine.loop("a", actions=HERO, reward_range=(1, 0))
