@@ -48,6 +48,8 @@ class Lease:
         try:
             if not self.store.add(self.KEY, self.token, expire=self.seconds):
                 holder = self.store.get(self.KEY)
+                if holder is not None and holder != self.token and self._ended(holder):
+                    holder = self.token  # left by a process of this host that has ended
                 if holder != self.token:
                     if holder is not None and holder != self.holder:
                         log.warning("ef_middleware: %s already learns from this store; run one "
@@ -60,6 +62,23 @@ class Lease:
             self.holder = self.token
         except Exception as exc:  # the lease only informs: never stop learning for it
             log.debug("ef_middleware: learner lease: %s", exc)
+
+    @staticmethod
+    def _ended(holder: bytes) -> bool:
+        """Whether ``holder`` names a process of this host that no longer runs (a crash or
+        a kill left its lease to expire)."""
+        words = holder.decode(errors="replace").split()
+        if len(words) < 4 or words[0] != "pid" or not words[1].isdigit():
+            return False
+        if words[3] != socket.gethostname():
+            return False
+        try:
+            os.kill(int(words[1]), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive, another user's
+            return False
+        return False
 
     def release(self) -> None:
         try:

@@ -1049,6 +1049,32 @@ def test_a_second_learner_on_one_store_says_so(
         third.close()
 
 
+def test_a_lease_left_by_an_ended_process_is_taken_over_quietly(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A process that crashed leaves its lease for 30 s; the next one on the same host sees
+    that the holder no longer runs, takes it over, and warns of nothing."""
+    import socket
+    import subprocess
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    token = f"pid {int(ended.stdout)} on {socket.gethostname()} (1)".encode()
+    store = ef_middleware.DiskcacheStore(tmp_path / "ef")
+    store.set("lease:learner", token, expire=30)
+    store.close()
+    caplog.set_level(logging.WARNING, logger="ef_middleware")
+    eng = Engine(tmp_path / "ef", embedder=embedder)
+    eng.start()
+    try:
+        lease = eng._learner.lease  # type: ignore[union-attr]
+        assert _eventually(lambda: lease.holder is not None)
+        assert lease.holder == lease.token
+        assert not [r for r in caplog.records if "already learns" in r.getMessage()]
+    finally:
+        eng.close()
+
+
 def test_a_store_whose_maintenance_keeps_failing_is_worth_one_warning(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
