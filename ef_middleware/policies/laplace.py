@@ -15,7 +15,8 @@ class Laplace(Policy):
     (:class:`~ef_middleware.posterior.LaplacePosterior`): wide for visitors unlike those the
     loop has learned from, narrow for familiar ones, so exploration goes where the model is
     unsure *for this visitor*. Logits keep rare conversions and near-certain outcomes on one
-    scale. ``scale`` < 1 tempers the posterior; 0.5 won on the benchmarks (docs/design.md).
+    scale. ``scale`` < 1 tempers the posterior; 0.35 is the compromise of a development sweep
+    over 0.25, 0.35 and 0.5 (docs/design.md, "Scale 0.35").
     """
 
     name = "laplace"
