@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest[:1] == ["web-throughput"]:  # the web server benchmark has options of its own
         from benchmarks.web_throughput import main as web_throughput
 
-        return web_throughput(rest[1:])
+        return web_throughput(rest[1:], prog="python -m benchmarks web-throughput")
     args = parser().parse_args(argv)
     import benchmarks.report  # noqa: F401  (records the engine's source digest at start)
 

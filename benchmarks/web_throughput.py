@@ -619,10 +619,20 @@ def print_report(summary: dict[str, dict[str, float]], args: argparse.Namespace)
     return page_ok and reward_ok
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.web_throughput",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to an option's help unless the help already tells its default,
+    or the default is ``None`` or a flag's."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action)
+
+
+def parser(prog: str = "python -m benchmarks.web_throughput") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                formatter_class=_HelpFormatter)
     p.add_argument("--rounds", type=int, default=20,
                    help="page rounds: one saturated burst of every page mode each, "
                         "interleaved (many short bursts: see docs/benchmarks.md, A/A runs)")
@@ -651,13 +661,14 @@ def parser() -> argparse.ArgumentParser:
                    help="do not put the load generators on the first CPU and the servers on "
                         "the others (done when there are two or more)")
     p.add_argument("--tool", choices=("wrk", "python"), default="wrk" if shutil.which("wrk")
-                   else "python", help="saturating load generator (default: wrk if installed)")
+                   else "python",
+                   help="saturating load generator (default: wrk if installed, else python)")
     p.add_argument("--compare", metavar="REVISION", default=None,
                    help="also serve a new visitor with the engine of this git revision (a "
                         "temporary git worktree) in every round: an A/B that this host's "
                         "drift between runs cannot blur")
     p.add_argument("--quick", action="store_true",
-                   help="2 rounds, 3 s bursts, 3 s fixed, 1000 rewards")
+                   help="6 rounds of 1 s bursts, 3 s fixed, 1000 rewards, 2 reward runs")
     p.add_argument("--json", type=Path, default=None,
                    help="default: benchmarks/results/web-throughput[-quick].json")
     return p
@@ -728,8 +739,9 @@ def page_rounds(args: argparse.Namespace, work: Path, trained: Path, env: dict[s
             checks[mode] = _check_decisions(ports[mode], mode, sent)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None,
+         prog: str = "python -m benchmarks.web_throughput") -> int:
+    args = parser(prog).parse_args(argv)
     cpus = _cpus()
     if args.pin and len(cpus) >= 2:
         # Load generators (this process, its threads, wrk) on the first CPU, servers on the
