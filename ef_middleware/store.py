@@ -2,7 +2,8 @@
 
 :class:`Store` is the small interface the engine needs. :class:`DiskcacheStore` is the
 embedded default: a diskcache directory (SQLite underneath), safe to share between the worker
-processes of one host. A Redis store for many hosts implements the same interface.
+processes of one host. A store for many hosts (Redis, not built yet) would implement the same
+interface.
 """
 
 from __future__ import annotations
