@@ -24,12 +24,12 @@ from .embedding import EmbeddingCache
 from .errors import InvalidInputError
 
 MAX_TEXT = 200  # characters of a value that reach the embedder
-# A context's features, and its text values (a list's items each): the first value of a key
-# never seen runs the transformer at once (about 20 ms), so a context of thousands of new keys
-# stalled one rank for minutes.
 # Action ids and event ids travel in the middleware's signed decision cookie, which a browser
 # keeps up to about 4 KB.
 MAX_ID = 128
+# A context's features, and its text values (a list's items each): the first value of a key
+# never seen runs the transformer at once (about 20 ms), so a context of thousands of new keys
+# stalled one rank for minutes.
 MAX_FEATURES = 128
 MAX_TEXTS = 256
 # Numbers: numpy's scalars and Fraction too (numbers.Real), with int and float first: the
