@@ -304,6 +304,7 @@ class FeatureEncoder:
         values = np.zeros(numeric.dim, dtype=np.float32)
         mask = np.zeros(numeric.dim, dtype=np.float32)
         texts: list[str] = []
+        numbers_seen: set[str] = set()
         for key, value in context.items():
             if not isinstance(key, str):
                 raise InvalidInputError(f"context keys must be strings, got {key!r}")
@@ -312,7 +313,12 @@ class FeatureEncoder:
             if isinstance(value, str):
                 texts.append(f"{key.strip().lower()}: {_clean(value)}")
             elif isinstance(value, _NUMBERS):  # bool too
-                numeric.put(key.strip().lower(), value, values, mask)
+                name = key.strip().lower()
+                if name in numbers_seen:  # "Hour" and "hour": one slot, a value would be lost
+                    raise InvalidInputError(f"context feature {key!r} is {name!r} again: "
+                                            "names are compared lower-cased and stripped")
+                numbers_seen.add(name)
+                numeric.put(name, value, values, mask)
             elif (isinstance(value, list | tuple | set | frozenset)
                   and all(isinstance(v, str) for v in value)):
                 name = key.strip().lower()

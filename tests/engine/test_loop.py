@@ -645,7 +645,8 @@ def test_a_callers_own_event_id_names_one_open_decision(engine: Engine) -> None:
     [["device", "mobile"], {"device": {"nested": 1}}, {"visits": math.nan}, {3: "x"},
      {"tags": ["a", 3]}, pytest.param({"visits": 10**400}, id="int-past-float"),
      pytest.param({f"k{i}": "v" for i in range(129)}, id="129-features"),
-     pytest.param({"tags": [f"t{i}" for i in range(257)]}, id="257-texts")],
+     pytest.param({"tags": [f"t{i}" for i in range(257)]}, id="257-texts"),
+     pytest.param({"Hour": 3, "hour ": 5}, id="one-number-twice")],
 )
 def test_bad_contexts_raise_and_log_nothing(engine: Engine, context: Any) -> None:
     hero = engine.loop("hero", actions=HERO)
