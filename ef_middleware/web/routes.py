@@ -209,13 +209,33 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
 
 
 def script(rt: Runtime, scope: Scope) -> Response:
-    """``GET {prefix}ef.js``: the client script, cacheable, with an ETag."""
+    """``GET {prefix}ef.js``: the client script, cacheable, with an ETag per encoding,
+    gzipped for a client that accepts it."""
     if not rt.script:
         return error(404, "not_found", "ef.js is not installed")
-    cache = {"ETag": rt.script_etag, "Cache-Control": "public, max-age=3600"}
-    if header_map(scope).get("if-none-match", "") == rt.script_etag:
+    headers = header_map(scope)
+    zipped = accepts_gzip(headers.get("accept-encoding", ""))
+    cache = {"ETag": rt.script_gzip_etag if zipped else rt.script_etag,
+             "Cache-Control": "public, max-age=3600", "Vary": "Accept-Encoding"}
+    if headers.get("if-none-match", "") == cache["ETag"]:
         return Response(status_code=304, headers=cache)
-    return Response(rt.script, media_type="text/javascript; charset=utf-8", headers=cache)
+    if zipped:
+        cache["Content-Encoding"] = "gzip"
+    return Response(rt.script_gzip if zipped else rt.script,
+                    media_type="text/javascript; charset=utf-8", headers=cache)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header admits gzip (``gzip`` or ``*``, not at q=0)."""
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            quality = params.strip().removeprefix("q=").strip() if params else "1"
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
 
 
 async def status(rt: Runtime) -> Response:

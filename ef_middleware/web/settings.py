@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import hashlib
 import logging
 import time
@@ -124,6 +125,9 @@ class Runtime:
         )
         self.script = _load_script()
         self.script_etag = '"' + hashlib.sha256(self.script).hexdigest()[:16] + '"'
+        # Served to browsers that accept gzip (all of them): 1.5 KB instead of 3.6 KB.
+        self.script_gzip = gzip.compress(self.script, 9, mtime=0) if self.script else b""
+        self.script_gzip_etag = self.script_etag[:-1] + '-gz"'
         self.script_tags: dict[str, Markup] = {}
         """``<script>`` tags without a nonce, by root path (see ``Personalization.script``)."""
         common: dict[str, Any] = {"path": settings.cookie_path, "secure": settings.secure,

@@ -229,6 +229,24 @@ def test_script_route(engine: Engine, loop_name: str, client_for: Client) -> Non
     again = client.get("/personalize/ef.js", headers={"if-none-match": etag})
     assert again.status_code == 304 and again.content == b""
     assert client.get("/_ef/ef.js").status_code == 404  # the prefix moved
+    # gzip for a client that takes it (every browser): about 1.5 KB on the wire, not 3.6
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.headers["vary"] == "Accept-Encoding"
+    assert int(response.headers["content-length"]) < 2048 < len(response.content)
+    plain = client.get("/personalize/ef.js", headers={"accept-encoding": "gzip;q=0, br"})
+    assert "content-encoding" not in plain.headers and plain.content == response.content
+    assert plain.headers["etag"] != etag  # one tag per representation
+    assert client.get("/personalize/ef.js", headers={"accept-encoding": "identity",
+                                                     "if-none-match": etag}).status_code == 200
+
+
+@pytest.mark.parametrize(("header", "gzip"), [
+    ("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8", True), ("*", True),
+    ("gzip;q=0", False), ("identity", False), ("", False), ("gzip;q=x", False)])
+def test_accept_encoding(header: str, gzip: bool) -> None:
+    from ef_middleware.web.routes import accepts_gzip
+
+    assert accepts_gzip(header) is gzip
 
 
 def test_routes_and_script_under_a_root_path(engine: Engine, loop_name: str) -> None:
