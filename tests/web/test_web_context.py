@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,3 +200,16 @@ def test_the_device_cache_keeps_what_is_parsed_only() -> None:
     for i in range(50):
         assert parse_device(head + f"{i:04d}" + "x" * 100_000) == parse_device(DESKTOP)
     assert _classify.cache_info().currsize <= 2  # the padded head and DESKTOP itself
+
+
+def test_zones_missing_from_the_system_come_from_tzdata(tmp_path: Path) -> None:
+    """Browsers report old link names (Asia/Calcutta); a system database without them (newer
+    Debian moves them to tzdata-legacy) must not turn the visitor's hour into the server's."""
+    import subprocess
+    import sys
+
+    code = ("from ef_middleware.web.context import visitor_zone; "
+            "print([str(visitor_zone(z)) for z in ('Asia/Calcutta', 'Europe/Kiev')])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONTZPATH": str(tmp_path)})
+    assert done.stdout.strip() == "['Asia/Calcutta', 'Europe/Kiev']"
