@@ -246,6 +246,7 @@ class Trainer:
         self._fresh: list[int] = []  # replay slots not yet in a gradient step
         self._since_rebuild = 0
         self._steps_since_snapshot = 0
+        self._versions: list[int] | None = None  # saved snapshots, oldest first (read lazily)
 
     # -- inputs ----------------------------------------------------------------------------
     def inputs(self, slots: IntArray) -> FactoredInput:
@@ -378,11 +379,27 @@ class Trainer:
         version = self.net.step
         # ``latest`` names the version instead of holding a second copy of the ~4 MB blob: the
         # write is half as long for a reward waiting behind it.
+        versions = [v for v in self._saved_versions() if v != version] + [version]
+        stale, self._versions = versions[:-KEEP_VERSIONS], versions[-KEEP_VERSIONS:]
         self.store.set_many({f"model:{self.name}:v{version}": blob,
-                             f"model:{self.name}:latest": f"v{version}".encode()})
-        old = version - KEEP_VERSIONS * self.settings.snapshot_every
-        if old > 0:
+                             f"model:{self.name}:latest": f"v{version}".encode(),
+                             f"model:{self.name}:versions": orjson.dumps(self._versions)})
+        for old in stale:
             self.store.delete(f"model:{self.name}:v{old}")
+
+    def _saved_versions(self) -> list[int]:
+        """The versions of this loop's snapshots in the store, oldest first, from their index
+        key. Snapshots land at any step (a pass takes several steps, and close saves too), so
+        the ones to delete are looked up, not computed: ``version - 300`` was missed whenever
+        a pass crossed the 100-step mark, and every such snapshot (about 4 MB) stayed."""
+        if self._versions is None:
+            raw = self.store.get(f"model:{self.name}:versions")
+            try:
+                found = orjson.loads(raw) if raw is not None else []
+                self._versions = [int(v) for v in found]
+            except (orjson.JSONDecodeError, TypeError, ValueError):
+                self._versions = []
+        return self._versions
 
     def restore(self) -> bool:
         """Load the latest snapshot if one exists and fits this loop's model; report success."""

@@ -311,6 +311,29 @@ def test_snapshot_round_trip_restores_the_model(tmp_path: Path,
     second.close()
 
 
+def test_only_the_last_three_snapshots_are_kept_whatever_their_versions(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Snapshots land at the step a learning pass ends on (112, 224, ...) or at close; the
+    old rule deleted ``version - 300``, which then never existed, and kept every 4 MB
+    snapshot. The kept versions survive a restart."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    hero = eng.loop("hero", actions=HERO)
+    for version in (112, 224, 336, 448, 448, 560):
+        hero.trainer.net.step = version
+        hero.trainer.save()
+    kept = [v for v in (112, 224, 336, 448, 560) if eng.store.get(f"model:hero:v{v}")]
+    assert kept == [336, 448, 560]
+    eng.close()  # saves v560 again
+    again = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    loop = again.loop("hero", actions=HERO)
+    assert loop.model_version == 560
+    loop.trainer.net.step = 640
+    loop.trainer.save()
+    assert [v for v in (336, 448, 560, 640) if again.store.get(f"model:hero:v{v}")] == [
+        448, 560, 640]
+    again.close()
+
+
 def test_embeddings_persist_in_the_store(tmp_path: Path,
                                          embedder: SentenceTransformerEmbedder) -> None:
     first = Engine(tmp_path / "ef", embedder=embedder)
