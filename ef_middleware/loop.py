@@ -185,8 +185,10 @@ class Loop:
         exclude
             Action ids not to consider for this call.
         event_id
-            Use this id for the logged decision instead of a fresh random one; a non-empty
-            string that no open decision of the loop has (else ``InvalidInputError``).
+            Use this id for the logged decision instead of a fresh random one: a string of 1
+            to 128 characters that names no other decision of the loop. An id that an open
+            decision has, or whose reward is stored, raises ``InvalidInputError`` (a second
+            decision would overwrite the first one's reward).
 
         Returns
         -------
@@ -199,6 +201,9 @@ class Loop:
                                      or not 0 < len(event_id) <= MAX_ID):
             raise InvalidInputError(f"event_id must be a string of 1 to {MAX_ID} characters, "
                                     f"not {event_id!r}")
+        if event_id is not None and self.store.get(f"reward:{self.name}:{event_id}") is not None:
+            raise InvalidInputError(f"event {event_id!r} of loop {self.name!r} has its reward "
+                                    "stored already: an event id names one decision")
         state = self._serving
         own = actions is None and not exclude and not isinstance(exclude, str)
         view = self._cached_view(state, context) if own else None
@@ -523,13 +528,15 @@ class Loop:
             yield_to_requests()
 
     def flush(self, timeout: float | None = 60.0) -> None:
-        """Block until every reward handed to learning so far has been learned.
+        """Block until every reward handed to learning so far, and every decision whose
+        reward wait is over, has been learned.
 
         Raises ``TimeoutError`` if the learner does not get there within ``timeout`` seconds,
         :class:`~ef_middleware.errors.EngineClosedError` once the engine is closed.
         """
         if self.closed:
             raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
+        self.expire()  # decisions whose wait is over are handed to learning first
         target = self.enqueued
         self._wake(True)
         deadline = None if timeout is None else time.monotonic() + timeout

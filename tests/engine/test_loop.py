@@ -661,6 +661,24 @@ def test_a_callers_own_event_id_names_one_open_decision(engine: Engine) -> None:
             hero.rank({"device": "mobile"}, event_id=bad)  # type: ignore[arg-type]
     assert hero.stats() == before
     hero.reward("order-1", 1.0)  # the first decision is still open
+    hero.flush()
+    with pytest.raises(InvalidInputError, match="reward stored"):  # it would be overwritten
+        hero.rank({"device": "mobile"}, event_id="order-1")
+
+
+def test_flush_learns_the_decisions_whose_wait_is_over(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """flush() hands the decisions whose reward wait is over to learning before it waits:
+    with the learner thread, it returned before they were learned."""
+    clock = Clock()
+    eng = Engine(tmp_path / "ef", embedder=embedder, clock=clock)
+    hero = eng.loop("hero", actions=HERO, reward_wait=60)
+    for _ in range(5):
+        hero.rank({"device": "mobile"})
+    clock.now += 61
+    hero.flush()
+    assert hero.stats()["learned"] == 5
+    eng.close()
 
 
 @pytest.mark.parametrize(
