@@ -75,6 +75,8 @@ def create_app(engine: Engine | None = None) -> FastAPI:
         status_route=True,
         secure=os.environ.get("EF_SECURE_COOKIES") == "1",
         honor_gpc=True,
+        # Behind a proxy that sends its own Host: the site's public origins, space-separated.
+        trusted_origins=os.environ.get("EF_TRUSTED_ORIGINS", "").split(),
     )
     return app
 
