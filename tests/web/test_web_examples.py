@@ -41,6 +41,20 @@ def test_fastapi_example_page(site: TestClient) -> None:
     assert (status["decisions"], status["rewards"]) == (1, 1)
 
 
+def test_the_example_behind_a_proxy_takes_its_public_origins(
+        new_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy that sends the upstream's Host: rewards from the public origin are refused
+    unless EF_TRUSTED_ORIGINS names it."""
+    monkeypatch.setenv("EF_SECRET_KEY", "example-secret")
+    public = {"origin": "https://www.shop.example"}
+    for trusted, status in (("", 403), ("https://shop.example https://www.shop.example", 204)):
+        monkeypatch.setenv("EF_TRUSTED_ORIGINS", trusted)
+        client = TestClient(create_app(new_engine()), headers={"user-agent": IPHONE},
+                            base_url="http://127.0.0.1:8000")
+        client.get("/")
+        assert client.post("/_ef/reward", json={"loop": LOOP}, headers=public).status_code == status
+
+
 def test_starlette_example(new_engine: Callable[..., Engine]) -> None:
     from examples.starlette_site import create_app as create_starlette_app
 
