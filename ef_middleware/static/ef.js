@@ -24,18 +24,21 @@
         body.value = value;
       }
       body = JSON.stringify(body);
-      var url = base + 'reward';
-      if (w.fetch) {
+      var url = base + 'reward', sent;
+      try {
+        sent = w.fetch(url, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: body,
+          keepalive: true,
+          credentials: 'same-origin'
+        }) || 1;
+      } catch (e) { /* no fetch, or it threw: a beacon */ }
+      if (sent) {
         try {
-          w.fetch(url, {
-            method: 'POST',
-            headers: { 'Content-Type': 'application/json' },
-            body: body,
-            keepalive: true,
-            credentials: 'same-origin'
-          })['catch'](function () {});
-          return true;
-        } catch (e) { /* fall back to a beacon */ }
+          sent.then(null, function () {});
+        } catch (e) { /* a wrapped fetch answered no promise: sent all the same */ }
+        return true;
       }
       try {
         return nav.sendBeacon(url, new Blob([body], { type: 'application/json' }));

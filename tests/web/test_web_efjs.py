@@ -47,9 +47,13 @@ const window = {
   fetch: scenario.noFetch ? undefined : (url, opts) => {
     if (scenario.fetchThrows) throw new TypeError('keepalive unsupported');
     sent.push({via: 'fetch', url, opts});
+    if (scenario.fetchReturns === 'nothing') return undefined;  // a fire-and-forget wrapper
+    if (scenario.fetchReturns === 'thenable') return {then: (ok, no) => no(new Error('x'))};
     return Promise.resolve({ok: true});
   },
 };
+let clock = 1e12;
+Date.now = () => clock;
 const presetQueue = window.ef && window.ef.q;
 const run = () => new Function('window', 'document', src)(window, document);
 run();
@@ -58,17 +62,48 @@ const ef = window.ef;
 const results = {};
 results.sameQueue = presetQueue ? ef.q === presetQueue : null;
 results.kept = ef.keep || null;
-results.convert = ef.convert('hero', scenario.value);
-ef.q.push(['convert', 'pushed']);
-const el = (tag, loops, value) => ({tagName: tag, getAttribute: (n) =>
+const custom = scenario.calls || scenario.events;  // only what the scenario lists
+if (!custom) {
+  results.convert = ef.convert('hero', scenario.value);
+  ef.q.push(['convert', 'pushed']);
+}
+const el = (tag, loops, value) => ({tagName: tag, closest() { return this; }, getAttribute: (n) =>
   n === 'data-ef-convert' ? loops : (n === 'data-ef-value' ? value : null)});
-const fire = (type, found) => (listeners[type] || []).forEach((fn) =>
-  fn({type, target: {closest: () => found}}));
-fire('click', el('A', 'hero pricing', '2'));
-fire('click', el('FORM', 'formloop', null));
-fire('submit', el('FORM', 'formloop', null));
-fire('submit', el('BUTTON', 'nope', null));
-fire('click', null);
+const fire = (type, target) => (listeners[type] || []).forEach((fn) => fn({type, target}));
+results.calls = (scenario.calls || []).map((call) => String(eval(call)));
+if (scenario.events) {
+  // elements: {id: {tag, attrs, parent, type, form}}; events: {type, target, path, detail,
+  // button, after (ms on the clock)}. A path (ids) makes composedPath(), else ef.js walks up
+  // the parentNodes from the target.
+  const nodes = {};
+  Object.entries(scenario.elements || {}).forEach(([id, spec]) => {
+    const attrs = spec.attrs || {};
+    const node = nodes[id] = {id, tagName: spec.tag, type: spec.type, href: attrs.href || '',
+      formNoValidate: !!spec.formNoValidate, getAttribute: (n) => (n in attrs ? attrs[n] : null)};
+    if (spec.form) node.form = Object.assign({checkValidity: () => spec.form.valid}, spec.form);
+  });
+  Object.values(nodes).forEach((node) => {
+    node.parentNode = nodes[scenario.elements[node.id].parent] || document;
+    node.closest = (selector) => {  // '[data-ef-convert]' only
+      for (let n = node; n.getAttribute; n = n.parentNode) {
+        if (n.getAttribute('data-ef-convert') !== null) return n;
+      }
+      return null;
+    };
+  });
+  scenario.events.forEach((e) => {
+    clock += e.after || 0;
+    const event = {type: e.type, target: nodes[e.target], detail: e.detail, button: e.button};
+    if (e.path) event.composedPath = () => e.path.map((id) => nodes[id]).concat([document, window]);
+    (listeners[e.type] || []).forEach((fn) => fn(event));
+  });
+} else if (!custom) {
+  fire('click', el('A', 'hero pricing', '2'));
+  fire('click', el('FORM', 'formloop', null));
+  fire('submit', el('FORM', 'formloop', null));
+  fire('submit', el('BUTTON', 'nope', null));
+  fire('click', null);
+}
 results.listeners = Object.fromEntries(Object.entries(listeners).map(([k, v]) => [k, v.length]));
 results.sent = sent.map((s) => ({via: s.via, url: s.url, type: s.type,
   body: s.opts && JSON.parse(s.opts.body), keepalive: s.opts && s.opts.keepalive,
@@ -140,6 +175,16 @@ def test_beacon_fallback(tmp_path: Path) -> None:
         result = run(tmp_path, **scenario)
         assert {s["via"] for s in result["sent"]} == {"beacon"}
         assert {s["type"] for s in result["sent"]} == {"application/json"}
+
+
+def test_a_wrapped_fetch_without_a_promise_sends_once(tmp_path: Path) -> None:
+    # A wrapper that answers nothing, or a thenable without catch: no beacon after the fetch.
+    for answer in ("nothing", "thenable"):
+        result = run(tmp_path, fetchReturns=answer, calls=["ef.convert('hero', 2)"])
+        assert result["calls"] == ["true"]
+        assert result["sent"] == [{"via": "fetch", "url": "/_ef/reward",
+                                   "body": {"loop": "hero", "value": 2}, "keepalive": True,
+                                   "credentials": "same-origin"}]
 
 
 def test_bad_values_are_not_sent_and_nothing_throws(tmp_path: Path) -> None:
