@@ -18,9 +18,13 @@
     var send = function (loop, value) {
       if (off || typeof loop !== 'string' || !loop) return false;
       var body = { loop: loop };
-      if (value != null && value !== '') {
-        value = +value;
-        if (!isFinite(value)) return false; // a typo must not record the top reward
+      // A finite number or a decimal string (blank: none): a typo must not record the top reward.
+      if (typeof value === 'string') {
+        value = value.trim();
+        value = !value ? null : /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(value) ? +value : NaN;
+      }
+      if (value != null) {
+        if (typeof value !== 'number' || !isFinite(value)) return false;
         body.value = value;
       }
       body = JSON.stringify(body);

@@ -187,6 +187,29 @@ def test_a_wrapped_fetch_without_a_promise_sends_once(tmp_path: Path) -> None:
                                    "credentials": "same-origin"}]
 
 
+def test_values_are_numbers_or_decimal_strings(tmp_path: Path) -> None:
+    sent = {"ef.convert('a', 3)": 3, "ef.convert('a', '3')": 3, "ef.convert('a', ' -1.5e1 ')": -15,
+            "ef.convert('a', '.5')": 0.5, "ef.convert('a', '+2.')": 2, "ef.convert('a', 0)": 0,
+            "ef.convert('a')": None, "ef.convert('a', null)": None, "ef.convert('a', ' ')": None}
+    refused = ["ef.convert('a', true)", "ef.convert('a', false)", "ef.convert('a', [])",
+               "ef.convert('a', [2])", "ef.convert('a', new Date(0))", "ef.convert('a', {})",
+               "ef.convert('a', NaN)", "ef.convert('a', Infinity)", "ef.convert('a', '1e999')",
+               "ef.convert('a', '0x8')", "ef.convert('a', '1,5')", "ef.convert('a', 'abc')",
+               "ef.convert('a', '.')", "ef.convert('a', 'Infinity')", "ef.convert('a', '1 2')"]
+    for call, value in sent.items():
+        result = run(tmp_path, calls=[call])
+        assert result["calls"] == ["true"], call
+        assert bodies(result) == [{"loop": "a"} if value is None else {"loop": "a", "value": value}]
+    result = run(tmp_path, calls=refused)
+    assert result["calls"] == ["false"] * len(refused) and result["sent"] == []
+    # data-ef-value: blank is no value, a hexadecimal one sends nothing.
+    marked = {"blank": {"tag": "A", "attrs": {"data-ef-convert": "a", "data-ef-value": " "}},
+              "hex": {"tag": "A", "attrs": {"data-ef-convert": "b", "data-ef-value": "0x8"}}}
+    clicks = [{"type": "click", "target": "blank", "detail": 1},
+              {"type": "click", "target": "hex", "detail": 1}]
+    assert bodies(run(tmp_path, elements=marked, events=clicks)) == [{"loop": "a"}]
+
+
 def test_bad_values_are_not_sent_and_nothing_throws(tmp_path: Path) -> None:
     assert run(tmp_path, value="abc")["convert"] is False
     result = run(tmp_path, brokenDom=True)  # addEventListener throws: swallowed
