@@ -72,12 +72,18 @@
       return 0;
     };
 
-    // <a data-ef-convert="homepage-hero" data-ef-value="1">: clicks (forms: submits) convert.
+    // <a data-ef-convert="homepage-hero" data-ef-value="1">: clicks (forms: submits) convert,
+    // once: not again from the same element within a second.
+    var lastEl, lastAt;
     var auto = function (event) {
       try {
-        var target = event.target;
+        var target = event.target, now = Date.now();
+        if (event.detail > 1) return;
         var el = target && target.closest && target.closest('[data-ef-convert]');
         if (!el || (event.type === 'submit') !== (el.tagName === 'FORM')) return;
+        if (el === lastEl && Math.abs(now - lastAt) < 1000) return;
+        lastEl = el;
+        lastAt = now;
         var loops = (el.getAttribute('data-ef-convert') || '').split(/[\s,]+/);
         for (var i = 0; i < loops.length; i++) {
           if (loops[i]) send(loops[i], el.getAttribute('data-ef-value'));

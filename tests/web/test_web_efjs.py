@@ -210,6 +210,31 @@ def test_values_are_numbers_or_decimal_strings(tmp_path: Path) -> None:
     assert bodies(run(tmp_path, elements=marked, events=clicks)) == [{"loop": "a"}]
 
 
+def test_double_clicks_and_labels_convert_once(tmp_path: Path) -> None:
+    elements = {"btn": {"tag": "BUTTON", "attrs": {"data-ef-convert": "sum, a"}},
+                "other": {"tag": "BUTTON", "attrs": {"data-ef-convert": "sum"}},
+                "div": {"tag": "DIV", "attrs": {"data-ef-convert": "terms"}},
+                "label": {"tag": "LABEL", "parent": "div"},
+                "box": {"tag": "INPUT", "type": "checkbox", "parent": "label"}}
+    events = [
+        # a triple click: click events with detail 1, 2 and 3
+        {"type": "click", "target": "btn", "detail": 1},
+        {"type": "click", "target": "btn", "detail": 2, "after": 150},
+        {"type": "click", "target": "btn", "detail": 3, "after": 150},
+        # two single clicks (detail 1 each) within a second, then one a second later
+        {"type": "click", "target": "btn", "detail": 1, "after": 300},
+        {"type": "click", "target": "btn", "detail": 1, "after": 1000},
+        # another element of the same loop converts on its own
+        {"type": "click", "target": "other", "detail": 1, "after": 10},
+        # a label's click, then the browser's click on its checkbox (detail 0)
+        {"type": "click", "target": "label", "detail": 1, "after": 10},
+        {"type": "click", "target": "box", "detail": 0, "after": 1},
+    ]
+    assert bodies(run(tmp_path, elements=elements, events=events)) == [
+        {"loop": "sum"}, {"loop": "a"}, {"loop": "sum"}, {"loop": "a"}, {"loop": "sum"},
+        {"loop": "terms"}]
+
+
 def test_bad_values_are_not_sent_and_nothing_throws(tmp_path: Path) -> None:
     assert run(tmp_path, value="abc")["convert"] is False
     result = run(tmp_path, brokenDom=True)  # addEventListener throws: swallowed
