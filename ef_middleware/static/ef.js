@@ -77,15 +77,21 @@
     var lastEl, lastAt;
     var auto = function (event) {
       try {
-        var target = event.target, now = Date.now();
+        var now = Date.now();
         if (event.detail > 1) return;
-        var el = target && target.closest && target.closest('[data-ef-convert]');
+        // The composed path: in a shadow root, event.target is the host.
+        var path = event.composedPath ? event.composedPath() : [], el, n, i;
+        if (!path.length) for (n = event.target; n; n = n.parentNode) path.push(n);
+        for (i = 0; i < path.length && !el; i++) {
+          n = path[i];
+          if (n.getAttribute && n.getAttribute('data-ef-convert') != null) el = n;
+        }
         if (!el || (event.type === 'submit') !== (el.tagName === 'FORM')) return;
         if (el === lastEl && Math.abs(now - lastAt) < 1000) return;
         lastEl = el;
         lastAt = now;
         var loops = (el.getAttribute('data-ef-convert') || '').split(/[\s,]+/);
-        for (var i = 0; i < loops.length; i++) {
+        for (i = 0; i < loops.length; i++) {
           if (loops[i]) send(loops[i], el.getAttribute('data-ef-value'));
         }
       } catch (e) { /* never throw into the page */ }

@@ -235,6 +235,19 @@ def test_double_clicks_and_labels_convert_once(tmp_path: Path) -> None:
         {"loop": "terms"}]
 
 
+def test_marked_elements_in_a_shadow_root(tmp_path: Path) -> None:
+    # At the document the target is the shadow host; composedPath() has the inner elements.
+    elements = {"host": {"tag": "MY-WIDGET", "parent": "card"},
+                "card": {"tag": "DIV", "attrs": {"data-ef-convert": "card"}},
+                "inner": {"tag": "BUTTON", "attrs": {"data-ef-convert": "inner"}},
+                "icon": {"tag": "SPAN"}}
+    events = [{"type": "click", "target": "host", "path": ["icon", "inner", "host", "card"]},
+              {"type": "click", "target": "host", "path": ["host", "card"], "after": 10},
+              {"type": "click", "target": "host", "after": 2000}]  # no composedPath
+    assert bodies(run(tmp_path, elements=elements, events=events)) == [
+        {"loop": "inner"}, {"loop": "card"}, {"loop": "card"}]
+
+
 def test_bad_values_are_not_sent_and_nothing_throws(tmp_path: Path) -> None:
     assert run(tmp_path, value="abc")["convert"] is False
     result = run(tmp_path, brokenDom=True)  # addEventListener throws: swallowed
