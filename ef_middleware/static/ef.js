@@ -72,21 +72,26 @@
       return 0;
     };
 
-    // <a data-ef-convert="homepage-hero" data-ef-value="1">: clicks (forms: submits) convert,
-    // once: not again from the same element within a second.
+    // <a data-ef-convert="homepage-hero" data-ef-value="1">: clicks (forms: submits; links:
+    // middle clicks too) convert, once: not again from the same element within a second.
     var lastEl, lastAt;
     var auto = function (event) {
       try {
-        var now = Date.now();
-        if (event.detail > 1) return;
+        var type = event.type, now = Date.now();
+        if (event.detail > 1 || (type === 'auxclick' && event.button !== 1)) return;
         // The composed path: in a shadow root, event.target is the host.
-        var path = event.composedPath ? event.composedPath() : [], el, n, i;
+        var path = event.composedPath ? event.composedPath() : [], el, link, n, i;
         if (!path.length) for (n = event.target; n; n = n.parentNode) path.push(n);
-        for (i = 0; i < path.length && !el; i++) {
+        for (i = 0; i < path.length; i++) {
           n = path[i];
-          if (n.getAttribute && n.getAttribute('data-ef-convert') != null) el = n;
+          if (!el && n.getAttribute && n.getAttribute('data-ef-convert') != null) el = n;
+          if (n.tagName === 'A' && n.href) link = n;
         }
-        if (!el || (event.type === 'submit') !== (el.tagName === 'FORM')) return;
+        if (!el || (type === 'submit') !== (el.tagName === 'FORM')) return;
+        if (type === 'auxclick' && !link) return;
+        // An invalid form's submit button submits nothing.
+        var form = el.type === 'submit' && el.form;
+        if (form && !form.noValidate && !el.formNoValidate && !form.checkValidity()) return;
         if (el === lastEl && Math.abs(now - lastAt) < 1000) return;
         lastEl = el;
         lastAt = now;
@@ -97,6 +102,7 @@
       } catch (e) { /* never throw into the page */ }
     };
     d.addEventListener('click', auto, true);
+    d.addEventListener('auxclick', auto, true);
     d.addEventListener('submit', auto, true);
 
     // The visitor's IANA time zone, so the server knows their local hour and weekday.

@@ -248,9 +248,44 @@ def test_marked_elements_in_a_shadow_root(tmp_path: Path) -> None:
         {"loop": "inner"}, {"loop": "card"}, {"loop": "card"}]
 
 
+def test_middle_clicks_on_links(tmp_path: Path) -> None:
+    elements = {"link": {"tag": "A", "attrs": {"data-ef-convert": "link", "href": "/next"}},
+                "span": {"tag": "SPAN", "parent": "link"},
+                "card": {"tag": "DIV", "attrs": {"data-ef-convert": "card"}},
+                "inner": {"tag": "A", "attrs": {"href": "/more"}, "parent": "card"},
+                "text": {"tag": "P", "parent": "card"},
+                "anchor": {"tag": "A", "attrs": {"data-ef-convert": "anchor"}}}  # no href
+    events = [{"type": "auxclick", "target": "span", "button": 1, "detail": 1},
+              {"type": "auxclick", "target": "inner", "button": 1, "detail": 1},
+              {"type": "auxclick", "target": "text", "button": 1, "after": 1000},  # no link
+              {"type": "auxclick", "target": "anchor", "button": 1},
+              {"type": "auxclick", "target": "link", "button": 2, "after": 1000}]  # right
+    assert bodies(run(tmp_path, elements=elements, events=events)) == [
+        {"loop": "link"}, {"loop": "card"}]
+
+
+def test_submit_buttons_of_invalid_forms(tmp_path: Path) -> None:
+    marked = {"data-ef-convert": "go"}
+    elements = {
+        "invalid": {"tag": "BUTTON", "type": "submit", "attrs": marked,
+                    "form": {"valid": False}},
+        "valid": {"tag": "INPUT", "type": "submit", "attrs": {"data-ef-convert": "valid"},
+                  "form": {"valid": True}},
+        "novalidate": {"tag": "BUTTON", "type": "submit", "attrs": {"data-ef-convert": "nv"},
+                       "form": {"valid": False, "noValidate": True}},
+        "formnovalidate": {"tag": "BUTTON", "type": "submit", "formNoValidate": True,
+                           "attrs": {"data-ef-convert": "fnv"}, "form": {"valid": False}},
+        "plain": {"tag": "BUTTON", "type": "button", "attrs": {"data-ef-convert": "plain"},
+                  "form": {"valid": False}},  # submits nothing: a click is a click
+        "outside": {"tag": "BUTTON", "type": "submit", "attrs": {"data-ef-convert": "out"}}}
+    events = [{"type": "click", "target": name, "detail": 1} for name in elements]
+    assert bodies(run(tmp_path, elements=elements, events=events)) == [
+        {"loop": "valid"}, {"loop": "nv"}, {"loop": "fnv"}, {"loop": "plain"}, {"loop": "out"}]
+
+
 def test_bad_values_are_not_sent_and_nothing_throws(tmp_path: Path) -> None:
     assert run(tmp_path, value="abc")["convert"] is False
     result = run(tmp_path, brokenDom=True)  # addEventListener throws: swallowed
     assert result["listeners"] == {}
     twice = run(tmp_path, twice=True)
-    assert twice["listeners"] == {"click": 1, "submit": 1}
+    assert twice["listeners"] == {"click": 1, "auxclick": 1, "submit": 1}
