@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["NoDecisionError", "Personalization", "Variant"]
 
+# What {{ ef.script() }} puts before the ef.js tag: ef.convert(...) queues until ef.js has loaded
+# (ef.js then replaces it and sends the queue). No global but window.ef.
+SCRIPT_STUB = ("(function(w){var e=w.ef=w.ef||{q:[]};e.convert=e.convert||function(l,v){"
+               '(e.q=e.q||[]).push(["convert",l,v])}})(window)')
 MAX_VISITS = 50  # the visit count reaches the model capped (a regular is a regular)
 
 
@@ -260,17 +264,24 @@ class Personalization:
         self._rt.engine.get_loop(loop).reward(entry.event_id, value)
 
     # -- output ----------------------------------------------------------------------------
-    def script(self, *, nonce: str | None = None) -> Markup:
-        """The ``<script>`` tag that loads ef.js from the middleware's prefix."""
+    def script(self, *, nonce: str | None = None, stub: bool = True) -> Markup:
+        """The ``<script>`` tags that load ef.js from the middleware's prefix.
+
+        An inline stub comes first, so that ``ef.convert(...)`` in a page's own inline script
+        before the (deferred) ef.js has loaded is queued rather than a ``ReferenceError``. With
+        a ``nonce`` both tags carry it; ``stub=False`` gives the ``src`` tag alone, for a
+        Content-Security-Policy that allows no inline script.
+        """
         root = self._scope.get("root_path", "").rstrip("/")
         if not nonce:
-            found = self._rt.script_tags.get(root)
+            key = (root, stub)
+            found = self._rt.script_tags.get(key)
             if found is None:
-                found = self._rt.script_tags[root] = self._script_tag(root, None)
+                found = self._rt.script_tags[key] = self._script_tag(root, None, stub)
             return found
-        return self._script_tag(root, nonce)
+        return self._script_tag(root, nonce, stub)
 
-    def _script_tag(self, root: str, nonce: str | None) -> Markup:
+    def _script_tag(self, root: str, nonce: str | None, stub: bool) -> Markup:
         s = self._rt.settings
         endpoint = root + s.prefix
         version = self._rt.script_etag.strip('"')[:8]
@@ -282,7 +293,11 @@ class Personalization:
             attrs.append('data-gpc="true"')
         if nonce:
             attrs.append(f'nonce="{escape(nonce)}"')
-        return Markup(f"<script {' '.join(attrs)} defer></script>")
+        tag = f"<script {' '.join(attrs)} defer></script>"
+        if stub:
+            own = f' nonce="{escape(nonce)}"' if nonce else ""
+            tag = f"<script{own}>{SCRIPT_STUB}</script>{tag}"
+        return Markup(tag)
 
     @property
     def touched(self) -> bool:

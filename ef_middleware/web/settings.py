@@ -125,11 +125,11 @@ class Runtime:
         )
         self.script = _load_script()
         self.script_etag = '"' + hashlib.sha256(self.script).hexdigest()[:16] + '"'
-        # Served to browsers that accept gzip (all of them): 1.5 KB instead of 3.6 KB.
+        # Served to browsers that accept gzip (all of them): 2 KB instead of 4.
         self.script_gzip = gzip.compress(self.script, 9, mtime=0) if self.script else b""
         self.script_gzip_etag = self.script_etag[:-1] + '-gz"'
-        self.script_tags: dict[str, Markup] = {}
-        """``<script>`` tags without a nonce, by root path (see ``Personalization.script``)."""
+        self.script_tags: dict[tuple[str, bool], Markup] = {}
+        """``<script>`` tags without a nonce, by root path and stub (``Personalization.script``)."""
         common: dict[str, Any] = {"path": settings.cookie_path, "secure": settings.secure,
                                   "domain": settings.cookie_domain}
         self.decision_cookie_attributes = cookie_attributes(max_age=settings.decision_max_age,

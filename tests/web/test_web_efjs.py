@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from ef_middleware.web.personalization import SCRIPT_STUB
+
 SCRIPT = Path(__file__).resolve().parents[2] / "ef_middleware" / "static" / "ef.js"
 NODE = shutil.which("node")
 
@@ -55,6 +57,9 @@ const window = {
 let clock = 1e12;
 Date.now = () => clock;
 const presetQueue = window.ef && window.ef.q;
+// {{ ef.script() }}'s inline stub, and the page's calls before ef.js has loaded
+(scenario.stubs || []).forEach((stub) => new Function('window', stub)(window));
+(scenario.early || []).forEach((call) => eval(call));
 const run = () => new Function('window', 'document', src)(window, document);
 run();
 if (scenario.twice) run();
@@ -150,6 +155,24 @@ def test_queue_auto_conversion_and_fetch(tmp_path: Path) -> None:
     assert all(s["keepalive"] is True and s["credentials"] == "same-origin"
                for s in result["sent"])
     assert result["convert"] is True
+
+
+def test_calls_before_load_through_the_inline_stub(tmp_path: Path) -> None:
+    # The stub that {{ ef.script() }} renders before the (deferred) ef.js tag: ef.convert in
+    # an inline script queues, and ef.js sends the queue once when it loads.
+    early = ["window.ef.convert('before', 4)", "window.ef.convert('before2')",
+             "window.ef.q.push(['convert', 'pushed', 1])"]
+    after = ["ef.convert('after', 1)"]
+    for stubs in ([SCRIPT_STUB], [SCRIPT_STUB, SCRIPT_STUB]):  # ef.script() twice on a page
+        result = run(tmp_path, stubs=stubs, early=early, calls=after)
+        assert bodies(result) == [{"loop": "before", "value": 4}, {"loop": "before2"},
+                                  {"loop": "pushed", "value": 1}, {"loop": "after", "value": 1}]
+        assert result["calls"] == ["true"]
+    # A page's own early `window.ef = window.ef || {q: []}` object and queue are kept.
+    result = run(tmp_path, preset=True, stubs=[SCRIPT_STUB], early=early[:1], calls=[])
+    assert result["sameQueue"] is True and result["kept"] == "me"
+    assert bodies(result) == [{"loop": "early", "value": 3}, {"loop": "args"},
+                              {"loop": "before", "value": 4}]
 
 
 def test_time_zone_cookie(tmp_path: Path) -> None:

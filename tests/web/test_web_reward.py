@@ -260,7 +260,7 @@ def test_routes_and_script_under_a_root_path(engine: Engine, loop_name: str) -> 
     app = make_app(engine, [loop_name])
     app.router.routes.append(Route("/tag", tag))
     client = TestClient(app, root_path="/shop")
-    assert client.get("/tag").text.startswith('<script src="/shop/_ef/ef.js?v=')
+    assert '<script src="/shop/_ef/ef.js?v=' in client.get("/tag").text
     assert client.get("/shop/_ef/ef.js").status_code == 200  # a proxy that keeps the prefix
     assert client.get("/_ef/ef.js").status_code == 200  # one that strips it
 

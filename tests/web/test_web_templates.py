@@ -19,6 +19,7 @@ from web_helpers import ACTIONS, GOOGLEBOT, SECRET
 from ef_middleware import Engine
 from ef_middleware.errors import ConfigurationError
 from ef_middleware.web import PersonalizationMiddleware, PersonalizeExtension, setup_templates
+from ef_middleware.web.personalization import SCRIPT_STUB
 
 Client = Callable[..., TestClient]
 
@@ -35,7 +36,8 @@ TEMPLATES = {
     "block.html": BLOCK,
     "partial.html": '{% personalize loop %}{% variant "minimal" %}M{% endvariant %}'
                     "{% endpersonalize %}",
-    "script.html": "{{ ef.script() }}|{{ ef.script(nonce='abc\"') }}",
+    "script.html": "{{ ef.script() }}\n{{ ef.script(nonce='abc\"') }}\n"
+                   "{{ ef.script(stub=False) }}\n{{ ef.script(nonce='n1', stub=False) }}",
 }
 LETTER = {"minimal": "M", "detailed": "D", "video": "V", "testimonial": "T"}
 
@@ -107,10 +109,17 @@ def test_chosen_variant_without_a_block_renders_nothing(
 def test_script_tag(engine: Engine, loop_name: str, client_for: Client) -> None:
     text = client_for(template_app(engine, prefix="/p/", honor_gpc=True)).get(
         f"/script.html?loop={loop_name}").text
-    plain, with_nonce = text.split("|")
-    assert plain.startswith('<script src="/p/ef.js?v=') and plain.endswith(
+    plain, with_nonce, alone, alone_with_nonce = text.split("\n")
+    # The inline stub first (ef.convert before ef.js has loaded queues), then ef.js.
+    stub = f"<script>{SCRIPT_STUB}</script>"
+    assert plain.startswith(stub + '<script src="/p/ef.js?v=') and plain.endswith(
         ' data-endpoint="/p/" data-gpc="true" defer></script>')
-    assert 'nonce="abc&#34;"' in with_nonce
+    assert plain.count("<script") == 2
+    assert with_nonce.startswith(f'<script nonce="abc&#34;">{SCRIPT_STUB}</script><script src=')
+    assert with_nonce.count('nonce="abc&#34;"') == 2  # on both tags (a CSP with a nonce)
+    assert alone == plain.removeprefix(stub)  # stub=False: the src tag alone
+    assert alone_with_nonce.startswith('<script src="/p/ef.js?v=')
+    assert alone_with_nonce.count("<script") == 1 and 'nonce="n1"' in alone_with_nonce
 
 
 def test_block_without_middleware_renders_the_first_block() -> None:
