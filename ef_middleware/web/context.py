@@ -77,8 +77,9 @@ def parse_device(user_agent: str) -> DeviceInfo:
     This cache also keeps the classification below; it holds the first :data:`MAX_UA`
     characters of each agent, all that is parsed.
 
-    A crawler (ua-parser's ``Spider`` device), a client that ua-parser names as an HTTP
-    library or a headless browser (:data:`AUTOMATED`), or an empty user agent is a bot.
+    A crawler (ua-parser's ``Spider`` device), a client whose ua-parser family is one of the
+    HTTP libraries, tools and headless browsers of :data:`AUTOMATED`, or an empty user agent
+    is a bot.
     Tablets are iPads, Kindles, ua-parser's generic Android tablets and Android browsers
     without a mobile family.
     """
@@ -89,8 +90,9 @@ def parse_device(user_agent: str) -> DeviceInfo:
 # browsers (uptime checks, scripts, scrapers and pre-renderers: not visitors). Crawlers that
 # announce themselves are ua-parser's "Spider" device already.
 AUTOMATED = frozenset({
-    "Apache-HttpClient", "axios", "curl", "Go-http-client", "HeadlessChrome", "libwww-perl",
-    "okhttp", "PhantomJS", "PostmanRuntime", "Python Requests", "Python-urllib", "Wget",
+    "Apache-HttpClient", "axios", "curl", "Go-http-client", "HeadlessChrome", "HTTPie",
+    "libwww-perl", "okhttp", "PhantomJS", "PostmanRuntime", "Python aiohttp",
+    "Python Requests", "Python-urllib", "Wget",
 })
 
 

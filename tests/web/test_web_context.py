@@ -46,6 +46,7 @@ MAC_FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.1; rv:121.0) Gecko/2010
         ("curl/8.5.0", "bot", "curl", "Other", True),
         ("python-requests/2.31.0", "bot", "Python Requests", "Other", True),
         ("Go-http-client/1.1", "bot", "Go-http-client", "Other", True),
+        ("Python/3.11 aiohttp/3.9.1", "bot", "Python aiohttp", "Other", True),
         (DESKTOP.replace("Chrome/", "HeadlessChrome/"), "bot", "HeadlessChrome", "Windows", True),
     ],
 )
