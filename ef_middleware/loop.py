@@ -196,14 +196,14 @@ class Loop:
             The chosen action, its propensity and every candidate ranked.
         """
         if self.closed:
-            raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
-        if event_id is not None and (not isinstance(event_id, str)
-                                     or not 0 < len(event_id) <= MAX_ID):
-            raise InvalidInputError(f"event_id must be a string of 1 to {MAX_ID} characters, "
-                                    f"not {event_id!r}")
-        if event_id is not None and self.store.get(f"reward:{self.name}:{event_id}") is not None:
-            raise InvalidInputError(f"event {event_id!r} of loop {self.name!r} has its reward "
-                                    "stored already: an event id names one decision")
+            raise self._closed_error()
+        if event_id is not None:
+            if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID:
+                raise InvalidInputError(f"event_id must be a string of 1 to {MAX_ID} "
+                                        f"characters, not {event_id!r}")
+            if self.store.get(f"reward:{self.name}:{event_id}") is not None:
+                raise InvalidInputError(f"event {event_id!r} of loop {self.name!r} has its "
+                                        "reward stored already: an event id names one decision")
         state = self._serving
         own = actions is None and not exclude and not isinstance(exclude, str)
         view = self._cached_view(state, context) if own else None
@@ -233,6 +233,9 @@ class Loop:
             self.decisions += 1
         return Decision(self.name, event_id, chosen, choice, view.ids, view.predicted,
                         state.version)
+
+    def _closed_error(self) -> EngineClosedError:
+        return EngineClosedError(f"loop {self.name!r}: its engine is closed")
 
     def _action_number(self, view: _View, index: int) -> int:
         """The index of ``view``'s action ``index`` in the table of waiting decisions'
@@ -368,7 +371,7 @@ class Loop:
         caller that decides where the write runs (the reward route: on its event loop when
         the store can take it at once). Raises what :meth:`reward` raises."""
         if self.closed:
-            raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
+            raise self._closed_error()
         if not isinstance(event_id, str) or not event_id:
             raise InvalidInputError(f"event_id must be a non-empty string, not {event_id!r}")
         low, high = self.settings.reward_range
@@ -535,7 +538,7 @@ class Loop:
         :class:`~ef_middleware.errors.EngineClosedError` once the engine is closed.
         """
         if self.closed:
-            raise EngineClosedError(f"loop {self.name!r}: its engine is closed")
+            raise self._closed_error()
         self.expire()  # decisions whose wait is over are handed to learning first
         target = self.enqueued
         self._wake(True)

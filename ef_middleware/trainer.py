@@ -127,9 +127,8 @@ class ActionTable:
         """Whether any of these rows still holds a stand-in."""
         return bool(self._provisional) and any(r in self._provisional for r in rows.tolist())
 
-    def vectors_of(self, actions: Sequence[Action], *, block: bool | None = True
-                   ) -> FloatArray:
-        rows = self.rows(actions, block=block)  # first: it may grow the table
+    def vectors_of(self, actions: Sequence[Action]) -> FloatArray:
+        rows = self.rows(actions)  # first: it may grow the table
         out: FloatArray = self.vectors[rows]
         return out
 
