@@ -17,7 +17,6 @@ diskcache) and checkpoints past ``autocheckpoint`` pages. WAL journal and
 from __future__ import annotations
 
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -129,46 +128,20 @@ def checkpoint(path: str) -> tuple[int, int]:
     Through a connection of its own, closed at once: checkpointing through one that stays
     open (ours or diskcache's), the writers never started the log over in a lab run, and it
     grew until their own threshold; with this one they do (the store tests). Opening it costs
-    about 0.3 ms of CPU (SQLite reads the schema), so a log whose every page is already
-    checkpointed (:func:`log_pages`) is left alone.
+    about 0.3 ms of CPU (SQLite reads the schema).
+
+    Only SQLite opens the database's files in this process: SQLite's locks are POSIX record
+    locks, which the process loses on *every* descriptor of the file when *any* descriptor
+    of it is closed. Reading the shared-memory index (``-shm``) with a plain ``open`` and
+    ``close`` dropped the lock that tells other processes the index is in use, and the next
+    process to open the database reset the index under this one's memory map: the engine
+    died of ``SIGBUS`` (a concurrency audit, 2026-12-05; the store test
+    ``test_a_checkpoint_keeps_sqlites_locks``). SQLite's own connections share its
+    bookkeeping of open files and close none while another connection holds locks.
     """
-    pages = log_pages(path)
-    if pages is not None and pages[0] == pages[1]:
-        return pages
     con = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
         _, log, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     finally:
         con.close()
     return int(log), int(done)
-
-
-def log_pages(path: str) -> tuple[int, int] | None:
-    """(pages in the write-ahead log, pages of it already checkpointed) of the SQLite file
-    ``path``, read from its shared-memory index without a connection; ``None`` when there is
-    no index or it cannot be read whole (a write in progress, another format).
-
-    The index's header (https://www.sqlite.org/walformat.html, "The WAL-Index Header") is
-    kept twice, in native byte order, and a writer changes the two copies one after the
-    other: copies that differ are a header being written.
-    """
-    try:
-        with open(path + "-shm", "rb") as index:
-            head = index.read(_SHM_HEADER)
-    except OSError:
-        return None
-    if len(head) < _SHM_HEADER or head[:48] != head[48:96]:
-        return None
-    version, frames = _SHM_FIELDS.unpack_from(head, 0)
-    (backfilled,) = _SHM_BACKFILL.unpack_from(head, 96)
-    if version != _SHM_VERSION or backfilled > frames:
-        return None
-    return frames, backfilled
-
-
-# The WAL-index header: iVersion at byte 0, mxFrame (frames in the log) at 16; then a second
-# copy of those 48 bytes, then nBackfill (frames checkpointed) at 96.
-_SHM_HEADER = 100
-_SHM_VERSION = 3007000
-_SHM_FIELDS = struct.Struct("=I12xI")
-_SHM_BACKFILL = struct.Struct("=I")

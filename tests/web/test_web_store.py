@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -653,45 +655,57 @@ def test_writes_on_the_event_loop_leave_checkpoints_to_the_learner(tmp_path: Pat
         store.close()
 
 
-def test_a_log_with_nothing_to_checkpoint_is_read_without_a_connection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The learner checkpoints every 0.25 s; opening a connection for it costs about 0.3 ms
-    of CPU, so a log whose pages are all checkpointed is read from SQLite's shared index
-    instead, and its pages agree with SQLite's own answer at every step."""
+_DMS_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+except OSError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+def _index_in_use(shm: Path) -> bool:
+    """Whether another process would see SQLite's shared index ``shm`` in use: SQLite's
+    connections hold a shared lock on its byte 128 (the "DMS" slot), and a process that gets
+    that byte exclusively takes itself for the only user and resets the index."""
+    out = subprocess.run([sys.executable, "-c", _DMS_PROBE, str(shm)], capture_output=True,
+                         text=True, check=True, timeout=60)
+    return out.stdout.strip() == "held"
+
+
+def test_a_checkpoint_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """The learner checkpoints the store's SQLite files every 0.25 s. A checkpoint that read
+    the shared index with a plain open and close dropped the process's SQLite locks on it
+    (POSIX locks go with any descriptor's close), and a second process opening the store
+    then reset the index under the engine, which died of SIGBUS."""
     path = str(tmp_path / "table.db")
     writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("PRAGMA journal_mode=wal")
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-    writer.execute("CREATE TABLE t (a)")
-    opened: list[str] = []
-    connect = sqlite3.connect
-
-    def counting_connect(*args: object, **kwargs: object) -> sqlite3.Connection:
-        opened.append(str(args[0]))
-        return connect(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(keytable_module.sqlite3, "connect", counting_connect)
     try:
-        for i in range(5):
-            writer.execute("INSERT INTO t VALUES (?)", (i,))
-        assert keytable_module.log_pages(path) == (7, 0)  # schema, table, five inserts
-        assert keytable_module.checkpoint(path) == (7, 7) and len(opened) == 1
-        assert keytable_module.checkpoint(path) == (7, 7) and len(opened) == 1  # skipped
-        writer.execute("INSERT INTO t VALUES (5)")  # the log starts over
-        reader = connect(path, isolation_level=None)
-        reader.execute("BEGIN")
-        reader.execute("SELECT COUNT(*) FROM t").fetchone()  # holds a snapshot at frame 1
-        writer.execute("INSERT INTO t VALUES (6)")
-        assert keytable_module.checkpoint(path) == (2, 1) and len(opened) == 2
-        assert keytable_module.checkpoint(path) == (2, 1) and len(opened) == 3  # retried
-        reader.execute("COMMIT")
-        reader.close()
-        assert keytable_module.checkpoint(path) == (2, 2) and len(opened) == 4
-        assert keytable_module.checkpoint(path) == (2, 2) and len(opened) == 4
+        writer.execute("PRAGMA journal_mode=wal")
+        writer.execute("CREATE TABLE t (a)")
+        writer.execute("INSERT INTO t VALUES (1)")
+        assert _index_in_use(tmp_path / "table.db-shm")
+        log, done = keytable_module.checkpoint(path)
+        assert log == done > 0
+        assert _index_in_use(tmp_path / "table.db-shm")
     finally:
         writer.close()
-    assert keytable_module.log_pages(str(tmp_path / "missing.db")) is None
+
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        store.set("model:hero:1", b"x" * 10_000)
+        store.set("reward:hero:e1", b'{"value": 1.0}')
+        store.set("decisions:hero:1", b"{}")
+        store.maintain()
+        store.maintain()
+        indexes = sorted((tmp_path / "store").rglob("*.db-shm"))
+        assert len(indexes) >= 2
+        assert all(_index_in_use(shm) for shm in indexes), indexes
+    finally:
+        store.close()
 
 
 def _write_rewards(directory: str, prefix: str, count: int) -> int:
