@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -89,6 +90,9 @@ class Engine:
         self._learner: Learner | None = (Learner(self, nice=background_nice) if learner
                                          else None)
         self._closed = False
+        # Making a loop and closing take it: two threads asking for one new loop get the same
+        # one, and a loop made while the engine closes is either closed with it or refused.
+        self._lock = threading.RLock()
 
     @property
     def loops(self) -> dict[str, Loop]:
@@ -107,10 +111,16 @@ class Engine:
         ``settings`` are :class:`~ef_middleware.settings.LoopSettings` fields, e.g.
         ``strategy="ucb"``, ``reward_range=(0, 10)``, ``reward_wait=300``.
         """
-        if self._closed:
-            raise EngineClosedError(f"the engine is closed: no loop {name!r} can be made")
-        if not isinstance(name, str) or not name or len(name) > 100:
-            raise ConfigurationError("a loop name is a non-empty string of at most 100 chars")
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError(f"the engine is closed: no loop {name!r} can be made")
+            if not isinstance(name, str) or not name or len(name) > 100:
+                raise ConfigurationError("a loop name is a non-empty string of at most 100 "
+                                         "chars")
+            return self._loop(name, actions, settings)
+
+    def _loop(self, name: str, actions: Iterable[Any] | None, settings: dict[str, Any]) -> Loop:
+        """:meth:`loop`, under the engine's lock."""
         existing = self._loops.get(name)
         if existing is not None:
             if (actions is None and not settings) or self._same_loop(existing, actions,
@@ -158,12 +168,14 @@ class Engine:
 
     def close(self) -> None:
         """Stop the learner after a last pass, save every loop's model, close the store."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loops = list(self._loops.values())
         if self._learner is not None:
             self._learner.stop()
-        for loop in self._loops.values():
+        for loop in loops:
             loop.learn_pending()
             loop.save()
             loop.closed = True

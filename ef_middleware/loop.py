@@ -551,7 +551,10 @@ class Loop:
                 self._progress.wait(timeout=0.05 if left is None else min(left, 0.05))
 
     def save(self) -> None:
-        """Write a model snapshot now."""
+        """Write a model snapshot now (``EngineClosedError`` once the engine is closed: the
+        engine saved every loop as it closed)."""
+        if self.closed:
+            raise self._closed_error()
         with self._train_lock:
             self._persist()
             self.trainer.save()

@@ -32,7 +32,8 @@ from ef_middleware import (
     UnknownEventError,
     UnknownLoopError,
 )
-from ef_middleware.loop import WRITE_GRACE
+from ef_middleware import engine as engine_module
+from ef_middleware.loop import WRITE_GRACE, Loop
 from ef_middleware.policies.base import gaussian_probabilities, resolve_choices
 from ef_middleware.settings import LoopSettings
 from tests.engine.embedders import RecordingEmbedder
@@ -580,10 +581,59 @@ def test_a_closed_engine_refuses_everything_and_changes_nothing(
     engine.close()
     counts = hero.stats()
     for call in (lambda: hero.rank({"device": "mobile"}), lambda: hero.reward(d.event_id),
-                 hero.flush, lambda: engine.loop("late", actions=HERO)):
+                 hero.flush, hero.save, lambda: engine.loop("late", actions=HERO)):
         with pytest.raises(EngineClosedError, match="closed"):
             call()
     assert hero.stats() == counts and "late" not in engine.loops
+
+
+def test_threads_asking_for_one_new_loop_get_the_same_loop(engine: Engine) -> None:
+    """``engine.loop`` checked and registered without a lock: eight threads asking at once
+    for a new loop got eight loops, and the decisions of the seven the engine did not know
+    were never learned (a concurrency audit, 5 of 5 runs)."""
+    barrier = threading.Barrier(8)
+    got: list[Loop] = []
+
+    def ask() -> None:
+        barrier.wait()
+        got.append(engine.loop("hero", actions=HERO))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 8 and all(loop is engine.get_loop("hero") for loop in got)
+
+
+def test_a_loop_made_while_the_engine_closes_is_closed_with_it(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop still being made when ``close`` starts: before, ``close`` went on without it,
+    the loop then ranked into the closed store and restarted the learner thread, which
+    nothing stopped any more."""
+    engine = Engine(tmp_path / "ef", embedder=embedder)
+    engine.loop("hero", actions=HERO)
+    building = threading.Event()
+    real = engine_module.Loop
+
+    def slow_loop(*args: Any, **kwargs: Any) -> Loop:
+        building.set()
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "Loop", slow_loop)
+    made: list[Loop] = []
+    maker = threading.Thread(target=lambda: made.append(engine.loop("late", actions=HERO)))
+    maker.start()
+    assert building.wait(30)
+    engine.close()
+    maker.join()
+    assert len(made) == 1  # made before the close, then closed with the engine
+    with pytest.raises(EngineClosedError):
+        made[0].rank({"device": "mobile"})
+    learner = engine._learner  # type: ignore[attr-defined]
+    assert learner is not None and not learner.is_alive()
 
 
 def test_sum_aggregation_clips_at_both_ends_of_the_range(
