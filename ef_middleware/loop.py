@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 import numpy as np
 import orjson
@@ -27,6 +27,7 @@ from .errors import (
     EngineClosedError,
     InvalidInputError,
     RewardOutOfRangeError,
+    StoreError,
     UnknownEventError,
 )
 from .features import (
@@ -148,10 +149,11 @@ class Loop:
         self._views = _Views(None)
         self._pending: dict[str, Waiting] = {}
         self._arrivals: deque[str] = deque()  # event ids in ranking order, for expiry
-        self._in_flight: dict[str, RewardWrite] = {}  # each event's newest unfinished write
+        self._in_flight: dict[str, RewardWrite] = {}  # each event's unfinished write
         self._action_table: list[Action] = []  # actions of waiting decisions, by index
         self._action_index: dict[ActionKey, int] = {}
         self._pending_lock = threading.Lock()
+        self._landed_write = threading.Condition(self._pending_lock)  # an in-flight one ended
         self._to_persist: deque[LogEntry] = deque()
         self._ready: deque[Sample] = deque()
         self._progress = threading.Condition()
@@ -365,11 +367,25 @@ class Loop:
         """
         self.accept_reward(event_id, value).commit()
 
-    def accept_reward(self, event_id: str, value: float | None = None) -> RewardWrite:
+    @overload
+    def accept_reward(self, event_id: str, value: float | None = None, *,
+                      wait: Literal[True] = True) -> RewardWrite: ...
+
+    @overload
+    def accept_reward(self, event_id: str, value: float | None = None, *,
+                      wait: bool) -> RewardWrite | None: ...
+
+    def accept_reward(self, event_id: str, value: float | None = None, *,
+                      wait: bool = True) -> RewardWrite | None:
         """Check a reward and record it in memory, as :meth:`reward` does, without writing
         it: the returned :class:`RewardWrite` stores it and hands it to learning. For a
         caller that decides where the write runs (the reward route: on its event loop when
-        the store can take it at once). Raises what :meth:`reward` raises."""
+        the store can take it at once). Raises what :meth:`reward` raises.
+
+        Under 'sum' an event has one write at a time, so that the stored total never goes
+        back to an older one and a failed write is undone exactly: a second reward for the
+        event waits until the first one's write has ended, or with ``wait=False`` returns
+        ``None`` at once, having recorded nothing."""
         if self.closed:
             raise self._closed_error()
         if not isinstance(event_id, str) or not event_id:
@@ -389,6 +405,13 @@ class Loop:
                 f"reward {value!r} is outside the loop's range {low}..{high}",
                 loop=self.name, event_id=event_id)
         with self._pending_lock:
+            if self.settings.aggregation == "sum" and event_id in self._in_flight:
+                if not wait:
+                    return None
+                if not self._landed_write.wait_for(lambda: event_id not in self._in_flight,
+                                                   timeout=WRITE_GRACE):
+                    raise StoreError(f"event {event_id!r}: its previous reward is still being "
+                                     "written")
             before = self._pending.get(event_id)
             if before is None:
                 if self.store.get(f"reward:{self.name}:{event_id}") is not None:
@@ -416,6 +439,7 @@ class Loop:
         """``write`` has ended (under the pending lock)."""
         if self._in_flight.get(write.event_id) is write:
             del self._in_flight[write.event_id]
+            self._landed_write.notify_all()
 
     def _written(self, write: RewardWrite) -> None:
         """``write`` is durable: under 'earliest' its decision is final, learn it now."""
@@ -472,6 +496,7 @@ class Loop:
                     if write.started > now - WRITE_GRACE:
                         break
                     del self._in_flight[event_id]  # taken as lost; finalised as it stands
+                    self._landed_write.notify_all()
                 del waiting[arrivals.popleft()]
                 self._enqueue(pending)
                 count += 1

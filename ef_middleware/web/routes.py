@@ -189,9 +189,12 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
         return error(403, "decision_expired", f"the decision for loop {name!r} has expired")
     try:
         # On the event loop when the store can take the write at once (a lock-free moment:
-        # nearly always), else on the writer thread (docs/design.md, "Threads").
-        write = loop.accept_reward(entry.event_id, value)
-        if not write.commit(wait=False):
+        # nearly always), else on the writer thread (docs/design.md, "Threads"), which also
+        # takes a 'sum' reward whose event has a write still running there.
+        write = loop.accept_reward(entry.event_id, value, wait=False)
+        if write is None:
+            await rt.write(loop.reward, entry.event_id, value)
+        elif not write.commit(wait=False):
             await rt.write(write.commit)
     except DuplicateRewardError as exc:
         return error(409, exc.code, str(exc))

@@ -336,6 +336,26 @@ def test_a_reward_the_store_cannot_take_at_once_goes_to_the_writer_thread(
     assert stats(engine, loop_name)["rewards"] == rewards
 
 
+def test_a_sum_reward_whose_event_has_a_write_running_waits_on_the_writer_thread(
+        engine: Engine, clock: Clock, client_for: Client) -> None:
+    """Under 'sum' an event has one reward write at a time: the route does not add a reward
+    to a total whose write is still running (the older total could land last), nor wait for
+    it on the event loop; it hands the reward to the writer thread."""
+    loop = engine.loop("sum-in-flight", actions=ACTIONS, aggregation="sum",
+                       reward_range=(0, 50))
+    client = client_for(make_app(engine, ["sum-in-flight"], clock=clock))
+    client.get("/")
+    event_id = _middleware_entry(client, "sum-in-flight")
+    running = loop.accept_reward(event_id, 2.0)  # another worker thread's write, still running
+    landing = threading.Timer(0.3, running.commit)
+    landing.start()
+    assert post(client, {"loop": "sum-in-flight", "value": 3}).status_code == 204
+    landing.join()
+    stored = engine.store.get(f"reward:sum-in-flight:{event_id}")
+    assert stored is not None and json.loads(stored)["value"] == 5.0
+    assert stats(engine, "sum-in-flight")["rewards"] == 2
+
+
 def test_the_origin_check_is_remembered_per_headers_and_trusted_origins() -> None:
     """``same_origin`` remembers its answer per headers, never across different headers or
     trusted origins."""
