@@ -199,13 +199,10 @@ class Loop:
         """
         if self.closed:
             raise self._closed_error()
-        if event_id is not None:
-            if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID:
-                raise InvalidInputError(f"event_id must be a string of 1 to {MAX_ID} "
-                                        f"characters, not {event_id!r}")
-            if self.store.get(f"reward:{self.name}:{event_id}") is not None:
-                raise InvalidInputError(f"event {event_id!r} of loop {self.name!r} has its "
-                                        "reward stored already: an event id names one decision")
+        given_id = event_id is not None
+        if given_id and (not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID):
+            raise InvalidInputError(f"event_id must be a string of 1 to {MAX_ID} "
+                                    f"characters, not {event_id!r}")
         state = self._serving
         own = actions is None and not exclude and not isinstance(exclude, str)
         view = self._cached_view(state, context) if own else None
@@ -226,9 +223,15 @@ class Loop:
         logged = (event_id, now, context_json(context), view.ids, number, state.version,
                   *choice.state())
         with self._pending_lock:
-            if event_id in self._pending:  # only a caller's own id can be there already
-                raise InvalidInputError(f"event {event_id!r} is already open in loop "
-                                        f"{self.name!r}: an event id names one decision")
+            if given_id:  # checked together under the lock: a reward that lands is stored
+                # before its decision leaves the open ones ('earliest', ``_written``)
+                if event_id in self._pending:
+                    raise InvalidInputError(f"event {event_id!r} is already open in loop "
+                                            f"{self.name!r}: an event id names one decision")
+                if self.store.get(f"reward:{self.name}:{event_id}") is not None:
+                    raise InvalidInputError(f"event {event_id!r} of loop {self.name!r} has its"
+                                            " reward stored already: an event id names one "
+                                            "decision")
             self._pending[event_id] = waiting
             self._arrivals.append(event_id)
             self._to_persist.append(logged)
