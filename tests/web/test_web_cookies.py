@@ -73,6 +73,45 @@ def test_expiry_by_max_age_with_injected_clock(clock: Clock) -> None:
         ck.load_decisions_strict(s, raw, max_age=60)
 
 
+def test_an_entry_expires_at_its_own_age_in_a_freshly_signed_cookie(clock: Clock) -> None:
+    """A cookie re-signed just now still holds older decisions: each entry is fresh up to
+    max_age seconds after it was made, inclusive, and not one second more."""
+    s = serializer(clock)
+    at_limit = ck.DecisionEntry("e1", "video", int(clock.now) - 60)
+    past_limit = ck.DecisionEntry("e2", "video", int(clock.now) - 61)
+    raw = ck.dump_decisions(s, {"kept": at_limit, "gone": past_limit})  # signed now
+    assert ck.load_decisions(s, raw, max_age=60, now=clock.now) == {"kept": at_limit}
+    assert not ck.entry_expired(at_limit, max_age=60, now=clock.now)
+    assert ck.entry_expired(past_limit, max_age=60, now=clock.now)
+
+
+def test_an_entry_dated_in_the_future_is_expired(clock: Clock) -> None:
+    """An entry made "later" than now (a clock gone back, or a forged time under a leaked
+    key) is refused like an expired one, never treated as brand new."""
+    s = serializer(clock)
+    now = ck.DecisionEntry("e1", "video", int(clock.now))
+    future = ck.DecisionEntry("e2", "video", int(clock.now) + 10)
+    raw = ck.dump_decisions(s, {"now": now, "future": future})
+    assert ck.load_decisions(s, raw, max_age=60, now=clock.now) == {"now": now}
+    assert ck.entry_expired(future, max_age=60, now=clock.now)
+    assert not ck.entry_expired(now, max_age=60, now=clock.now)
+
+
+def test_a_cookie_keeps_sixteen_loops_at_most(clock: Clock) -> None:
+    """Sixteen loops fit in one decision cookie; a seventeenth pushes out the oldest."""
+    s = serializer(clock)
+
+    def entries(count: int) -> dict[str, ck.DecisionEntry]:
+        return {f"loop{i}": ck.DecisionEntry(f"e{i}", "a", int(clock.now) - 100 + i)
+                for i in range(count)}
+
+    assert len(ck.load_decisions(s, ck.dump_decisions(s, entries(16)), max_age=1000,
+                                 now=clock.now)) == 16
+    loaded = ck.load_decisions(s, ck.dump_decisions(s, entries(17)), max_age=1000,
+                               now=clock.now)
+    assert set(loaded) == {f"loop{i}" for i in range(1, 17)}
+
+
 def test_old_entries_are_dropped_and_the_cookie_stays_small(clock: Clock) -> None:
     s = serializer(clock)
     entries = {f"loop{i}": ck.DecisionEntry(f"{i:032x}", "a", int(clock.now) - 100 + i)
@@ -99,9 +138,28 @@ def test_a_cookie_of_long_ids_keeps_under_what_a_browser_keeps(clock: Clock) -> 
     assert set(loaded) == set(newest)
 
 
+@pytest.mark.parametrize("domain", [None, "www.example.com"])
+def test_the_whole_set_cookie_header_of_long_ids_stays_within_4096_bytes(
+        clock: Clock, domain: str | None) -> None:
+    """A browser keeps a cookie of at most 4,096 bytes, name and attributes included, and
+    drops a larger one whole: with 16 loops of the longest names and ids, the header the
+    middleware sends (every attribute on) still fits."""
+    s = serializer(clock)
+    entries = {f"{i:02d}" + "n" * 98: ck.DecisionEntry(f"{i:02d}" + "e" * 126, "a" * 128,
+                                                         int(clock.now) - 100 + i)
+               for i in range(16)}
+    header = ck.set_cookie("ef_d", ck.dump_decisions(s, entries), max_age=7 * 86_400,
+                           path="/", secure=True, domain=domain)
+    assert len(header.encode("latin-1")) <= 4096
+    assert ck.load_decisions(s, header.split("=", 1)[1].split(";")[0], max_age=1000,
+                             now=clock.now)
+
+
 @pytest.mark.parametrize("payload", [[1, 2], {"hero": ["e", "a"]}, {"hero": ["e", "a", "x"]},
                                      {"hero": ["", "a", 1]}, {"hero": ["e", "a", True]},
-                                     {"h" * 200: ["e", "a", 1]}])
+                                     {"h" * 200: ["e", "a", 1]}, {"hero": ["e", "", 1]},
+                                     {"hero": ["e", "a" * 129, 1]}, {"hero": ["e", 7, 1]},
+                                     {"hero": ["e" * 129, "a", 1]}])
 def test_malformed_payload_signed_with_our_key_is_refused(clock: Clock, payload: object) -> None:
     s = serializer(clock)
     with pytest.raises(ck.BadDecisionCookie):
@@ -117,11 +175,29 @@ def test_visitor_cookie(clock: Clock) -> None:
     assert ck.new_visitor_id() != ck.new_visitor_id()
 
 
+@pytest.mark.parametrize("payload", [
+    ["id", 1, 1, 7], ["id", 1, 1, None], ["id", 1, "1800000000", ""], ["id", 1, 1.5, ""],
+    ["id", 1, True, ""], ["id", 1, 1], ["id", 1, 1, "", "extra"], ["", 1, 1, ""],
+    ["i" * 129, 1, 1, ""], [7, 1, 1, ""], {"id": "id", "visits": 1}])
+def test_malformed_visitor_payload_signed_with_our_key_reads_as_none(
+        clock: Clock, payload: object) -> None:
+    """A visitor payload of the wrong shape or types reads as a new visitor, even when its
+    signature verifies (an old format, a leaked key), and never raises in the page path."""
+    s = serializer(clock, salt=ck.VISITOR_SALT)
+    assert ck.load_visitor(s, s.dumps(payload), max_age=60) is None
+
+
 def test_set_cookie_attributes() -> None:
     assert ck.set_cookie("ef_d", "v", max_age=60) == (
         "ef_d=v; Max-Age=60; Path=/; HttpOnly; SameSite=Lax")
     assert ck.set_cookie("ef_d", "v", max_age=60.9, secure=True, domain="example.com") == (
         "ef_d=v; Max-Age=60; Path=/; Domain=example.com; Secure; HttpOnly; SameSite=Lax")
+
+
+def test_a_domain_is_set_without_secure_too() -> None:
+    """``cookie_domain`` on a plain-HTTP site (a staging host): the cookie still names it."""
+    assert ck.set_cookie("ef_d", "v", max_age=60, domain="example.com") == (
+        "ef_d=v; Max-Age=60; Path=/; Domain=example.com; HttpOnly; SameSite=Lax")
 
 
 def test_a_known_value_is_verified_once_and_still_expires(
@@ -167,6 +243,17 @@ def test_known_values_are_bounded(clock: Clock) -> None:
     # The forgotten ones still load, verified again.
     assert ck.load_decisions_strict(s, signed[0], max_age=60) == {
         "hero": ck.DecisionEntry("e0", "video", 1)}
+
+
+def test_a_full_memory_forgets_the_oldest_value_first(clock: Clock) -> None:
+    """The memory of known values is first in, first out: a visitor's current cookie (the
+    newest) stays known, and the oldest gives way."""
+    s = serializer(clock)
+    signed = [ck.dump_decisions(s, {"hero": ck.DecisionEntry(f"e{i}", "video", 1)})
+              for i in range(ck.KNOWN_VALUES + 1)]
+    assert s.known_stamp(signed[0]) is None  # type: ignore[attr-defined]
+    for kept in (signed[1], signed[-2], signed[-1]):
+        assert s.known_stamp(kept) == int(clock.now)  # type: ignore[attr-defined]
 
 
 def _traced_bytes(work: Callable[[], None]) -> int:
