@@ -101,11 +101,14 @@ def test_replayed_cookie_is_a_duplicate(engine: Engine, loop_name: str,
         ({"loop": "{loop}"}, {"origin": "null"}, (403, "bad_origin")),
         ({"loop": "{loop}"}, {"origin": "http://testserver:8080"}, (403, "bad_origin")),
         ({"loop": "{loop}"}, {"sec-fetch-site": "cross-site"}, (403, "bad_origin")),
+        ({"loop": "l" * 200}, {}, (400, "bad_value")),
         ({"loop": "no-such-loop"}, {}, (404, "unknown_loop")),
         ({"loop": "{loop}"}, {"content-type": "text/plain"}, (415, "unsupported_media_type")),
         ({"loop": "{loop}"}, {"content-type": "application/x-www-form-urlencoded"},
          (415, "unsupported_media_type")),
         ({"loop": "{loop}", "pad": "x" * 600}, {}, (413, "body_too_large")),
+        ({"loop": "{loop}"}, {"content-length": "abc"}, (400, "bad_request")),
+        ({"loop": "{loop}"}, {"content-length": "-1"}, (400, "bad_request")),
     ],
 )
 def test_bad_requests(engine: Engine, loop_name: str, visitor: TestClient, body: Any,
@@ -117,6 +120,39 @@ def test_bad_requests(engine: Engine, loop_name: str, visitor: TestClient, body:
         body = body.replace(b"{loop}", loop_name.encode())
     assert error_of(post(visitor, body, headers)) == expected
     assert stats(engine, loop_name)["rewards"] == 0  # nothing stored, nothing learned
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json", "Application/JSON", "application/json; charset=utf-8",
+    "application/json;charset=UTF-8"])
+def test_json_content_types_in_any_case_and_with_parameters_are_accepted(
+        engine: Engine, loop_name: str, visitor: TestClient, content_type: str) -> None:
+    """Media types are case-insensitive and may carry parameters (fetch and jQuery send
+    ``application/json; charset=utf-8``): each is a JSON reward, not a 415."""
+    assert post(visitor, {"loop": loop_name}, {"content-type": content_type}).status_code == 204
+    assert stats(engine, loop_name)["rewards"] == 1
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize(("size", "status"), [(512, 204), (513, 413)])
+def test_max_body_is_the_largest_body_accepted(engine: Engine, loop_name: str,
+                                               visitor: TestClient, streamed: bool, size: int,
+                                               status: int) -> None:
+    """``max_body`` (512 bytes for this visitor) is accepted and one byte more is not, whether
+    the body announces its Content-Length or is streamed in chunks without one."""
+    head = b'{"loop": "' + loop_name.encode() + b'", "pad": "'
+    body = head + b"x" * (size - len(head) - 2) + b'"}'
+    assert len(body) == size
+
+    def chunks() -> Any:
+        yield body[:100]
+        yield body[100:]
+
+    response = visitor.post("/_ef/reward", content=chunks() if streamed else body,
+                            headers={"content-type": "application/json", **ORIGIN})
+    assert response.status_code == status
+    if status != 204:
+        assert error_of(response) == (413, "body_too_large")
 
 
 def test_deeply_nested_json_is_bad_json(engine: Engine, loop_name: str, clock: Clock,
@@ -190,6 +226,23 @@ def test_expired_cookie_is_forbidden(engine: Engine, loop_name: str, clock: Cloc
     assert stats(engine, loop_name)["rewards"] == 0
 
 
+def test_an_entry_past_the_decision_max_age_in_a_re_signed_cookie_is_expired(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """A new decision for another loop re-signs the cookie with the older entries in it: the
+    signature is fresh, but each decision may be rewarded for 7 days from when it was made.
+    Loop A decided on day 0, loop B on day 5, a reward of A on day 8 is too late."""
+    other = engine.loop(loop_name + "-b", actions=ACTIONS).name
+    client = client_for(make_app(engine, [loop_name, other], clock=clock))
+    client.get("/", params={"loop": loop_name})
+    clock.advance(5 * 86_400)
+    client.get("/", params={"loop": other})
+    assert _middleware_entry(client, loop_name)  # A is still in the re-signed cookie
+    clock.advance(3 * 86_400)
+    assert error_of(post(client, {"loop": loop_name})) == (403, "decision_expired")
+    assert stats(engine, loop_name)["rewards"] == 0
+    assert post(client, {"loop": other}).status_code == 204
+
+
 def test_event_unknown_to_the_engine(engine: Engine, loop_name: str, clock: Clock,
                                      client_for: Client, new_engine: Callable[..., Engine]
                                      ) -> None:
@@ -209,6 +262,33 @@ def test_wrong_method_and_unknown_route(engine: Engine, loop_name: str,
     assert response.headers["allow"] == "POST"
     assert error_of(visitor.get("/_ef/nothing")) == (404, "not_found")
     assert error_of(visitor.get("/_ef/status")) == (404, "not_found")  # off by default
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_the_script_route_answers_get_and_head_only(engine: Engine, loop_name: str,
+                                                    visitor: TestClient, method: str) -> None:
+    """ef.js is a static file: any other method is a JSON 405 that names the allowed ones."""
+    response = visitor.request(method, "/_ef/ef.js")
+    assert error_of(response) == (405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, HEAD"
+    head = visitor.head("/_ef/ef.js")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_answers_say_how_a_cache_may_keep_them(engine: Engine, loop_name: str,
+                                               visitor: TestClient) -> None:
+    """A reward's answers (the 204 and every error) are never kept by a cache or replayed
+    to another visitor; ef.js is cached for an hour (its tag carries a version), 304 too."""
+    assert post(visitor, {"loop": loop_name}).headers["cache-control"] == "no-store"
+    duplicate = post(visitor, {"loop": loop_name})
+    assert error_of(duplicate) == (409, "duplicate_reward")
+    assert duplicate.headers["cache-control"] == "no-store"
+    assert visitor.get("/_ef/nothing").headers["cache-control"] == "no-store"
+    script = visitor.get("/_ef/ef.js")
+    assert script.headers["cache-control"] == "public, max-age=3600"
+    again = visitor.get("/_ef/ef.js", headers={"if-none-match": script.headers["etag"]})
+    assert again.status_code == 304
+    assert again.headers["cache-control"] == "public, max-age=3600"
 
 
 def test_status_route(engine: Engine, loop_name: str, client_for: Client) -> None:
@@ -242,7 +322,8 @@ def test_script_route(engine: Engine, loop_name: str, client_for: Client) -> Non
 
 @pytest.mark.parametrize(("header", "gzip"), [
     ("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8", True), ("*", True),
-    ("gzip;q=0", False), ("identity", False), ("", False), ("gzip;q=x", False)])
+    ("gzip;q=0", False), ("identity", False), ("", False), ("gzip;q=x", False),
+    ("x-gzip", True), ("deflate, X-GZIP;q=0.5", True), ("x-gzip;q=0", False)])
 def test_accept_encoding(header: str, gzip: bool) -> None:
     from ef_middleware.web.routes import accepts_gzip
 
@@ -354,6 +435,23 @@ def test_a_sum_reward_whose_event_has_a_write_running_waits_on_the_writer_thread
     stored = engine.store.get(f"reward:sum-in-flight:{event_id}")
     assert stored is not None and json.loads(stored)["value"] == 5.0
     assert stats(engine, "sum-in-flight")["rewards"] == 2
+
+
+@pytest.mark.parametrize(("host", "origin", "same"), [
+    ("shop.test:443", "https://shop.test", True),
+    ("shop.test:80", "http://shop.test", True),
+    ("shop.test", "https://shop.test:443", True),
+    ("Shop.Test:443", "https://shop.test", True),
+    ("shop.test:8443", "https://shop.test", False),
+    ("shop.test", "https://shop.test:8443", False),
+])
+def test_a_default_port_in_the_host_header_is_the_same_origin(host: str, origin: str,
+                                                              same: bool) -> None:
+    """Behind a proxy the scheme is unknown, so a Host header naming port 80 or 443 is the
+    same origin as a URL that leaves its default port out; any other port is not."""
+    from ef_middleware.web.routes import same_origin
+
+    assert same_origin({"host": host, "origin": origin}) is same
 
 
 def test_the_origin_check_is_remembered_per_headers_and_trusted_origins() -> None:
