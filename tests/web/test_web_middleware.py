@@ -60,6 +60,23 @@ def test_secure_domain_and_custom_names(engine: Engine, loop_name: str, client_f
     assert "; Domain=testserver; Secure; HttpOnly; SameSite=Lax" in cookies["pd"]
 
 
+@pytest.mark.parametrize(("options", "attributes"), [
+    ({"secure": True, "cookie_domain": "testserver", "cookie_path": "/shop"},
+     "; Path=/shop; Domain=testserver; Secure; HttpOnly; SameSite=Lax"),
+    ({"cookie_domain": "testserver"}, "; Path=/; Domain=testserver; HttpOnly; SameSite=Lax"),
+])
+def test_both_cookies_carry_the_path_domain_and_secure_options(
+        engine: Engine, loop_name: str, client_for: Client, options: dict[str, Any],
+        attributes: str) -> None:
+    """The decision and the visitor cookie get the same Path, Domain and Secure: a visitor
+    cookie without Secure would travel in clear on an HTTPS site, and a Domain is kept on a
+    plain-HTTP one (a staging host)."""
+    app = make_app(engine, [loop_name], **options)
+    cookies = set_cookies(client_for(app, base_url="https://testserver").get("/"))
+    assert cookies["ef_d"].endswith("; Max-Age=604800" + attributes)
+    assert cookies["ef_v"].endswith("; Max-Age=31536000" + attributes)
+
+
 def test_all_loops_of_a_request_share_one_cookie(engine: Engine, client_for: Client) -> None:
     engine.loop("cookie-a", actions=ACTIONS)
     engine.loop("cookie-b", actions=ACTIONS)
@@ -185,6 +202,26 @@ def test_global_privacy_control_when_honoured(engine: Engine, loop_name: str,
     assert stats(engine, loop_name)["decisions"] == 0
     client.get("/")
     assert stats(engine, loop_name)["decisions"] == 1
+
+
+def test_global_privacy_control_is_ignored_unless_honoured(engine: Engine, loop_name: str,
+                                                          client_for: Client) -> None:
+    """``honor_gpc`` is off by default: a ``Sec-GPC: 1`` visitor is then personalized and
+    logged like any other."""
+    response = client_for(make_app(engine, [loop_name])).get("/", headers={"sec-gpc": "1"})
+    assert set(set_cookies(response)) == {"ef_d", "ef_v"}
+    assert stats(engine, loop_name)["decisions"] == 1
+
+
+def test_an_opted_out_visitor_asking_for_the_context_only_gets_no_visitor_cookie(
+        engine: Engine, loop_name: str, client_for: Client) -> None:
+    """With ``honor_gpc``, a page that reads ``ef.context`` without ranking still sets no
+    first-party visitor cookie for a ``Sec-GPC: 1`` visitor, and counts no visit."""
+    client = client_for(make_app(engine, [loop_name], honor_gpc=True))
+    response = client.get("/context", headers={"sec-gpc": "1"})
+    assert response.status_code == 200
+    assert response.headers.get_list("set-cookie") == []
+    assert (response.json()["visits"], response.json()["returning"]) == (0, False)
 
 
 def test_failure_serves_the_default_and_logs_one_line(
@@ -415,6 +452,30 @@ def test_server_side_reward(engine: Engine, loop_name: str, client_for: Client) 
     assert client.post("/buy").text == "thanks"
     engine.get_loop(loop_name).flush()
     assert stats(engine, loop_name)["rewards"] == 1
+
+
+def test_a_server_side_reward_after_a_new_decision_rewards_the_new_event(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """Past the sticky window a page makes a new decision while the incoming cookie still
+    holds the old one: a reward in the same request is for what this page showed."""
+    from starlette.routing import Route
+
+    async def show_and_buy(request: Request) -> PlainTextResponse:
+        ef = request.scope["ef"]
+        shown_now = ef.variant(loop_name)
+        ef.reward(loop_name, 1.0)
+        return PlainTextResponse(shown_now.event_id or "")
+
+    app = make_app(engine, [loop_name], clock=clock)
+    app.router.routes.append(Route("/show-and-buy", show_and_buy, methods=["POST"]))
+    client = client_for(app)
+    client.get("/")
+    old = _middleware(app).runtime.decisions.loads(client.cookies["ef_d"])[loop_name][0]
+    clock.advance(31 * 60)
+    new = client.post("/show-and-buy").text
+    assert new and new != old
+    assert engine.store.get(f"reward:{loop_name}:{new}") is not None
+    assert engine.store.get(f"reward:{loop_name}:{old}") is None
 
 
 def test_sticky_views_keep_the_visit_alive(engine: Engine, loop_name: str, clock: Clock,
