@@ -10,12 +10,23 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
-from web_helpers import DESKTOP, GOOGLEBOT, IPHONE, Clock, make_app, put_cookie, set_cookies, tamper
+from web_helpers import (
+    DESKTOP,
+    GOOGLEBOT,
+    IPHONE,
+    SECRET,
+    Clock,
+    make_app,
+    put_cookie,
+    set_cookies,
+    tamper,
+)
 
 from ef_middleware import Engine
 from ef_middleware.web.context import (
     classify_referrer,
     country_code,
+    header_map,
     local_time,
     parse_device,
     primary_language,
@@ -30,6 +41,10 @@ ANDROID_PHONE = ("Mozilla/5.0 (Linux; Android 13; Pixel 7) AppleWebKit/537.36 (K
 ANDROID_TABLET = ("Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like "
                   "Gecko) Chrome/120.0.0.0 Safari/537.36")
 MAC_FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.1; rv:121.0) Gecko/20100101 Firefox/121.0"
+SAMSUNG_PHONE = ("Mozilla/5.0 (Linux; Android 13; SM-S918B) AppleWebKit/537.36 (KHTML, like "
+                 "Gecko) SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36")
+SAMSUNG_TABLET = SAMSUNG_PHONE.replace("SM-S918B", "SM-X700").replace("Mobile Safari", "Safari")
+Client = Callable[..., TestClient]
 
 
 @pytest.mark.parametrize(
@@ -39,6 +54,9 @@ MAC_FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.1; rv:121.0) Gecko/2010
         (IPAD, "tablet", "Mobile Safari", "iOS", False),
         (ANDROID_PHONE, "mobile", "Chrome Mobile", "Android", False),
         (ANDROID_TABLET, "tablet", "Chrome", "Android", False),
+        # Samsung Internet's family does not say "mobile": the UA's Mobile token does
+        (SAMSUNG_PHONE, "mobile", "Samsung Internet", "Android", False),
+        (SAMSUNG_TABLET, "tablet", "Samsung Internet", "Android", False),
         (DESKTOP, "desktop", "Chrome", "Windows", False),
         (MAC_FIREFOX, "desktop", "Firefox", "Mac OS X", False),
         (GOOGLEBOT, "bot", "Googlebot", "Other", True),
@@ -69,6 +87,12 @@ def test_parse_device(user_agent: str, device: str, browser: str, os: str, bot: 
         ("https://blog.other.org/post", None, ("other", "blog.other.org")),
         (None, "email", ("email", "")),
         ("https://blog.other.org/", "newsletter", ("email", "blog.other.org")),
+        (None, "social", ("social", "")),
+        (None, "cpc", ("search", "")),
+        (None, "Email", ("email", "")),
+        ("https://mygoogleblog.com/", None, ("other", "mygoogleblog.com")),
+        ("https://notx.com/", None, ("other", "notx.com")),
+        ("https://www.notfacebook.com/", None, ("other", "www.notfacebook.com")),
         ("not a url", None, ("direct", "")),
     ],
 )
@@ -88,6 +112,8 @@ def test_classify_referrer(referer: str | None, medium: str | None,
         ("zh-Hant-TW", "zh"),
         ("en;q=0, es", "es"),
         ("en;q=abc", None),
+        ("de,fr", "de"),
+        ("fr;q=0.5, de;q=0.5", "fr"),
     ],
 )
 def test_primary_language(header: str | None, expected: str | None) -> None:
@@ -118,6 +144,31 @@ def test_utm_params_and_country() -> None:
     assert country_code("XX") is None
     assert country_code("T1") is None
     assert country_code("DEU") is None
+
+
+def test_utm_values_keep_their_case_and_the_first_of_a_repeat_wins() -> None:
+    """Campaign names are the marketer's own (``Spring`` and ``spring`` may be two); a
+    repeated parameter (a link tagged twice) counts by its first value."""
+    assert utm_params(b"utm_campaign=Spring&utm_source=News") == {"utm_campaign": "Spring",
+                                                                   "utm_source": "News"}
+    assert utm_params(b"utm_source=first&utm_source=second") == {"utm_source": "first"}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("ch", "CH"), (" de ", "DE"), ("1A", None), ("A1", None), ("XX", None), ("T1", None),
+    ("DEU", None), ("", None), (None, None), ("\u00c9S", None)])
+def test_country_codes_are_two_ascii_letters(value: str | None, expected: str | None) -> None:
+    assert country_code(value) == expected
+
+
+def test_cookies_sent_in_separate_headers_are_all_read() -> None:
+    """HTTP/2 and HTTP/3 clients may send each cookie in a header of its own, and the ASGI
+    scope keeps them apart: all are read (other headers keep their first value)."""
+    scope = {"headers": [(b"cookie", b"ef_d=signed"), (b"referer", b"https://a.test/"),
+                         (b"cookie", b"ef_tz=Asia/Tokyo"), (b"referer", b"https://b.test/")]}
+    headers = header_map(scope)
+    assert headers["cookie"] == "ef_d=signed; ef_tz=Asia/Tokyo"
+    assert headers["referer"] == "https://a.test/"
 
 
 def test_request_context(engine: Engine, loop_name: str, clock: Clock,
@@ -171,6 +222,78 @@ def test_returning_visitor_and_visit_count(engine: Engine, loop_name: str, clock
     clock.advance(60)  # a new campaign landing starts a visit too
     third = client.get("/context?utm_source=newsletter&utm_medium=email")
     assert third.json()["visits"] == 3
+
+
+def test_exactly_the_visit_gap_later_is_still_the_same_visit(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """A new visit starts after *more* than ``visit_gap`` (30 minutes) without a view."""
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    client.get("/context")
+    clock.advance(30 * 60)
+    assert client.get("/context").json()["visits"] == 1
+    clock.advance(30 * 60 + 1)
+    assert client.get("/context").json()["visits"] == 2
+
+
+def test_an_untagged_visit_keeps_the_campaign_it_came_back_from(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """A visit that starts untagged remembers the last campaign: the visitor clicking that
+    same campaign link again a minute later is still in the same visit."""
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    tagged = "/context?utm_source=news&utm_medium=email&utm_campaign=jan"
+    client.get(tagged)
+    clock.advance(31 * 60)
+    assert client.get("/context").json()["visits"] == 2
+    clock.advance(60)
+    assert client.get(tagged).json()["visits"] == 2
+
+
+def test_a_new_medium_for_the_same_source_and_campaign_starts_a_visit(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """The campaign is source, medium and campaign together: the same newsletter campaign
+    shared on social media is a new landing."""
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    client.get("/context?utm_source=news&utm_medium=email&utm_campaign=jan")
+    clock.advance(60)
+    social = "/context?utm_source=news&utm_medium=social&utm_campaign=jan"
+    assert client.get(social).json()["visits"] == 2
+    clock.advance(60)
+    assert client.get(social).json()["visits"] == 2
+
+
+@pytest.mark.parametrize(("visits", "expected"), [(49, 49), (50, 50), (51, 50), (80, 50)])
+def test_the_visit_count_reaches_the_model_capped_at_50(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client, visits: int,
+        expected: int) -> None:
+    """A regular is a regular: the 80th visit is the model's 50th, so a few long-time
+    visitors do not stretch the feature's scale for everyone else."""
+    from ef_middleware.web import cookies as ck
+
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    signer = ck.make_serializer((SECRET,), ck.VISITOR_SALT, clock)
+    state = ck.VisitorState(ck.new_visitor_id(), visits, int(clock.now))
+    put_cookie(client, "ef_v", ck.dump_visitor(signer, state))
+    ctx = client.get("/context").json()
+    assert (ctx["visits"], ctx["returning"]) == (expected, True)
+
+
+def test_an_internal_referrer_names_no_host(engine: Engine, loop_name: str,
+                                            client_for: Client) -> None:
+    """A view from a page of the same site is ``internal``, with no ``referrer_host``
+    feature (it would be the site's own name on every internal view)."""
+    client = client_for(make_app(engine, [loop_name]))
+    ctx = client.get("/context", headers={"referer": "http://testserver/pricing"}).json()
+    assert ctx["referrer"] == "internal" and "referrer_host" not in ctx
+
+
+@pytest.mark.parametrize("value", [None, "XX", "1A"])
+def test_no_country_feature_without_a_valid_country_header(
+        engine: Engine, loop_name: str, client_for: Client, value: str | None) -> None:
+    """A missing or unusable country header leaves the feature out, rather than a
+    ``country: null`` the model would learn as a country of its own."""
+    app = make_app(engine, [loop_name], country_header="CF-IPCountry")
+    headers = {} if value is None else {"cf-ipcountry": value}
+    assert "country" not in client_for(app).get("/context", headers=headers).json()
 
 
 def test_tampered_visitor_cookie_is_a_new_visitor(engine: Engine, loop_name: str, clock: Clock,
