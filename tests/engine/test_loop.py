@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import math
@@ -333,6 +334,70 @@ def test_only_the_last_three_snapshots_are_kept_whatever_their_versions(
     assert [v for v in (336, 448, 560, 640) if again.store.get(f"model:hero:v{v}")] == [
         448, 560, 640]
     again.close()
+
+
+def test_a_snapshot_is_saved_every_snapshot_every_updates_not_only_at_close(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Learning saves a snapshot once ``snapshot_every`` optimiser steps were taken since the
+    last one, and counts afresh from there: a crash loses at most that many steps, and a
+    pass of a few steps after a snapshot does not write another ~4 MB blob."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:
+        hero = eng.loop("hero", actions=HERO, snapshot_every=5, min_batch_size=8)
+        saved: list[int] = []
+        for i in range(120):
+            hero.reward(hero.rank({"device": "mobile"}).event_id, float(i % 2))
+            hero.flush()
+            latest = eng.store.get("model:hero:latest")
+            if latest is not None and (not saved or latest != f"v{saved[-1]}".encode()):
+                saved.append(int(latest.decode()[1:]))
+        steps = hero.stats()["updates"]
+        assert steps >= 15 and len(saved) >= 3  # saved while learning, before any close
+        assert all(later - earlier >= 5 for earlier, later in itertools.pairwise(saved))
+        assert steps - saved[-1] < 5 + 4  # no 5 steps went unsaved (a pass takes a few)
+    finally:
+        eng.close()
+
+
+def test_a_restored_loop_has_the_saved_counts_posterior_and_served_weights(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Restoring a snapshot brings back all the learner's state, not only the weights: the
+    samples learned, each action's count and summed reward (exploration), the Bayesian last
+    layer (laplace's widths), and the served weights, which are the moving average."""
+    from ef_middleware.model import layer_views
+
+    first = Engine(tmp_path / "ef", embedder=embedder, seed=5, learner=False)
+    hero = first.loop("hero", actions=HERO, strategy="laplace")
+    for i in range(40):
+        d = hero.rank({"device": ["mobile", "desktop"][i % 2], "visits": i % 5})
+        hero.reward(d.event_id, 1.0 if d.action_id == "video" and i % 3 else 0.0)
+    hero.flush()
+    trainer = hero.trainer
+    counts = {a: trainer.counts.get(a) for a in ("minimal", "video")}
+    assert all(c > s > 0 or s == 0 < c for c, s in counts.values())  # rewards, not ones
+    assert sum(c for c, _ in counts.values()) == 40
+    ctx = {"device": "mobile", "visits": 3}  # embedded already: no stand-in vector
+    before = hero.rank(ctx)
+    precision, b = trainer.posterior.precision.copy(), trainer.posterior.b.copy()
+    first.close()
+    second = Engine(tmp_path / "ef", embedder=embedder, seed=99, learner=False)
+    again = second.loop("hero", actions=HERO, strategy="laplace")
+    try:
+        restored = again.trainer
+        assert again.restored and restored.learned == 40
+        assert {a: restored.counts.get(a) for a in ("minimal", "video")} == counts
+        np.testing.assert_array_equal(restored.posterior.precision, precision)
+        np.testing.assert_array_equal(restored.posterior.b, b)
+        w_out = layer_views(restored.net.config, restored.net.average)[-1][0][:, 0]
+        np.testing.assert_allclose(again._serving.model.w_out, w_out, rtol=1e-6)
+        assert not np.allclose(restored.net.params, restored.net.average)  # not vacuous
+        after = again.rank(ctx)
+        for old, new in zip(before.ranking, after.ranking, strict=True):
+            assert new.action_id == old.action_id
+            assert new.predicted_reward == pytest.approx(old.predicted_reward, rel=1e-6)
+            assert new.probability == pytest.approx(old.probability, abs=1e-6)
+    finally:
+        second.close()
 
 
 def test_embeddings_persist_in_the_store(tmp_path: Path,
