@@ -114,6 +114,34 @@ def test_gradient_clipping_scales_to_the_norm() -> None:
     np.testing.assert_allclose(small, [0.3, 0.4])  # under the limit: untouched
 
 
+@pytest.mark.parametrize("max_norm", [1.0, 5.0])
+def test_gradient_clipping_scales_to_any_max_norm(max_norm: float) -> None:
+    """Clipped gradients have the norm ``max_norm``, not 1, and keep their direction."""
+    g = np.array([30.0, 40.0, 0.0])
+    assert clip_by_norm(g, max_norm) == pytest.approx(50.0)
+    np.testing.assert_allclose(g, [0.6 * max_norm, 0.8 * max_norm, 0.0])
+    assert np.linalg.norm(g) == pytest.approx(max_norm)
+
+
+def test_dropout_masks_the_last_hidden_layer_only_with_inverted_scaling() -> None:
+    """Training drops each unit of the last hidden layer with probability ``dropout`` and
+    scales the kept ones by ``1 / (1 - dropout)`` (the expected activation is unchanged, so
+    prediction needs no rescaling); the other layers are never masked."""
+    cfg = ModelConfig(text_dim=4, numeric_dim=3, hidden=(6, 5, 4), dropout=0.25)
+    net = RewardNet(cfg, seed=0, dtype=np.float64)
+    x = np.random.default_rng(1).normal(size=(4000, cfg.input_dim))
+    _, acts = net.forward(x, train=True)
+    last = len(net.layers) - 1
+    masks = {i: acts[2 * i + 1] for i in range(last)}
+    assert all(masks[i].size == 0 for i in range(last - 1))  # only the last hidden layer
+    mask = masks[last - 1]
+    assert mask.shape == (4000, 4)
+    assert set(np.unique(mask).tolist()) == {0.0, 1.0 / 0.75}
+    assert np.mean(mask > 0) == pytest.approx(0.75, abs=0.02)
+    _, plain = net.forward(x, train=False)
+    assert all(plain[2 * i + 1].size == 0 for i in range(last))  # no dropout when serving
+
+
 @KERNELS
 def test_adam_clips_before_the_moments(kernel: str) -> None:
     cfg = ModelConfig(text_dim=2, numeric_dim=1, hidden=(3, 2, 2), warmup_steps=1,
@@ -156,13 +184,20 @@ def test_xavier_initialisation_bounds() -> None:
 
 
 def test_snapshot_round_trip_keeps_weights_and_optimiser() -> None:
+    """Both of Adam's moments and the served average come back: a restored loop that lost
+    ``v`` would take full-size steps again, one that lost the average would serve other
+    weights than before the restart."""
     net = RewardNet(SMALL, seed=5)
     x = np.random.default_rng(0).normal(size=(8, SMALL.input_dim)).astype(np.float32)
-    net.train_batch(x, np.ones(8, np.float32))
+    for _ in range(3):
+        net.train_batch(x, np.ones(8, np.float32))
     back = RewardNet.from_bytes(net.to_bytes())
-    assert back.step == 1
+    assert back.step == 3
     np.testing.assert_array_equal(back.params, net.params)
     np.testing.assert_array_equal(back.m, net.m)
+    np.testing.assert_array_equal(back.v, net.v)
+    np.testing.assert_array_equal(back.average, net.average)
+    assert not np.array_equal(net.average, net.params)  # the average is its own array
     np.testing.assert_array_equal(back.predict(x), net.predict(x))
 
 
