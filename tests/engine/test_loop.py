@@ -635,6 +635,53 @@ def test_sum_aggregation_and_default_reward_after_the_wait(
     engine.close()
 
 
+def test_a_decision_without_reward_learns_the_default_reward_after_the_wait(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """``default_reward`` is what a decision that got no reward within ``reward_wait`` is
+    learned with (normalised to the range), not 0."""
+    clock = Clock()
+    engine = Engine(tmp_path / "ef", embedder=embedder, clock=clock, learner=False)
+    hero = engine.loop("hero", actions=HERO, reward_range=(0, 4), reward_wait=60,
+                       default_reward=1)
+    hero.rank({"device": "mobile"})
+    clock.now += 61
+    hero.expire()
+    assert [s.reward for s in hero._ready] == [0.25]  # 1 on the range (0, 4)
+    engine.close()
+
+
+def test_a_reward_without_a_value_is_the_top_of_the_range(engine: Engine) -> None:
+    """``reward(event_id)`` records a conversion: the top of ``reward_range``."""
+    hero = engine.loop("hero", actions=HERO, reward_range=(-2, 10))
+    d = hero.rank({"device": "mobile"})
+    hero.reward(d.event_id)
+    stored = engine.store.get(f"reward:hero:{d.event_id}")
+    assert stored is not None and json.loads(stored)["value"] == 10.0
+    hero.flush()
+    assert hero.stats()["learned"] == 1
+
+
+def test_predicted_rewards_are_on_the_loops_reward_range(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """A ranking's predicted rewards are in the loop's units: ``low + p * (high - low)`` for
+    the network's probability ``p`` (here, two untrained twins: one on (0, 1), one on
+    (2, 10))."""
+    predicted = {}
+    for reward_range in ((0, 1), (2, 10)):
+        eng = Engine(tmp_path / f"ef{reward_range[1]}", embedder=embedder, seed=3,
+                     learner=False)
+        try:
+            hero = eng.loop("hero", actions=HERO, reward_range=reward_range)
+            ranking = hero.rank({"device": "mobile"}).ranking
+            predicted[reward_range] = {r.action_id: r.predicted_reward for r in ranking}
+        finally:
+            eng.close()
+    unit = predicted[(0, 1)]
+    assert all(0.0 < p < 1.0 for p in unit.values())
+    assert predicted[(2, 10)] == pytest.approx({a: 2 + 8 * p for a, p in unit.items()},
+                                               rel=1e-5)
+
+
 def test_a_closed_engine_refuses_everything_and_changes_nothing(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """After close, ranks, rewards, flushes and new loops raise one clear error: before, a
