@@ -276,3 +276,88 @@ def test_unknown_strategy_is_a_configuration_error() -> None:
         make_policy("softmax")
     with pytest.raises(ConfigurationError, match="bad options"):
         make_policy("epsilon-greedy", {"epsilon": 2.0})
+
+
+def test_ucb_prefers_the_wider_posterior_at_equal_logits() -> None:
+    """UCB adds ``alpha`` times the posterior width to the logit: of actions predicted alike,
+    the one the model knows least about wins."""
+    c = candidates()
+    flat = Candidates(np.full(K, 0.5, np.float32), np.zeros(K, np.float32), c.hidden,
+                      c.counts, c.successes, c.model, c.posterior)
+    widths = flat.widths()
+    assert widths.max() > widths.min() * 1.01  # not vacuous: the widths differ
+    choice = make_policy("ucb").choose(flat, np.random.default_rng(0))
+    assert choice.index == int(np.argmax(widths))
+    # alpha weighs the bonus against the logits: at a tiny alpha the narrowest action, 0.1
+    # ahead, wins.
+    narrow = int(np.argmin(widths))
+    ahead = flat.logits.copy()
+    ahead[narrow] += 0.1
+    lead = Candidates(flat.mean, ahead, c.hidden, c.counts, c.successes, c.model, c.posterior)
+    tiny = make_policy("ucb", {"alpha": 1e-3}).choose(lead, np.random.default_rng(0))
+    assert tiny.index == narrow
+
+
+def test_ucb_without_a_posterior_prefers_the_least_tried_action() -> None:
+    """Before a posterior exists UCB's bonus is ``alpha / sqrt(count + 1)``: at equal means
+    the action with fewest samples wins."""
+    c = candidates()  # counts 3, 2, 5, 0
+    flat = Candidates(np.full(K, 0.5, np.float32), np.zeros(K, np.float32), c.hidden,
+                      c.counts, c.successes, c.model, None)
+    assert make_policy("ucb").choose(flat, np.random.default_rng(0)).index == 3
+    fewer = Candidates(flat.mean, flat.logits, c.hidden, np.array([3, 2, 5, 4], np.float32),
+                       c.successes, c.model, None)
+    assert make_policy("ucb").choose(fewer, np.random.default_rng(0)).index == 1
+
+
+def beta_win_frequencies(a: np.ndarray, b: np.ndarray, n: int = 400_000) -> np.ndarray:
+    draws = np.random.default_rng(11).beta(a, b, size=(n, a.size))
+    return np.bincount(draws.argmax(axis=1), minlength=a.size) / n
+
+
+def test_bernoulli_ts_draws_from_beta_of_successes_and_failures() -> None:
+    """Each action's rate is Beta(1 + successes, 1 + failures), failures = count - successes;
+    the propensities follow each new view's counts, not the last view's cached Beta."""
+    c = candidates()
+    policy = make_policy("bernoulli-ts")
+    counts = np.array([2, 40, 0, 6], np.float32)
+    successes = np.array([1, 24, 0, 1], np.float32)
+    view = Candidates(c.mean, c.logits, c.hidden, counts, successes, c.model, None)
+    probs = policy.choose(view, np.random.default_rng(0)).probabilities
+    expected = beta_win_frequencies(1 + successes, 1 + counts - successes)
+    np.testing.assert_allclose(probs, expected, atol=0.006)
+    swapped = Candidates(c.mean, c.logits, c.hidden, counts[::-1].copy(),
+                         successes[::-1].copy(), c.model, None)
+    again = policy.choose(swapped, np.random.default_rng(0)).probabilities
+    np.testing.assert_allclose(again, expected[::-1], atol=0.006)
+
+
+def test_documented_defaults_of_the_exploration_settings() -> None:
+    """The defaults docs/design.md states: epsilon 0.05, thompson's noise 0.5 / sqrt(n + 1),
+    laplace's 0.35 x the width around the network's logit."""
+    c = candidates()
+    rng = np.random.default_rng(0)
+    greedy = make_policy("epsilon-greedy").choose(c, rng)
+    np.testing.assert_allclose(greedy.probabilities, [0.0125, 0.9625, 0.0125, 0.0125],
+                               rtol=1e-6)
+    make_policy("thompson").choose(c, rng)
+    mean, sd, _ = c.memo["thompson"]
+    np.testing.assert_allclose(mean, c.mean, rtol=1e-6)
+    np.testing.assert_allclose(sd, 0.5 / np.sqrt(c.counts + 1.0), rtol=1e-6)
+    make_policy("laplace").choose(c, rng)
+    mean, sd, _ = c.memo["laplace"]
+    np.testing.assert_allclose(mean, c.logits, rtol=1e-6)
+    np.testing.assert_allclose(sd, 0.35 * c.widths(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_neural_linear_scales_the_posterior_sd(scale: float) -> None:
+    """Neural-linear's scores are the linear head's posterior mean and ``scale`` times its
+    sd for each action's features."""
+    c = candidates()
+    make_policy("neural-linear", {"scale": scale}).choose(c, np.random.default_rng(0))
+    mean, sd, _ = c.memo["neural-linear"]
+    phi = with_bias(c.hidden)
+    assert c.posterior is not None and c.posterior.mean is not None
+    np.testing.assert_allclose(mean, phi @ c.posterior.mean, rtol=1e-5)
+    np.testing.assert_allclose(sd, scale * c.posterior.sd(phi), rtol=1e-5)
