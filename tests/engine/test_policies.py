@@ -361,3 +361,40 @@ def test_neural_linear_scales_the_posterior_sd(scale: float) -> None:
     assert c.posterior is not None and c.posterior.mean is not None
     np.testing.assert_allclose(mean, phi @ c.posterior.mean, rtol=1e-5)
     np.testing.assert_allclose(sd, scale * c.posterior.sd(phi), rtol=1e-5)
+
+
+def test_the_integral_uses_simpsons_weights_on_each_interval() -> None:
+    """On one interval the product of the other CDFs is averaged with Simpson's 1-4-1
+    weights and multiplied by the action's exact CDF mass: for a uniform score (CDF x)
+    against the best of two uniforms (CDF x^2) on [0, 1] that gives (0 + 4/4 + 1) = 2
+    against (0 + 4/2 + 1) = 3, so (0.4, 0.6)."""
+    from ef_middleware.policies.winprob import win_probabilities
+
+    def cdf(x: np.ndarray) -> np.ndarray:
+        return np.vstack([x, x**2])
+
+    probs = win_probabilities(np.array([[0.0, 1.0], [0.0, 1.0]]), cdf)
+    np.testing.assert_allclose(probs, [0.4, 0.6], rtol=1e-12)
+
+
+def test_only_actions_beyond_seven_standard_deviations_are_pruned() -> None:
+    """An action is dropped from the integral only when it cannot win: its top (mean + 7 sd)
+    below the best floor (the highest mean - 7 sd). One 3 sd behind still wins often enough
+    to matter and stays; at unit widths the cut falls between 13.9 and 14.1 behind."""
+    from ef_middleware.policies.winprob import live_actions
+
+    mean = np.array([0.0, -3.0, -13.9, -14.1])
+    assert live_actions(mean, np.ones(4)).tolist() == [0, 1, 2]
+
+
+def test_a_batch_of_integrals_gives_each_decisions_own_integral() -> None:
+    """The learner's batched integral (many decisions at once) logs exactly the
+    propensities of the per-decision integral, down to the tiniest."""
+    from ef_middleware.policies.winprob import gaussian_win_probabilities_many
+
+    mean = np.array([[0.0, -8.0, -3.0], [0.5, 0.4, -6.0]])
+    sd = np.array([[1.0, 1.0, 0.5], [0.1, 2.0, 1.0]])
+    many = gaussian_win_probabilities_many(mean, sd)
+    single = np.array([gaussian_win_probabilities(m, s) for m, s in zip(mean, sd, strict=True)])
+    assert single.min() < 1e-8  # hopeless actions included
+    np.testing.assert_allclose(many, single, rtol=1e-12, atol=0)
