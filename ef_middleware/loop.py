@@ -228,7 +228,7 @@ class Loop:
                 if event_id in self._pending:
                     raise InvalidInputError(f"event {event_id!r} is already open in loop "
                                             f"{self.name!r}: an event id names one decision")
-                if self.store.get(f"reward:{self.name}:{event_id}") is not None:
+                if self.store.get(self._reward_key(event_id)) is not None:
                     raise InvalidInputError(f"event {event_id!r} of loop {self.name!r} has its"
                                             " reward stored already: an event id names one "
                                             "decision")
@@ -241,6 +241,10 @@ class Loop:
 
     def _closed_error(self) -> EngineClosedError:
         return EngineClosedError(f"loop {self.name!r}: its engine is closed")
+
+    def _reward_key(self, event_id: str) -> str:
+        """The store key of ``event_id``'s reward."""
+        return f"reward:{self.name}:{event_id}"
 
     def _action_number(self, view: _View, index: int) -> int:
         """The index of ``view``'s action ``index`` in the table of waiting decisions'
@@ -417,7 +421,7 @@ class Loop:
                                      "written")
             before = self._pending.get(event_id)
             if before is None:
-                if self.store.get(f"reward:{self.name}:{event_id}") is not None:
+                if self.store.get(self._reward_key(event_id)) is not None:
                     closed = ("was already rewarded" if self.settings.aggregation == "earliest"
                               else "was rewarded and its reward wait is over")
                     raise DuplicateRewardError(f"event {event_id!r} {closed}",
@@ -620,7 +624,7 @@ class RewardWrite:
         (:meth:`Store.try_set`) and otherwise returns ``False`` having done nothing: commit
         again, waiting, from where blocking is allowed."""
         loop = self.loop
-        key = f"reward:{loop.name}:{self.event_id}"
+        key = loop._reward_key(self.event_id)
         expire = loop.settings.reward_wait * 2 + 86_400
         # Durable before the caller answers; outside the loop's lock, so that ranking never
         # waits on the disk.
