@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -409,10 +410,24 @@ class ServingModel:
         return out
 
     def last_hidden(self, context_row: FloatArray, action_rows: FloatArray) -> FloatArray:
-        """Activations of the last hidden layer for every action, shape ``(K, hidden[-1])``."""
-        h: FloatArray = np.maximum(action_rows + context_row, 0.0)
-        for w, b in self.hidden:
-            h = np.maximum(h @ w + b, 0.0)
+        """Activations of the last hidden layer for every action, shape ``(K, hidden[-1])``.
+
+        The layers before the last one are computed in place in this thread's scratch arrays
+        (:func:`scratch`), so a rank allocates only the array it returns: at K = 1,000 the
+        first two layers' outputs are 1.5 MB that would otherwise be allocated (and their
+        pages faulted in) twice per call.
+        """
+        k = action_rows.shape[0]
+        layers = len(self.hidden)
+        h = _layer_out(k, action_rows.shape[1], 0, last=layers == 0)
+        np.add(action_rows, context_row, out=h)
+        np.maximum(h, 0.0, out=h)
+        for i, (w, b) in enumerate(self.hidden, start=1):
+            out = _layer_out(k, w.shape[1], i, last=i == layers)
+            np.matmul(h, w, out=out)
+            out += b
+            np.maximum(out, 0.0, out=out)
+            h = out
         return h
 
     def logits(self, last_hidden: FloatArray) -> FloatArray:
@@ -424,3 +439,25 @@ class ServingModel:
         """Predicted reward in [0, 1] from last-hidden activations (any leading shape)."""
         out: FloatArray = sigmoid(self.logits(last_hidden)).astype(np.float32)
         return out
+
+
+_scratch = threading.local()  # per thread: {(rows, width, layer): float32 array}
+SCRATCH_SHAPES = 16  # past this many shapes a thread's scratch arrays are dropped and remade
+
+
+def _layer_out(rows: int, width: int, layer: int, *, last: bool) -> FloatArray:
+    """The array a forward layer writes into: a new one for the last layer (the caller keeps
+    it), this thread's scratch array of that shape and layer otherwise (threads rank at once;
+    a layer index in the key keeps two layers of one width apart)."""
+    if last:
+        return np.empty((rows, width), dtype=np.float32)
+    arrays: dict[tuple[int, int, int], FloatArray] | None = getattr(_scratch, "arrays", None)
+    if arrays is None:
+        arrays = _scratch.arrays = {}
+    key = (rows, width, layer)
+    found = arrays.get(key)
+    if found is None:
+        if len(arrays) >= SCRATCH_SHAPES:  # per-call action lists of many lengths
+            arrays.clear()
+        found = arrays[key] = np.empty((rows, width), dtype=np.float32)
+    return found

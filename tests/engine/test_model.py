@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
 
+from ef_middleware import model
 from ef_middleware.model import (
     FactoredInput,
     ModelConfig,
@@ -211,6 +213,75 @@ def test_serving_model_matches_training_forward() -> None:
     serving = ServingModel(net.config, net.params, version=0)
     hidden = serving.last_hidden(serving.project_context(ctx, num), serving.project_actions(acts))
     np.testing.assert_allclose(serving.head(hidden), net.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def _serving_inputs(k: int, seed: int) -> tuple[ServingModel, np.ndarray, np.ndarray]:
+    net = RewardNet(ModelConfig(dropout=0.0), seed=2)
+    rng = np.random.default_rng(seed)
+    serving = ServingModel(net.config, net.params, version=0)
+    rows = serving.project_actions(rng.normal(size=(k, 384)).astype(np.float32))
+    return serving, rows, rng.normal(size=(8, 384)).astype(np.float32)
+
+
+def _plain_last_hidden(serving: ServingModel, context_row: np.ndarray, rows: np.ndarray
+                       ) -> np.ndarray:
+    h = np.maximum(rows + context_row, 0.0)
+    for w, b in serving.hidden:
+        h = np.maximum(h @ w + b, 0.0)
+    return h
+
+
+def test_a_served_forward_keeps_what_it_returned_when_called_again() -> None:
+    # The layers before the last are computed in per-thread scratch arrays; the returned last
+    # layer is the caller's (a cached view keeps it), so a second call must not overwrite it.
+    serving, rows, contexts = _serving_inputs(50, seed=3)
+    num = np.zeros(16, dtype=np.float32)
+    first_row = serving.project_context(contexts[0], num)
+    first = serving.last_hidden(first_row, rows)
+    kept = first.copy()
+    second = serving.last_hidden(serving.project_context(contexts[1], num), rows)
+    assert not np.shares_memory(first, second)
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_array_equal(first, _plain_last_hidden(serving, first_row, rows))
+
+
+def test_threads_ranking_at_once_get_their_own_forward() -> None:
+    # Scratch arrays are per thread: one shared between threads would mix two visitors' layers.
+    serving, rows, contexts = _serving_inputs(300, seed=4)
+    num = np.zeros(16, dtype=np.float32)
+    context_rows = [serving.project_context(c, num) for c in contexts]
+    expected = [_plain_last_hidden(serving, r, rows) for r in context_rows]
+    start = threading.Barrier(4)
+    wrong: list[int] = []
+
+    def rank(offset: int) -> None:
+        start.wait()
+        for i in range(150):
+            j = (i + offset) % len(context_rows)
+            if not np.array_equal(serving.last_hidden(context_rows[j], rows), expected[j]):
+                wrong.append(j)
+
+    threads = [threading.Thread(target=rank, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_a_served_forward_with_one_hidden_layer_or_many_shapes_is_the_plain_one() -> None:
+    rng = np.random.default_rng(5)
+    for hidden in [(7,), (6, 6, 6)]:  # no scratch layer at all; two layers of one width
+        cfg = ModelConfig(text_dim=4, numeric_dim=3, hidden=hidden, dropout=0.0)
+        serving = ServingModel(cfg, RewardNet(cfg, seed=1).params, version=0)
+        for k in range(1, 2 * model.SCRATCH_SHAPES):  # more shapes than a thread keeps
+            rows = serving.project_actions(rng.normal(size=(k, 4)).astype(np.float32))
+            row = serving.project_context(rng.normal(size=4).astype(np.float32),
+                                          rng.normal(size=3).astype(np.float32))
+            np.testing.assert_array_equal(serving.last_hidden(row, rows),
+                                          _plain_last_hidden(serving, row, rows))
+    # ... and the scratch arrays a thread keeps stay bounded (action lists of many lengths).
+    assert len(model._scratch.arrays) <= model.SCRATCH_SHAPES
 
 
 def test_training_reduces_loss() -> None:
