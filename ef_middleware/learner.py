@@ -68,7 +68,7 @@ class Lease:
         """Whether ``holder`` names a process of this host that no longer runs (a crash or
         a kill left its lease to expire)."""
         words = holder.decode(errors="replace").split()
-        if len(words) < 4 or words[0] != "pid" or not words[1].isdigit():
+        if len(words) < 4 or words[0] != "pid" or not (words[1].isascii() and words[1].isdigit()):
             return False
         if words[3] != socket.gethostname():
             return False

@@ -146,8 +146,9 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     if ctype != "application/json":
         return error(415, "unsupported_media_type", "send the reward as application/json")
     length = headers.get("content-length", "0").strip()
-    if not length.isdigit() or int(length) > s.max_body:
-        if not length.isdigit():
+    digits = length.isascii() and length.isdigit()  # isdigit alone takes "²", which int() refuses
+    if not digits or int(length) > s.max_body:
+        if not digits:
             return error(400, "bad_request", "invalid Content-Length")
         return error(413, "body_too_large", f"a reward body is at most {s.max_body} bytes")
     body = await _read_body(receive, s.max_body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -120,6 +121,34 @@ def test_bad_requests(engine: Engine, loop_name: str, visitor: TestClient, body:
         body = body.replace(b"{loop}", loop_name.encode())
     assert error_of(post(visitor, body, headers)) == expected
     assert stats(engine, loop_name)["rewards"] == 0  # nothing stored, nothing learned
+
+
+def test_a_content_length_that_only_str_isdigit_takes_is_a_bad_request(
+        engine: Engine, loop_name: str, clock: Clock) -> None:
+    """``"\u00b2"`` (byte 0xB2) is a digit to ``str.isdigit`` and not to ``int()``: a 500 until
+    2026-12-05 (security audit). Sent as raw ASGI: the test client refuses such a header, and
+    uvicorn's parser too, but not every server does."""
+    app = make_app(engine, [loop_name], clock=clock)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": json.dumps({"loop": loop_name}).encode(),
+                "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/_ef/reward",
+             "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
+                         (b"content-type", b"application/json"), (b"content-length", b"\xb2")],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert (start["status"], json.loads(body)["error"]["code"]) == (400, "bad_request")
+    assert stats(engine, loop_name)["rewards"] == 0
 
 
 @pytest.mark.parametrize("content_type", [
