@@ -32,6 +32,7 @@ ACTION_CELL = ""  # the text key of an action's own offset
 Cell = list[float]  # [offset, summed squared gradients, clock of the offset's last write]
 _NONE: Cell = [0.0, 0.0, 0.0]
 MEMO_ROWS = 512  # texts whose rows of offsets one published model keeps
+EVICT_SHARE = 0.1  # at the cap, this share of the offsets (the longest unwritten) makes room
 
 
 class Correction:
@@ -44,7 +45,9 @@ class Correction:
 
     ``cells[text][action_id]`` is one offset with its AdaGrad sum. Only the learner thread
     writes; rankings read (single dict and list operations, atomic under the interpreter lock).
-    At most ``max_cells`` offsets are kept: past that, new texts get none. A new cell starts
+    At most ``max_cells`` offsets are kept: a new one at the cap first drops the tenth of the
+    offsets whose last step is oldest (:meth:`evict`; the actions' own cells stay), so a flood
+    of values seen once cannot close the table to the values that come later. A new cell starts
     with ``initial`` summed squared gradients, so its first steps are about ``rate`` times the
     gradient rather than ``rate`` times its sign (one click on a rare referrer moves little).
 
@@ -100,16 +103,21 @@ class Correction:
         self.clock += 1
         clock = self.clock
         cells: list[Cell] = []
+        evicted = False
         for text in (ACTION_CELL, *texts):
             per = self.cells.get(text)
-            if per is None:
-                if self.size >= self.max_cells:
-                    continue
-                per = self.cells[text] = {}
-            cell = per.get(action)
+            cell = None if per is None else per.get(action)
             if cell is None:
                 if self.size >= self.max_cells:
-                    continue
+                    if evicted:
+                        continue
+                    self.evict()
+                    evicted = True
+                    if self.size >= self.max_cells:
+                        continue
+                per = self.cells.get(text)  # an eviction may have emptied it
+                if per is None:
+                    per = self.cells[text] = {}
                 cell = per[action] = [0.0, self.initial, clock]
                 self.size += 1
             elif self.keep is not None and cell[2] < clock:  # not a text listed twice
@@ -125,6 +133,36 @@ class Correction:
             cell[1] += grad * grad
             if cell[1] > 0:
                 cell[0] -= step * grad / math.sqrt(cell[1])
+
+    def evict(self) -> int:
+        """Drop the :data:`EVICT_SHARE` of the texts' offsets whose last step is oldest (ties
+        with the last of them go too); the actions' own cells stay. Returns how many went.
+
+        The learner thread calls it when a new offset finds the table full: a walk over the
+        cells (about a tenth of a second at 200,000), once per ``max_cells / 10`` new offsets,
+        letting requests take the interpreter lock every 4,096 texts.
+        """
+        stamps = [c[2] for text, per in self.cells.items() if text != ACTION_CELL
+                  for c in per.values()]
+        if not stamps:
+            return 0
+        n = max(1, int(len(stamps) * EVICT_SHARE))
+        cutoff = float(np.partition(np.asarray(stamps), n - 1)[n - 1])
+        removed = 0
+        for i, text in enumerate(list(self.cells)):
+            if text == ACTION_CELL:
+                continue
+            per = self.cells[text]
+            stale = [a for a, c in per.items() if c[2] <= cutoff]
+            for a in stale:
+                del per[a]
+            removed += len(stale)
+            if not per:
+                del self.cells[text]
+            if (i + 1) % 4096 == 0:
+                yield_to_requests()
+        self.size -= removed
+        return removed
 
     def state(self) -> dict[str, Any]:
         """Every offset, JSON-ready: ``texts``, ``actions``, ``clock`` and ``cells``, a flat

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
-from ef_middleware.correction import Correction
+from ef_middleware.correction import ACTION_CELL, Correction
 
 
 def logit(p: float) -> float:
@@ -180,3 +180,57 @@ def test_strategies_that_explore_by_the_network_alone_learn_no_correction(
         assert chosen.trainer.correction is not None and chosen.trainer.correction.rate == 0.5
     finally:
         engine.close()
+
+
+def _count(c: Correction) -> int:
+    return sum(len(per) for per in c.cells.values())
+
+
+def test_a_full_table_drops_its_longest_unwritten_offsets_for_a_new_value() -> None:
+    # A flood of values seen once used to fill the table for good: every later value, a new
+    # campaign's, got no offset (security audit, 2026-12-05).
+    c = Correction(rate=1.0, max_cells=60)
+    c.update(["campaign: steady"], "a", 0.0, 1.0)  # an old value...
+    for i in range(28):  # ... then a flood fills the table: 1 action cell + 1 + 2 x 28 = 58
+        c.update([f"flood: {i}", f"host: {i}"], "a", 0.0, 0.0)
+    for _ in range(3):
+        c.update(["campaign: steady"], "a", 0.0, 1.0)  # ... still seen: written last
+    c.update(["flood: 28"], "a", 0.0, 0.0)  # 59
+    c.update(["flood: 29"], "a", 0.0, 0.0)  # 60: full
+    assert c.size == _count(c) == 60
+    c.update(["campaign: spring-sale"], "a", 0.0, 1.0)  # new at the cap
+    assert "campaign: spring-sale" in c.cells  # it got its offset
+    assert "campaign: steady" in c.cells and ACTION_CELL in c.cells  # the recent and own stay
+    assert "flood: 0" not in c.cells and "host: 0" not in c.cells  # the oldest went
+    assert "flood: 27" in c.cells  # only about a tenth went
+    assert c.size == _count(c) == 60 - 6 + 1
+    assert c.cells["campaign: spring-sale"]["a"][0] > 0  # and learned from its reward
+
+
+def test_a_table_of_action_cells_only_stays_full_without_evicting_them() -> None:
+    c = Correction(rate=1.0, max_cells=2)
+    c.update([], "a", 0.0, 1.0)
+    c.update([], "b", 0.0, 1.0)
+    c.update(["campaign: x"], "a", 0.0, 1.0)  # no room, and nothing that may go
+    assert set(c.cells) == {ACTION_CELL} and c.size == _count(c) == 2
+    assert c.evict() == 0
+
+
+def test_eviction_survives_a_snapshot_round_trip() -> None:
+    c = Correction(rate=1.0, max_cells=40)
+    for i in range(60):  # past the cap: several evictions
+        c.update([f"v: {i}"], "a" if i % 2 else "b", 0.0, float(i % 3 == 0))
+    assert c.size == _count(c) <= 40
+    back = Correction(rate=1.0, max_cells=40)
+    back.restore(c.state())
+    assert back.size == c.size and back.cells == c.cells and back.clock == c.clock
+
+
+def test_an_eviction_keeps_an_actions_own_offset_however_old() -> None:
+    c = Correction(rate=1.0, max_cells=12)
+    c.update([], "rare", 0.0, 1.0)  # the action's own cell, written first and never again
+    for i in range(12):
+        c.update([f"v: {i}"], "a", 0.0, 0.0)
+    assert c.cells[ACTION_CELL]["rare"][2] == 1  # older than every text's offset
+    assert c.size == _count(c) <= 12
+    assert "rare" in c.cells[ACTION_CELL] and "v: 11" in c.cells
