@@ -35,6 +35,7 @@ __all__ = ["NoDecisionError", "Personalization", "Variant"]
 SCRIPT_STUB = ("(function(w){var e=w.ef=w.ef||{q:[]};e.convert=e.convert||function(l,v){"
                '(e.q=e.q||[]).push(["convert",l,v])}})(window)')
 MAX_VISITS = 50  # the visit count reaches the model capped (a regular is a regular)
+SCRIPT_TAGS = 64  # root paths whose script tags are kept (Mount("/{tenant}") makes one each)
 
 
 class Personalization:
@@ -275,9 +276,12 @@ class Personalization:
         root = self._scope.get("root_path", "").rstrip("/")
         if not nonce:
             key = (root, stub)
-            found = self._rt.script_tags.get(key)
+            tags = self._rt.script_tags
+            found = tags.get(key)
             if found is None:
-                found = self._rt.script_tags[key] = self._script_tag(root, None, stub)
+                if len(tags) >= SCRIPT_TAGS:  # an app mounted under a path parameter
+                    tags.clear()
+                found = tags[key] = self._script_tag(root, None, stub)
             return found
         return self._script_tag(root, nonce, stub)
 

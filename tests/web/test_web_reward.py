@@ -375,6 +375,30 @@ def test_routes_and_script_under_a_root_path(engine: Engine, loop_name: str) -> 
     assert client.get("/_ef/ef.js").status_code == 200  # one that strips it
 
 
+def test_script_tags_kept_for_root_paths_stay_bounded(engine: Engine, loop_name: str) -> None:
+    """An app mounted under a path parameter (``Mount("/{tenant}", app)``) has a root path
+    per tenant: the tags kept per root path grew without bound (security audit, 2026-12-05)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    from ef_middleware.web.personalization import SCRIPT_TAGS
+
+    async def tag(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(request.scope["ef"].script()))
+
+    inner = make_app(engine, [loop_name])
+    inner.router.routes.append(Route("/tag", tag))
+    client = TestClient(Starlette(routes=[Mount("/{tenant}", app=inner)]))
+    for i in range(3 * SCRIPT_TAGS):
+        assert f'<script src="/t{i}/_ef/ef.js?v=' in client.get(f"/t{i}/tag").text
+    runtime = inner.middleware_stack
+    while not hasattr(runtime, "runtime"):
+        runtime = runtime.app
+    assert 0 < len(runtime.runtime.script_tags) <= SCRIPT_TAGS
+
+
 @pytest.mark.parametrize(("raised", "expected"), [
     (StoreError("disk full"), (503, "store")),
     (OSError("disk gone"), (500, "internal")),
