@@ -31,6 +31,8 @@ log = logging.getLogger("ef_middleware")
 MAX_QUEUED = 4096  # texts that may wait for the background embedder (a flood's bound)
 HELP_LIMIT = 256  # queued texts up to which a blocking caller encodes missing texts itself
 WARN_EVERY = 60.0  # seconds between two warnings of a full queue
+MEMORY_SIZE = 50_000  # vectors kept in memory: about 1.9 KB each with the LRU's own, ~95 MB
+STORE_TTL = 30 * 86_400.0  # seconds a persisted vector lives (a value seen again is re-embedded)
 
 
 @runtime_checkable
@@ -149,7 +151,11 @@ class EmbeddingCache:
     store
         Persists vectors under ``emb:{embedder.name}:{sha1(text)}``; ``None`` keeps memory only.
     maxsize
-        Vectors kept in memory (384 float32 = 1.5 KiB each).
+        Vectors kept in memory (384 float32 = 1.5 KiB each, about 1.9 KB with the LRU's own).
+    ttl
+        Seconds a vector stays in the store after it was embedded (``None``: for good). Texts
+        are client data (campaign tags, referrer hosts): without an end, a stream of one-off
+        values fills the store until its size limit evicts the oldest entries of every kind.
     background
         Encode unseen texts on a background thread (see above) instead of at once.
     max_queued
@@ -159,9 +165,9 @@ class EmbeddingCache:
         (:func:`~ef_middleware.priority.lower_priority`).
     """
 
-    def __init__(self, embedder: Embedder, store: Store | None, *, maxsize: int = 200_000,
-                 background: bool = False, max_queued: int = MAX_QUEUED,
-                 nice: int = BACKGROUND_NICE) -> None:
+    def __init__(self, embedder: Embedder, store: Store | None, *, maxsize: int = MEMORY_SIZE,
+                 ttl: float | None = STORE_TTL, background: bool = False,
+                 max_queued: int = MAX_QUEUED, nice: int = BACKGROUND_NICE) -> None:
         if max_queued < 1:
             raise ConfigurationError("max_queued is a number of texts and must be at least 1")
         self.embedder = embedder
@@ -172,6 +178,7 @@ class EmbeddingCache:
         self.overflowed = 0  # texts not queued because the queue was full
         self._warned_at = -math.inf
         self._store = store
+        self.ttl = ttl
         self._memory: LRUCache[str, FloatArray] = LRUCache(maxsize=maxsize)
         self._lock = threading.Lock()
         self._centroids: dict[str, tuple[FloatArray, int]] = {}  # key -> (sum, count)
@@ -247,7 +254,8 @@ class EmbeddingCache:
         self.misses += len(texts)
         found = {t: np.ascontiguousarray(v) for t, v in zip(texts, vectors, strict=True)}
         if self._store is not None:
-            self._store.set_many({self._key(t): v.tobytes() for t, v in found.items()})
+            self._store.set_many({self._key(t): v.tobytes() for t, v in found.items()},
+                                 expire=self.ttl)
         return found
 
     def _remember(self, text: str, vec: FloatArray) -> None:

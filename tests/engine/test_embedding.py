@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ef_middleware import ConfigurationError, SentenceTransformerEmbedder
-from ef_middleware.embedding import HELP_LIMIT, EmbeddingCache
+from ef_middleware.embedding import HELP_LIMIT, STORE_TTL, EmbeddingCache
+from ef_middleware.store import DiskcacheStore
 from tests.engine.embedders import RecordingEmbedder
 
 
@@ -91,3 +94,26 @@ def test_loading_the_model_writes_no_progress_bar_and_leaves_the_bars_as_they_we
     assert vectors.shape == (1, 384)
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # a host application's bars still show
+
+
+def test_persisted_vectors_expire_and_the_memory_lru_is_bounded(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    # Texts are client data: one-off values must not stay in the store for good, nor fill
+    # memory without bound (security audit, 2026-12-05).
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        cache = EmbeddingCache(embedder, store, maxsize=3)
+        before = time.time()
+        cache.get_many([f"utm_campaign: c{i}" for i in range(5)])
+        assert len(cache._memory) == 3
+        value, expires = store._cache.get(cache._key("utm_campaign: c0"), expire_time=True)
+        assert value is not None
+        assert before + STORE_TTL - 5 <= expires <= time.time() + STORE_TTL
+        forever = EmbeddingCache(embedder, store, ttl=None)
+        forever.get_many(["utm_campaign: kept"])
+        assert store._cache.get(forever._key("utm_campaign: kept"), expire_time=True)[1] is None
+        # a vector read back from the store after its memory copy went is the same vector
+        again = EmbeddingCache(embedder, store).get_many(["utm_campaign: c0"])
+        np.testing.assert_array_equal(again, cache.get_many(["utm_campaign: c0"]))
+    finally:
+        store.close()
