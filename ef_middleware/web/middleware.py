@@ -22,20 +22,34 @@ __all__ = ["PersonalizationMiddleware", "with_cookies"]
 
 def with_cookies(headers: Iterable[tuple[bytes, bytes]],
                  cookies: Iterable[str]) -> list[tuple[bytes, bytes]]:
-    """Raw response headers plus one ``set-cookie`` per cookie and ``Cookie`` in ``vary``.
+    """Raw response headers of a personalized page: one ``set-cookie`` per cookie, ``Cookie``
+    in ``vary`` and ``Cache-Control: private``.
 
     An existing ``vary`` header is extended (unless it already names ``Cookie`` or is ``*``);
-    otherwise one is added. The response varies by cookie even when no cookie is set.
+    otherwise one is added. The response varies by cookie even when no cookie is set. A
+    ``cache-control`` the application set is kept as it is; without one, ``private`` keeps
+    shared caches (a CDN, a caching proxy) from serving one visitor's variant, and the cookies
+    that name it, to others.
     """
     out = list(headers)
     out.extend((b"set-cookie", value.encode("latin-1")) for value in cookies)
-    for i, (name, value) in enumerate(out):
-        if name.lower() == b"vary":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            if not tokens & {b"cookie", b"*"}:
-                out[i] = (name, value + b", Cookie" if value.strip() else b"Cookie")
-            return out
-    out.append((b"vary", b"Cookie"))
+    vary = -1
+    cache_control = False
+    for i, (name, _) in enumerate(out):
+        lower = name.lower()
+        if lower == b"vary" and vary < 0:
+            vary = i
+        elif lower == b"cache-control":
+            cache_control = True
+    if vary < 0:
+        out.append((b"vary", b"Cookie"))
+    else:
+        name, value = out[vary]
+        tokens = {t.strip().lower() for t in value.split(b",")}
+        if not tokens & {b"cookie", b"*"}:
+            out[vary] = (name, value + b", Cookie" if value.strip() else b"Cookie")
+    if not cache_control:
+        out.append((b"cache-control", b"private"))
     return out
 
 

@@ -48,6 +48,7 @@ def test_first_view_sets_one_signed_httponly_decision_cookie(
     assert "; Max-Age=604800; Path=/; HttpOnly; SameSite=Lax" in raw
     assert "Secure" not in raw
     assert response.headers["vary"] == "Cookie"
+    assert response.headers["cache-control"] == "private"  # no shared cache keeps a variant
     assert shown(response)[loop_name] in {a["id"] for a in ACTIONS}
     assert stats(engine, loop_name)["decisions"] == 1
 
@@ -104,7 +105,7 @@ def test_pages_that_do_not_personalize_set_nothing(engine: Engine, loop_name: st
                                                    client_for: Client) -> None:
     response = client_for(make_app(engine, [loop_name])).get("/plain")
     assert response.headers.get_list("set-cookie") == []
-    assert "vary" not in response.headers
+    assert "vary" not in response.headers and "cache-control" not in response.headers
 
 
 def test_sticky_within_the_window_then_a_new_decision(
@@ -528,6 +529,15 @@ def test_with_cookies_adds_set_cookie_and_vary(vary: bytes | None, expected: byt
     assert out[0] == (b"content-type", b"text/html")
     assert [v for k, v in out if k == b"set-cookie"] == [b"a=1; Path=/", b"b=2; Path=/"]
     assert [v for k, v in out if k == b"vary"] == [expected]
+    assert [v for k, v in out if k == b"cache-control"] == [b"private"]
+
+
+@pytest.mark.parametrize("cache_control", [b"no-store", b"public, max-age=60"])
+def test_with_cookies_keeps_the_applications_cache_control(cache_control: bytes) -> None:
+    headers = ((b"Cache-Control", cache_control), (b"vary", b"Accept-Encoding"))
+    out = with_cookies(headers, ["a=1; Path=/"])
+    assert [v for k, v in out if k.lower() == b"cache-control"] == [cache_control]
+    assert [v for k, v in out if k == b"vary"] == [b"Accept-Encoding, Cookie"]
 
 
 @pytest.mark.parametrize("freeze", [True, False])
