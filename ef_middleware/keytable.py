@@ -45,7 +45,7 @@ class KeyTable:
         self.timeout = timeout
         self.autocheckpoint = autocheckpoint
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         con = self._connection()
         con.execute("PRAGMA journal_mode=WAL")  # persistent in the file
@@ -53,7 +53,9 @@ class KeyTable:
             con.execute(statement)
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection."""
+        """This thread's connection; making one closes those of threads that have ended (a
+        web server's pool retires idle threads: their connections stayed open until
+        ``close()``, two descriptors each, 128 of them after ten minutes in an audit's run)."""
         found: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if found is None:
             found = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
@@ -62,7 +64,11 @@ class KeyTable:
             found.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
             self._local.connection = found
             with self._all_lock:
-                self._all.append(found)
+                ended = [con for thread, con in self._all if not thread.is_alive()]
+                self._all = [(thread, con) for thread, con in self._all if thread.is_alive()]
+                self._all.append((threading.current_thread(), found))
+            for con in ended:
+                con.close()
         return found
 
     def get(self, key: str) -> bytes | None:
@@ -116,7 +122,7 @@ class KeyTable:
         """Close every thread's connections."""
         with self._all_lock:
             connections, self._all = self._all, []
-        for con in connections:
+        for _, con in connections:
             con.close()
         self._local = threading.local()
 

@@ -742,3 +742,31 @@ def test_processes_sharing_a_folder_share_the_rewards_table(tmp_path: Path) -> N
                    for p in "ab" for i in range(400))
     finally:
         store.close()
+
+
+def _descriptors_on(path: Path) -> int:
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                found += 1
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
+    # A web server's thread pool retires idle threads and starts new ones: each new thread
+    # that read the rewards' table left its connection open until close() (soak audit,
+    # 2026-12-05: 128 descriptors on rewards.db after ten minutes).
+    table = keytable_module.KeyTable(str(tmp_path / "t.db"))
+    try:
+        table.apply([("k", (b"v", None))])
+        for _ in range(30):
+            reader = threading.Thread(target=table.get, args=("k",))
+            reader.start()
+            reader.join()
+        assert table.get("k") == b"v"
+        assert _descriptors_on(tmp_path / "t.db") <= 3  # this thread's, the last reader's
+    finally:
+        table.close()
+    assert _descriptors_on(tmp_path / "t.db") == 0
