@@ -56,6 +56,8 @@ VIEW_CACHE_SIZE = 4096  # contexts whose forward pass is kept per published mode
 VIEW_CACHE_BYTES = 16 << 20  # ...and the memory they may take, per loop
 PERSIST_CHUNK = 64  # decision records per store write (one key, about 1 ms of writing)
 WRITE_GRACE = 300.0  # seconds a decision's expiry waits for its reward's write to end
+UNLOGGED_LIMIT = 100_000  # decision records kept for the log while its writes fail
+LOG_FAILURE_WARN_EVERY = 60.0  # seconds between two warnings of failing decision-log writes
 
 
 # A decision waiting for its reward is one plain tuple (index names below): the model's inputs
@@ -166,6 +168,9 @@ class Loop:
         self.decisions = 0
         self.rewards = 0
         self._log_chunks = 0
+        self.log_failures = 0  # decision-log writes that failed (their records were retried)
+        self.unlogged = 0  # decision records given up on: past UNLOGGED_LIMIT while writes fail
+        self._log_warned_at = -math.inf
 
     # -- ranking ---------------------------------------------------------------------------
     @property
@@ -514,7 +519,10 @@ class Loop:
         """Persist new decisions, finalise due ones and train on what is ready; returns the
         number of samples learned. Called by the learner thread (or by :meth:`flush`)."""
         with self._train_lock:
-            self._persist()
+            try:
+                self._persist()
+            except Exception as exc:  # a full disk, a lock held too long: learning goes on
+                self._log_failed(exc)
             self.expire()
             # Only what waits now: samples arriving meanwhile wait for the next call, so a
             # rate above the learner's still lets it persist, expire and report between
@@ -550,17 +558,43 @@ class Loop:
         write waits for one chunk at most, not for the whole backlog."""
         expire = self.settings.reward_wait * 2 + 86_400
         backlog = [self._to_persist.popleft() for _ in range(len(self._to_persist))]
-        choices = [Choice.from_state(entry[6:]) for entry in backlog]
-        resolve_choices(choices)  # the propensities, vectorised
-        table = self._action_table
-        for start in range(0, len(backlog), PERSIST_CHUNK):
-            chunk = range(start, min(start + PERSIST_CHUNK, len(backlog)))
-            lines = b"\n".join(orjson.dumps(log_record(backlog[i], choices[i],
-                                                       table[backlog[i][4]])) for i in chunk)
-            self._log_chunks += 1
-            key = f"decisions:{self.name}:{backlog[start][1]:.6f}:{self._log_chunks}"
-            self.store.set_many({key: lines}, expire=expire)  # batch writes cull expired keys
-            yield_to_requests()
+        written = 0
+        try:
+            choices = [Choice.from_state(entry[6:]) for entry in backlog]
+            resolve_choices(choices)  # the propensities, vectorised
+            table = self._action_table
+            for start in range(0, len(backlog), PERSIST_CHUNK):
+                chunk = range(start, min(start + PERSIST_CHUNK, len(backlog)))
+                lines = b"\n".join(orjson.dumps(log_record(backlog[i], choices[i],
+                                                           table[backlog[i][4]])) for i in chunk)
+                self._log_chunks += 1
+                key = f"decisions:{self.name}:{backlog[start][1]:.6f}:{self._log_chunks}"
+                self.store.set_many({key: lines}, expire=expire)  # batch writes cull expired
+                written = chunk.stop
+                yield_to_requests()
+        finally:  # the records not written wait for the next pass
+            if written < len(backlog):
+                self._log_later(backlog[written:])
+
+    def _log_later(self, records: list[LogEntry]) -> None:
+        """Put ``records`` back in front of the log's queue, keeping at most
+        :data:`UNLOGGED_LIMIT` records in it (the oldest go first and are counted)."""
+        self._to_persist.extendleft(reversed(records))
+        over = len(self._to_persist) - UNLOGGED_LIMIT
+        for _ in range(max(0, over)):
+            self._to_persist.popleft()
+        self.unlogged += max(0, over)
+
+    def _log_failed(self, exc: Exception) -> None:
+        """Count a failed decision-log write and say so in one line, once a minute."""
+        self.log_failures += 1
+        now = time.monotonic()
+        if now - self._log_warned_at >= LOG_FAILURE_WARN_EVERY:
+            self._log_warned_at = now
+            log.warning("ef_middleware: loop %r could not write its decision log (%d failures "
+                        "so far; its records wait, at most %d): %s: %s", self.name,
+                        self.log_failures, UNLOGGED_LIMIT, type(exc).__name__,
+                        " ".join(str(exc).split()))
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Block until every reward handed to learning so far, and every decision whose
@@ -598,6 +632,7 @@ class Loop:
         return {"loop": self.name, "strategy": self.settings.strategy,
                 "decisions": self.decisions, "rewards": self.rewards, "pending": pending,
                 "learned": self.learned, "dropped": self.dropped,
+                "log_failures": self.log_failures, "unlogged": self.unlogged,
                 "updates": self.trainer.net.step,
                 "model_version": self.model_version, "replay_ratio": self.replay_ratio}
 
