@@ -132,7 +132,11 @@ class EmbeddingCache:
     its vector exists the caller gets the mean vector of the texts already seen for the same key
     (the part before ``": "``). A page view thus never waits for the transformer; the next one
     after the encode sees the real vector. The first text of a key ever seen has no such
-    neighbour and is encoded at once.
+    neighbour and is encoded at once. Each encode also stores its keys' mean vectors
+    (``embmean:`` keys), so that after a restart a new value of a key this process has not met
+    yet stands in as that mean instead of being encoded at once: the process's first encode
+    also loads the model, 7-8 s in which the caller (an ``async`` page: the whole server)
+    waited (soak audit, 2026-12-05).
 
     A flood of distinct values (per-recipient campaign tags, referrer spam) would outrun the
     background thread, which embeds about 100 texts a second on this project's host. So the
@@ -224,6 +228,7 @@ class EmbeddingCache:
         complete = True
         # A blocking caller encodes missing texts itself, except during a flood (see above).
         if to_encode and (not wait or (self.background and self._flooded())):
+            self._stored_means({_prefix(t) for t in to_encode} - self._centroids.keys())
             later = [t for t in to_encode if _prefix(t) in self._centroids]
             for text in later:
                 sum_, count = self._centroids[_prefix(text)]
@@ -249,13 +254,38 @@ class EmbeddingCache:
                 found[text] = np.frombuffer(raw, dtype=np.float32).copy()
         return found
 
+    def _stored_means(self, prefixes: Iterable[str]) -> None:
+        """Seed the in-memory mean of each of ``prefixes`` that has none from the store (a
+        mean an earlier process stored), counting it as one text."""
+        if self._store is None:
+            return
+        for prefix in prefixes:
+            raw = self._store.get(self._mean_key(prefix))
+            if raw is not None and len(raw) == 4 * self.dim:
+                with self._lock:
+                    self._centroids.setdefault(
+                        prefix, (np.frombuffer(raw, dtype=np.float32).copy(), 1))
+
+    def _mean_key(self, prefix: str) -> str:
+        digest = hashlib.sha1(prefix.encode("utf-8")).hexdigest()
+        return f"embmean:{self.embedder.name}:{digest}"
+
     def _encode(self, texts: list[str]) -> dict[str, FloatArray]:
         vectors = self.embedder.encode(texts)
         self.misses += len(texts)
         found = {t: np.ascontiguousarray(v) for t, v in zip(texts, vectors, strict=True)}
         if self._store is not None:
-            self._store.set_many({self._key(t): v.tobytes() for t, v in found.items()},
-                                 expire=self.ttl)
+            items = {self._key(t): v.tobytes() for t, v in found.items()}
+            with self._lock:  # the keys' means with these texts in them (as _remember adds)
+                for prefix in {_prefix(t) for t in found}:
+                    sum_, count = self._centroids.get(prefix, (np.zeros(self.dim, np.float32), 0))
+                    new = [v for t, v in found.items()
+                           if _prefix(t) == prefix and t not in self._memory]
+                    if count + len(new) == 0:
+                        continue
+                    mean = (sum_ + np.sum(new, axis=0, dtype=np.float32)) / (count + len(new))
+                    items[self._mean_key(prefix)] = mean.astype(np.float32).tobytes()
+            self._store.set_many(items, expire=self.ttl)
         return found
 
     def _remember(self, text: str, vec: FloatArray) -> None:

@@ -117,3 +117,38 @@ def test_persisted_vectors_expire_and_the_memory_lru_is_bounded(
         np.testing.assert_array_equal(again, cache.get_many(["utm_campaign: c0"]))
     finally:
         store.close()
+
+
+def test_after_a_restart_a_new_value_of_a_known_key_stands_in_as_its_stored_mean(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    # A restarted process had no key means in memory: the first new value of each key was
+    # encoded on the caller's thread, and the process's first encode loads the model (7-8 s
+    # of a stalled server in the soak audit, 2026-12-05).
+    store = DiskcacheStore(tmp_path / "store")
+    try:
+        before = EmbeddingCache(RecordingEmbedder(embedder), store, background=True)
+        seen = before.get_many(["utm_campaign: spring"])  # the key's first: at once
+        before.get_many(["utm_campaign: summer"])  # a stand-in, then the background thread
+        assert before.wait()
+        before.close()
+        summer = before.get_many(["utm_campaign: summer"])
+        mean = (seen + summer) / 2
+
+        restarted = RecordingEmbedder(embedder)
+        restarted.gate.clear()  # the background thread waits: the caller must not encode
+        after = EmbeddingCache(restarted, store, background=True)
+        try:
+            vector, complete = after.lookup(["utm_campaign: autumn"])
+            assert not complete and restarted.calls == []  # no encode on the caller's thread
+            np.testing.assert_allclose(vector, mean, rtol=1e-5, atol=1e-6)
+            # a key nobody stored yet is still encoded at once (nothing else can stand in)
+            vector, complete = after.lookup(["lang: de"])
+            assert complete and restarted.threads == ["MainThread"]
+            restarted.gate.set()
+            assert after.wait()
+            assert restarted.encoded() == ["lang: de", "utm_campaign: autumn"]
+        finally:
+            restarted.gate.set()
+            after.close()
+    finally:
+        store.close()
