@@ -1394,6 +1394,21 @@ def test_a_store_whose_maintenance_keeps_failing_is_worth_one_warning(
     assert len(records) == 1 and "unable to open database file" in records[0].getMessage()
 
 
+def _log_writes_fail(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Make the store refuse decision-log writes (a full disk) while the returned flag's
+    first item is true; other writes (snapshots, rewards) go through."""
+    store_set_many = engine.store.set_many
+    failing = [True]
+
+    def full_for_the_log(items: Any, **kwargs: Any) -> None:
+        if failing[0] and any(k.startswith("decisions:") for k in items):
+            raise OSError(28, "No space left on device")
+        store_set_many(items, **kwargs)
+
+    monkeypatch.setattr(engine.store, "set_many", full_for_the_log)
+    return failing
+
+
 def test_a_failing_decision_log_stops_neither_learning_nor_expiry(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -1404,15 +1419,7 @@ def test_a_failing_decision_log_stops_neither_learning_nor_expiry(
     engine = Engine(tmp_path / "ef", embedder=embedder, clock=clock, learner=False)
     try:
         hero = engine.loop("hero", actions=HERO, reward_wait=60)
-        store_set_many = engine.store.set_many
-        failing = [True]
-
-        def full_for_the_log(items: Any, **kwargs: Any) -> None:
-            if failing[0] and any(k.startswith("decisions:") for k in items):
-                raise OSError(28, "No space left on device")
-            store_set_many(items, **kwargs)
-
-        monkeypatch.setattr(engine.store, "set_many", full_for_the_log)
+        failing = _log_writes_fail(engine, monkeypatch)
         rewarded = [hero.rank({"device": "mobile"}).event_id for _ in range(3)]
         left = [hero.rank({"device": "desktop"}).event_id for _ in range(70)]  # two chunks
         for event in rewarded:
@@ -1444,15 +1451,7 @@ def test_records_waiting_for_a_failing_log_are_bounded(
     try:
         hero = engine.loop("hero", actions=HERO)
 
-        store_set_many = engine.store.set_many
-        failing = [True]
-
-        def full_for_the_log(items: Any, **kwargs: Any) -> None:
-            if failing[0] and any(k.startswith("decisions:") for k in items):
-                raise OSError(28, "No space left on device")
-            store_set_many(items, **kwargs)
-
-        monkeypatch.setattr(engine.store, "set_many", full_for_the_log)
+        failing = _log_writes_fail(engine, monkeypatch)
         events = [hero.rank({"device": "mobile"}).event_id for _ in range(25)]
         hero.learn_pending()
         assert hero.stats()["unlogged"] == 15
