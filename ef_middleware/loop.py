@@ -558,23 +558,31 @@ class Loop:
         write waits for one chunk at most, not for the whole backlog."""
         expire = self.settings.reward_wait * 2 + 86_400
         backlog = [self._to_persist.popleft() for _ in range(len(self._to_persist))]
-        written = 0
         try:
             choices = [Choice.from_state(entry[6:]) for entry in backlog]
             resolve_choices(choices)  # the propensities, vectorised
-            table = self._action_table
-            for start in range(0, len(backlog), PERSIST_CHUNK):
-                chunk = range(start, min(start + PERSIST_CHUNK, len(backlog)))
-                lines = b"\n".join(orjson.dumps(log_record(backlog[i], choices[i],
-                                                           table[backlog[i][4]])) for i in chunk)
-                self._log_chunks += 1
-                key = f"decisions:{self.name}:{backlog[start][1]:.6f}:{self._log_chunks}"
-                self.store.set_many({key: lines}, expire=expire)  # batch writes cull expired
-                written = chunk.stop
-                yield_to_requests()
-        finally:  # the records not written wait for the next pass
-            if written < len(backlog):
-                self._log_later(backlog[written:])
+        except Exception:  # records that cannot be made would fail every pass: given up
+            self.unlogged += len(backlog)
+            raise
+        table = self._action_table
+        for start in range(0, len(backlog), PERSIST_CHUNK):
+            lines: list[bytes] = []
+            for i in range(start, min(start + PERSIST_CHUNK, len(backlog))):
+                try:
+                    lines.append(orjson.dumps(log_record(backlog[i], choices[i],
+                                                         table[backlog[i][4]])))
+                except Exception as exc:  # one record that cannot be written: given up alone
+                    self.unlogged += 1
+                    self._log_failed(exc)
+            self._log_chunks += 1
+            key = f"decisions:{self.name}:{backlog[start][1]:.6f}:{self._log_chunks}"
+            try:
+                if lines:
+                    self.store.set_many({key: b"\n".join(lines)}, expire=expire)
+            except BaseException:  # the store refused (a full disk): they wait for a pass
+                self._log_later(backlog[start:])
+                raise
+            yield_to_requests()
 
     def _log_later(self, records: list[LogEntry]) -> None:
         """Put ``records`` back in front of the log's queue, keeping at most
@@ -586,7 +594,8 @@ class Loop:
         self.unlogged += max(0, over)
 
     def _log_failed(self, exc: Exception) -> None:
-        """Count a failed decision-log write and say so in one line, once a minute."""
+        """Count a failed decision-log write (or a record that could not be made) and say so
+        in one line, once a minute."""
         self.log_failures += 1
         now = time.monotonic()
         if now - self._log_warned_at >= LOG_FAILURE_WARN_EVERY:

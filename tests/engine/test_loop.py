@@ -1460,3 +1460,24 @@ def test_records_waiting_for_a_failing_log_are_bounded(
         assert sorted(_decision_log(engine, "hero")) == sorted(events[15:])  # the newest 10
     finally:
         engine.close()
+
+
+def test_a_record_that_cannot_be_written_is_given_up_alone(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Put back and retried like a store failure, one bad record would hold every record
+    # after it out of the log for good (review, 2026-12-05).
+    hero = engine.loop("hero", actions=HERO)
+    events = [hero.rank({"device": "mobile"}).event_id for _ in range(5)]
+    real = loop_module.log_record
+
+    def refuses_one(entry: Any, *args: Any) -> Any:
+        if entry[0] == events[2]:
+            raise TypeError("Type is not JSON serializable: numpy.int64")
+        return real(entry, *args)
+
+    monkeypatch.setattr(loop_module, "log_record", refuses_one)
+    hero.learn_pending()
+    later = hero.rank({"device": "desktop"}).event_id
+    hero.learn_pending()
+    assert sorted(_decision_log(engine, "hero")) == sorted([*events[:2], *events[3:], later])
+    assert hero.stats()["unlogged"] == 1 and hero.stats()["log_failures"] == 1
