@@ -58,6 +58,7 @@ PERSIST_CHUNK = 64  # decision records per store write (one key, about 1 ms of w
 WRITE_GRACE = 300.0  # seconds a decision's expiry waits for its reward's write to end
 UNLOGGED_LIMIT = 100_000  # decision records kept for the log while its writes fail
 LOG_FAILURE_WARN_EVERY = 60.0  # seconds between two warnings of failing decision-log writes
+LOG_RETRY = 1.0  # seconds before the decision log is written again after a failed write
 
 
 # A decision waiting for its reward is one plain tuple (index names below): the model's inputs
@@ -171,6 +172,7 @@ class Loop:
         self.log_failures = 0  # decision-log writes that failed (their records were retried)
         self.unlogged = 0  # decision records given up on: past UNLOGGED_LIMIT while writes fail
         self._log_warned_at = -math.inf
+        self._log_retry_at = -math.inf
 
     # -- ranking ---------------------------------------------------------------------------
     @property
@@ -519,10 +521,7 @@ class Loop:
         """Persist new decisions, finalise due ones and train on what is ready; returns the
         number of samples learned. Called by the learner thread (or by :meth:`flush`)."""
         with self._train_lock:
-            try:
-                self._persist()
-            except Exception as exc:  # a full disk, a lock held too long: learning goes on
-                self._log_failed(exc)
+            self._log_decisions()
             self.expire()
             # Only what waits now: samples arriving meanwhile wait for the next call, so a
             # rate above the learner's still lets it persist, expire and report between
@@ -584,6 +583,21 @@ class Loop:
                 raise
             yield_to_requests()
 
+    def _log_decisions(self, *, retry: bool = False) -> None:
+        """:meth:`_persist`, counting a failure instead of raising it (a full disk, a lock
+        held too long: learning, expiry and snapshots go on). After a failure the next
+        attempt waits :data:`LOG_RETRY` seconds (``retry`` tries at once): each attempt
+        recomputes the propensities of every waiting record, 0.5 s at 100,000."""
+        if not retry and time.monotonic() < self._log_retry_at:
+            return
+        try:
+            self._persist()
+        except Exception as exc:
+            self._log_retry_at = time.monotonic() + LOG_RETRY
+            self._log_failed(exc)
+        else:
+            self._log_retry_at = -math.inf
+
     def _log_later(self, records: list[LogEntry]) -> None:
         """Put ``records`` back in front of the log's queue, keeping at most
         :data:`UNLOGGED_LIMIT` records in it (the oldest go first and are counted)."""
@@ -631,7 +645,7 @@ class Loop:
         if self.closed:
             raise self._closed_error()
         with self._train_lock:
-            self._persist()
+            self._log_decisions(retry=True)
             self.trainer.save()
 
     def stats(self) -> dict[str, Any]:

@@ -1415,6 +1415,7 @@ def test_a_failing_decision_log_stops_neither_learning_nor_expiry(
     """A decision-log write that fails (a full disk) used to skip the pass's expiry and
     learning and drop the records it was writing, with a traceback per pass (soak audit,
     2026-12-05: 183 tracebacks in 18 s, 3,268 records lost, learning stood still)."""
+    monkeypatch.setattr(loop_module, "LOG_RETRY", 0.0)  # every pass tries again
     clock = Clock()
     engine = Engine(tmp_path / "ef", embedder=embedder, clock=clock, learner=False)
     try:
@@ -1438,7 +1439,43 @@ def test_a_failing_decision_log_stops_neither_learning_nor_expiry(
         assert _decision_log(engine, "hero") == {}
         failing[0] = False  # the disk has room again: every record is written, once
         hero.learn_pending()
-        assert sorted(_decision_log(engine, "hero")) == sorted(rewarded + left)
+        assert sorted(_logged_lines(engine, "hero")) == sorted(rewarded + left)
+    finally:
+        engine.close()
+
+
+def _logged_lines(eng: Engine, loop: str) -> list[str]:
+    """The event id of every line of the loop's decision log (a record written twice counts
+    twice)."""
+    return [json.loads(line)["event_id"] for key in eng.store._cache.iterkeys()  # type: ignore[attr-defined]
+            if key.startswith(f"decisions:{loop}:")
+            for line in eng.store.get(key).splitlines()]  # type: ignore[union-attr]
+
+
+def test_a_log_write_failing_midway_writes_each_record_once_and_waits_to_retry(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        hero = engine.loop("hero", actions=HERO)
+        store_set_many = engine.store.set_many
+        log_writes = [0]
+
+        def second_fails(items: Any, **kwargs: Any) -> None:
+            if any(k.startswith("decisions:") for k in items):
+                log_writes[0] += 1
+                if log_writes[0] == 2:
+                    raise OSError(28, "No space left on device")
+            store_set_many(items, **kwargs)
+
+        monkeypatch.setattr(engine.store, "set_many", second_fails)
+        events = [hero.rank({"device": "mobile"}).event_id for _ in range(150)]  # 3 chunks
+        hero.learn_pending()  # chunk 1 written, chunk 2 refused: chunks 2 and 3 wait
+        assert hero.stats()["log_failures"] == 1 and log_writes[0] == 2
+        hero.learn_pending()  # within LOG_RETRY of the failure: not tried again yet
+        assert log_writes[0] == 2
+        hero.save()  # a snapshot tries at once (closing the engine does too)
+        assert sorted(_logged_lines(engine, "hero")) == sorted(events)
     finally:
         engine.close()
 
@@ -1447,6 +1484,7 @@ def test_records_waiting_for_a_failing_log_are_bounded(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop_module, "UNLOGGED_LIMIT", 10)
+    monkeypatch.setattr(loop_module, "LOG_RETRY", 0.0)
     engine = Engine(tmp_path / "ef", embedder=embedder, learner=False)
     try:
         hero = engine.loop("hero", actions=HERO)
