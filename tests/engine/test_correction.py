@@ -202,8 +202,8 @@ def test_a_full_table_drops_its_longest_unwritten_offsets_for_a_new_value() -> N
     assert "campaign: spring-sale" in c.cells  # it got its offset
     assert "campaign: steady" in c.cells and ACTION_CELL in c.cells  # the recent and own stay
     assert "flood: 0" not in c.cells and "host: 0" not in c.cells  # the oldest went
-    assert "flood: 27" in c.cells  # only about a tenth went
-    assert c.size == _count(c) == 60 - 6 + 1
+    assert "flood: 27" in c.cells  # only a tenth went
+    assert c.size == _count(c) == 60 - 5 + 1
     assert c.cells["campaign: spring-sale"]["a"][0] > 0  # and learned from its reward
 
 
@@ -234,3 +234,27 @@ def test_an_eviction_keeps_an_actions_own_offset_however_old() -> None:
     assert c.cells[ACTION_CELL]["rare"][2] == 1  # older than every text's offset
     assert c.size == _count(c) <= 12
     assert "rare" in c.cells[ACTION_CELL] and "v: 11" in c.cells
+
+
+def test_an_eviction_takes_a_tenth_when_every_offset_was_written_at_one_step() -> None:
+    # A snapshot from before the offsets' clocks restores them all as written at restore: a
+    # cutoff by value dropped every text offset at the first eviction (review, 2026-12-05).
+    rows = [[f"v: {i}", "a", 0.1, 1.0] for i in range(100)]
+    c = Correction(rate=1.0, max_cells=100)
+    c.restore(rows)
+    c.update(["campaign: new"], "a", 0.0, 1.0)  # the action's cell and the text's: 2 new
+    assert c.size == _count(c) == 100 - 10 + 2
+    assert "a" in c.cells[ACTION_CELL] and "a" in c.cells["campaign: new"]
+
+
+def test_a_text_whose_last_offset_an_eviction_took_gets_its_new_one() -> None:
+    c = Correction(rate=1.0, max_cells=100)
+    c.update([], "b", 0.0, 1.0)  # action b's own cell
+    c.update(["campaign: x"], "a", 0.0, 1.0)  # the oldest text offset: (campaign: x, a)
+    i = 0
+    while c.size < c.max_cells:
+        c.update([f"v: {i}"], "a", 0.0, 0.0)
+        i += 1
+    c.update(["campaign: x"], "b", 0.0, 1.0)  # same text, another action, at the cap
+    assert "a" not in c.cells["campaign: x"] and "b" in c.cells["campaign: x"]
+    assert c.size == _count(c)

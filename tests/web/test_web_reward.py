@@ -110,6 +110,7 @@ def test_replayed_cookie_is_a_duplicate(engine: Engine, loop_name: str,
         ({"loop": "{loop}", "pad": "x" * 600}, {}, (413, "body_too_large")),
         ({"loop": "{loop}"}, {"content-length": "abc"}, (400, "bad_request")),
         ({"loop": "{loop}"}, {"content-length": "-1"}, (400, "bad_request")),
+        ({"loop": "{loop}"}, {"content-length": "1" * 5000}, (400, "bad_request")),  # int()
     ],
 )
 def test_bad_requests(engine: Engine, loop_name: str, visitor: TestClient, body: Any,
