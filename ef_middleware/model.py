@@ -413,7 +413,7 @@ class ServingModel:
         """Activations of the last hidden layer for every action, shape ``(K, hidden[-1])``.
 
         The layers before the last one are computed in place in this thread's scratch arrays
-        (:func:`scratch`), so a rank allocates only the array it returns: at K = 1,000 the
+        (:func:`_layer_out`), so a rank allocates only the array it returns: at K = 1,000 the
         first two layers' outputs are 1.5 MB that would otherwise be allocated (and their
         pages faulted in) twice per call.
         """
@@ -441,23 +441,20 @@ class ServingModel:
         return out
 
 
-_scratch = threading.local()  # per thread: {(rows, width, layer): float32 array}
-SCRATCH_SHAPES = 16  # past this many shapes a thread's scratch arrays are dropped and remade
+_scratch = threading.local()  # per thread: {(layer, width): float32 array}
 
 
 def _layer_out(rows: int, width: int, layer: int, *, last: bool) -> FloatArray:
     """The array a forward layer writes into: a new one for the last layer (the caller keeps
-    it), this thread's scratch array of that shape and layer otherwise (threads rank at once;
-    a layer index in the key keeps two layers of one width apart)."""
+    it); otherwise the first ``rows`` rows of this thread's scratch array for that layer,
+    grown to the most rows the thread has ranked (threads rank at once; one array per layer,
+    so two layers of one width never share it)."""
     if last:
         return np.empty((rows, width), dtype=np.float32)
-    arrays: dict[tuple[int, int, int], FloatArray] | None = getattr(_scratch, "arrays", None)
+    arrays: dict[tuple[int, int], FloatArray] | None = getattr(_scratch, "arrays", None)
     if arrays is None:
         arrays = _scratch.arrays = {}
-    key = (rows, width, layer)
-    found = arrays.get(key)
-    if found is None:
-        if len(arrays) >= SCRATCH_SHAPES:  # per-call action lists of many lengths
-            arrays.clear()
-        found = arrays[key] = np.empty((rows, width), dtype=np.float32)
-    return found
+    found = arrays.get((layer, width))
+    if found is None or found.shape[0] < rows:
+        found = arrays[(layer, width)] = np.empty((rows, width), dtype=np.float32)
+    return found[:rows]

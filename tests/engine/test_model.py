@@ -271,17 +271,27 @@ def test_threads_ranking_at_once_get_their_own_forward() -> None:
 
 def test_a_served_forward_with_one_hidden_layer_or_many_shapes_is_the_plain_one() -> None:
     rng = np.random.default_rng(5)
-    for hidden in [(7,), (6, 6, 6)]:  # no scratch layer at all; two layers of one width
-        cfg = ModelConfig(text_dim=4, numeric_dim=3, hidden=hidden, dropout=0.0)
-        serving = ServingModel(cfg, RewardNet(cfg, seed=1).params, version=0)
-        for k in range(1, 2 * model.SCRATCH_SHAPES):  # more shapes than a thread keeps
-            rows = serving.project_actions(rng.normal(size=(k, 4)).astype(np.float32))
-            row = serving.project_context(rng.normal(size=4).astype(np.float32),
-                                          rng.normal(size=3).astype(np.float32))
-            np.testing.assert_array_equal(serving.last_hidden(row, rows),
-                                          _plain_last_hidden(serving, row, rows))
-    # ... and the scratch arrays a thread keeps stay bounded (action lists of many lengths).
-    assert len(model._scratch.arrays) <= model.SCRATCH_SHAPES
+    kept: list[dict[tuple[int, int], np.ndarray]] = []
+
+    def rank_in_a_fresh_thread() -> None:
+        for hidden in [(7,), (6, 6, 6)]:  # no scratch layer at all; two layers of one width
+            cfg = ModelConfig(text_dim=4, numeric_dim=3, hidden=hidden, dropout=0.0)
+            serving = ServingModel(cfg, RewardNet(cfg, seed=1).params, version=0)
+            for k in [*range(1, 20), 60, 5, 200, 3]:  # scratch grows, then serves fewer rows
+                rows = serving.project_actions(rng.normal(size=(k, 4)).astype(np.float32))
+                row = serving.project_context(rng.normal(size=4).astype(np.float32),
+                                              rng.normal(size=3).astype(np.float32))
+                np.testing.assert_array_equal(serving.last_hidden(row, rows),
+                                              _plain_last_hidden(serving, row, rows))
+        kept.append(dict(model._scratch.arrays))
+
+    thread = threading.Thread(target=rank_in_a_fresh_thread)
+    thread.start()
+    thread.join()
+    # ... and the thread kept one scratch array per layer before the last, as large as its
+    # largest rank (action lists of many lengths)
+    assert sorted(kept[0]) == [(0, 6), (1, 6)]
+    assert [a.shape[0] for a in kept[0].values()] == [200, 200]
 
 
 def test_training_reduces_loss() -> None:
