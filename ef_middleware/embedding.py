@@ -273,7 +273,8 @@ class EmbeddingCache:
     def _encode(self, texts: list[str]) -> dict[str, FloatArray]:
         vectors = self.embedder.encode(texts)
         self.misses += len(texts)
-        found = {t: np.ascontiguousarray(v) for t, v in zip(texts, vectors, strict=True)}
+        # A copy per row: a view would keep its whole batch (up to 64 rows) alive in memory.
+        found = {t: v.copy() for t, v in zip(texts, vectors, strict=True)}
         if self._store is not None:
             items = {self._key(t): v.tobytes() for t, v in found.items()}
             with self._lock:  # the keys' means with these texts in them (as _remember adds)
