@@ -26,21 +26,23 @@ def with_cookies(headers: Iterable[tuple[bytes, bytes]],
     in ``vary`` and ``Cache-Control: private``.
 
     An existing ``vary`` header is extended (unless it already names ``Cookie`` or is ``*``);
-    otherwise one is added. The response varies by cookie even when no cookie is set. A
-    ``cache-control`` the application set is kept as it is; without one, ``private`` keeps
-    shared caches (a CDN, a caching proxy) from serving one visitor's variant, and the cookies
-    that name it, to others.
+    otherwise one is added. The response varies by cookie even when no cookie is set.
+    ``private`` keeps shared caches (a CDN, a caching proxy) from serving one visitor's
+    variant, and the cookies that name it, to others: a ``cache-control`` the application
+    set is kept when it says ``private`` or ``no-store``, and otherwise gets ``private`` in
+    place of ``public`` and ``s-maxage`` (its other directives stay).
     """
     out = list(headers)
     out.extend((b"set-cookie", value.encode("latin-1")) for value in cookies)
     vary = -1
     cache_control = False
-    for i, (name, _) in enumerate(out):
+    for i, (name, value) in enumerate(out):
         lower = name.lower()
         if lower == b"vary" and vary < 0:
             vary = i
         elif lower == b"cache-control":
             cache_control = True
+            out[i] = (name, _private(value))
     if vary < 0:
         out.append((b"vary", b"Cookie"))
     else:
@@ -51,6 +53,17 @@ def with_cookies(headers: Iterable[tuple[bytes, bytes]],
     if not cache_control:
         out.append((b"cache-control", b"private"))
     return out
+
+
+def _private(cache_control: bytes) -> bytes:
+    """A ``cache-control`` value that no shared cache may store the response under."""
+    directives = [d.strip() for d in cache_control.split(b",") if d.strip()]
+    names = [d.split(b"=")[0].strip().lower() for d in directives]
+    # 'private="set-cookie"' names fields only: a shared cache may still store the page
+    if b"private" in (d.lower() for d in directives) or b"no-store" in names:
+        return cache_control
+    kept = [d for d, n in zip(directives, names, strict=True) if n not in (b"public", b"s-maxage")]
+    return b", ".join([b"private", *kept])
 
 
 class PersonalizationMiddleware:

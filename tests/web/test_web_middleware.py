@@ -532,11 +532,21 @@ def test_with_cookies_adds_set_cookie_and_vary(vary: bytes | None, expected: byt
     assert [v for k, v in out if k == b"cache-control"] == [b"private"]
 
 
-@pytest.mark.parametrize("cache_control", [b"no-store", b"public, max-age=60"])
-def test_with_cookies_keeps_the_applications_cache_control(cache_control: bytes) -> None:
+@pytest.mark.parametrize(("cache_control", "expected"), [
+    (b"no-store", b"no-store"),
+    (b"private, max-age=60", b"private, max-age=60"),
+    (b"no-cache, PRIVATE", b"no-cache, PRIVATE"),
+    # a shared cache may store these: the personalized page would reach other visitors
+    (b"Private=\"set-cookie\"", b"private, Private=\"set-cookie\""),
+    (b"public, max-age=60", b"private, max-age=60"),
+    (b"max-age=60, s-maxage=600, must-revalidate", b"private, max-age=60, must-revalidate"),
+    (b"no-cache", b"private, no-cache"),
+])
+def test_with_cookies_makes_the_applications_cache_control_private(
+        cache_control: bytes, expected: bytes) -> None:
     headers = ((b"Cache-Control", cache_control), (b"vary", b"Accept-Encoding"))
     out = with_cookies(headers, ["a=1; Path=/"])
-    assert [v for k, v in out if k.lower() == b"cache-control"] == [cache_control]
+    assert [v for k, v in out if k.lower() == b"cache-control"] == [expected]
     assert [v for k, v in out if k == b"vary"] == [b"Accept-Encoding, Cookie"]
 
 
