@@ -360,6 +360,12 @@ class EmbeddingCache:
             self._queue.put(_STOP)
             worker.join()
 
+    @property
+    def queued(self) -> int:
+        """Texts waiting for the background thread."""
+        with self._lock:
+            return len(self._queued)
+
     def wait(self, timeout: float | None = 30.0) -> bool:
         """Block until the background queue is empty (tests, scripts); False on timeout."""
         with self._lock:

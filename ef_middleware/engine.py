@@ -161,6 +161,21 @@ class Engine:
         elif urgent:  # no learner thread: learning happens in flush()
             self._loops[name].learn_pending()
 
+    def health(self) -> dict[str, Any]:
+        """The engine's own state, for health checks: ``learner`` is ``"running"``,
+        ``"stopped"`` (started and no longer running: it died, or the engine closed), or
+        ``"off"`` (``Engine(learner=False)``, or no loop yet); ``embedding_queue`` the texts
+        waiting for the background embedder and ``embedding_overflowed`` those that found its
+        queue full (:class:`~ef_middleware.embedding.EmbeddingCache`)."""
+        learner = self._learner
+        if learner is None or not learner.started:
+            state = "off"
+        else:
+            state = "running" if learner.is_alive() else "stopped"
+        return {"learner": state, "closed": self._closed,
+                "embedding_queue": self.embeddings.queued,
+                "embedding_overflowed": self.embeddings.overflowed}
+
     def start(self) -> None:
         """Start the learner thread (idempotent; creating a loop starts it too)."""
         if self._learner is not None:

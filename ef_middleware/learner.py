@@ -126,6 +126,11 @@ class Learner:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has run (the thread may have ended since)."""
+        return self._thread is not None
+
     def wake(self, urgent: bool = False) -> None:
         """Learn soon; ``urgent``: now (someone waits for it)."""
         if urgent:

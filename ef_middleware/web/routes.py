@@ -244,11 +244,13 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 
 async def status(rt: Runtime) -> Response:
-    """``GET {prefix}status``: per-loop counters (decisions, rewards, updates)."""
+    """``GET {prefix}status``: the engine's health (learner thread, embedder queue) and
+    per-loop counters (decisions, rewards, updates, decision-log failures)."""
     loops: dict[str, Any] = {}
     for name, loop in rt.engine.loops.items():
         loops[name] = await run_in_threadpool(loop.stats)
-    return JSONResponse({"loops": loops}, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"engine": rt.engine.health(), "loops": loops},
+                        headers={"Cache-Control": "no-store"})
 
 
 async def handle(rt: Runtime, subpath: str, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1519,3 +1519,22 @@ def test_a_record_that_cannot_be_written_is_given_up_alone(
     hero.learn_pending()
     assert sorted(_decision_log(engine, "hero")) == sorted([*events[:2], *events[3:], later])
     assert hero.stats()["unlogged"] == 1 and hero.stats()["log_failures"] == 1
+
+
+def test_health_says_whether_the_learner_runs(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    engine = Engine(tmp_path / "ef", embedder=embedder)
+    assert engine.health()["learner"] == "off"  # no loop yet: nothing started it
+    engine.loop("hero", actions=HERO)
+    assert engine.health() == {"learner": "running", "closed": False, "embedding_queue": 0,
+                               "embedding_overflowed": 0}
+    engine._learner._stop.set()  # type: ignore[union-attr]  # the thread ends, as if it died
+    engine._learner._wake.set()  # type: ignore[union-attr]
+    engine._learner._thread.join(10)  # type: ignore[union-attr]
+    assert engine.health()["learner"] == "stopped"
+    engine.close()
+    assert engine.health()["closed"] is True
+    frozen = Engine(tmp_path / "other", embedder=embedder, learner=False)
+    frozen.loop("hero", actions=HERO)
+    assert frozen.health()["learner"] == "off"
+    frozen.close()

@@ -324,9 +324,12 @@ def test_answers_say_how_a_cache_may_keep_them(engine: Engine, loop_name: str,
 def test_status_route(engine: Engine, loop_name: str, client_for: Client) -> None:
     client = client_for(make_app(engine, [loop_name], status_route=True))
     client.get("/")
-    loops = client.get("/_ef/status").json()["loops"]
+    status = client.get("/_ef/status").json()
+    loops = status["loops"]
     assert loops[loop_name]["decisions"] == 1
-    assert {"decisions", "rewards", "updates"} <= set(loops[loop_name])
+    assert {"decisions", "rewards", "updates", "log_failures", "unlogged"} <= set(loops[loop_name])
+    assert status["engine"] == {"learner": "running", "closed": False, "embedding_queue": 0,
+                                "embedding_overflowed": 0}
 
 
 def test_script_route(engine: Engine, loop_name: str, client_for: Client) -> None:
