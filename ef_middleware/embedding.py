@@ -37,7 +37,10 @@ STORE_TTL = 30 * 86_400.0  # seconds a persisted vector lives (a value seen agai
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Anything that turns texts into L2-normalised float32 vectors of a fixed size."""
+    """Anything that turns texts into L2-normalised float32 vectors of a fixed size.
+
+    An embedder may also have a ``loaded`` attribute: false while its first encode would load
+    a model first (seconds), so that a page view does not (:class:`EmbeddingCache`)."""
 
     name: str
     dim: int
@@ -114,6 +117,11 @@ class SentenceTransformerEmbedder:
             raise ConfigurationError(f"{path} is not a {self.dim}-d model")
         return model
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (the first encode loads it: seconds)."""
+        return self._model is not None
+
     def encode(self, texts: Sequence[str]) -> FloatArray:
         with self._lock:  # the model is not re-entrant; encodes are rare (cache misses)
             if self._model is None:
@@ -132,7 +140,9 @@ class EmbeddingCache:
     its vector exists the caller gets the mean vector of the texts already seen for the same key
     (the part before ``": "``). A page view thus never waits for the transformer; the next one
     after the encode sees the real vector. The first text of a key ever seen has no such
-    neighbour and is encoded at once. Each encode also stores its keys' mean vectors
+    neighbour and is encoded at once, unless the embedder says it has not loaded its model
+    yet (``loaded`` false): zeros then stand in and the background thread loads it. Each
+    encode also stores its keys' mean vectors
     (``embmean:`` keys), so that after a restart a new value of a key this process has not met
     yet stands in as that mean instead of being encoded at once: the process's first encode
     also loads the model, 7-8 s in which the caller (an ``async`` page: the whole server)
@@ -233,6 +243,14 @@ class EmbeddingCache:
             for text in later:
                 sum_, count = self._centroids[_prefix(text)]
                 out[missing[text]] = sum_ / count
+            if not wait and not getattr(self.embedder, "loaded", True):
+                # No neighbour, and encoding now would load the model on this thread first
+                # (seconds; after a restart whose store knew every value until now): zeros
+                # stand in until the background thread, which loads it, has the vector.
+                for text in to_encode:
+                    if text not in later:
+                        later.append(text)
+                        out[missing[text]] = 0.0
             self._enqueue(later)
             complete = not later
             to_encode = [t for t in to_encode if t not in set(later)]

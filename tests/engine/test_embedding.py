@@ -154,3 +154,27 @@ def test_after_a_restart_a_new_value_of_a_known_key_stands_in_as_its_stored_mean
             after.close()
     finally:
         store.close()
+
+
+def test_a_new_key_waits_for_no_model_load_on_the_callers_thread(
+        embedder: SentenceTransformerEmbedder) -> None:
+    # After a restart whose store knew every value, the model is not loaded: a key's first
+    # value would load it on the caller's thread (seconds; an async page holds the server).
+    class Unloaded(RecordingEmbedder):
+        loaded = False
+
+    slow = Unloaded(embedder)
+    slow.gate.clear()
+    cache = EmbeddingCache(slow, None, background=True)
+    try:
+        vector, complete = cache.lookup(["lang: de"])
+        assert not complete and slow.calls == [] and not vector.any()
+        vector, complete = cache.lookup(["lang: de"], block=True)  # the learner still waits
+        assert complete and slow.threads == ["MainThread"]
+        slow.gate.set()
+        assert cache.wait()
+    finally:
+        slow.gate.set()
+        cache.close()
+    assert not hasattr(RecordingEmbedder(embedder), "loaded")  # the default: encode at once
+    assert embedder.loaded  # the real one says whether its model is in memory
