@@ -169,6 +169,7 @@ class Loop:
         self.decisions = 0
         self.rewards = 0
         self._log_chunks = 0
+        self.finalised_early = 0  # decisions learned before reward_wait: past max_pending
         self.log_failures = 0  # decision-log writes that failed (their records were retried)
         self.unlogged = 0  # decision records given up on: past UNLOGGED_LIMIT while writes fail
         self._log_warned_at = -math.inf
@@ -494,6 +495,7 @@ class Loop:
         client was told had failed."""
         now = self.clock() if now is None else now
         deadline = now - self.settings.reward_wait
+        most = self.settings.max_pending
         count = 0
         with self._pending_lock:
             arrivals, waiting = self._arrivals, self._pending
@@ -503,7 +505,8 @@ class Loop:
                 if pending is None:  # rewarded and finalised already ('earliest')
                     arrivals.popleft()
                     continue
-                if pending[_TIME] > deadline:
+                early = pending[_TIME] > deadline  # not due: only past max_pending
+                if early and len(waiting) <= most:
                     break
                 write = self._in_flight.get(event_id)
                 if write is not None:
@@ -514,6 +517,7 @@ class Loop:
                 del waiting[arrivals.popleft()]
                 self._enqueue(pending)
                 count += 1
+                self.finalised_early += early
         return count
 
     # -- learning (learner thread) ---------------------------------------------------------
@@ -656,6 +660,7 @@ class Loop:
                 "decisions": self.decisions, "rewards": self.rewards, "pending": pending,
                 "learned": self.learned, "dropped": self.dropped,
                 "log_failures": self.log_failures, "unlogged": self.unlogged,
+                "finalised_early": self.finalised_early,
                 "updates": self.trainer.net.step,
                 "model_version": self.model_version, "replay_ratio": self.replay_ratio}
 

@@ -38,6 +38,11 @@ class LoopSettings:
         Reward of a decision that got none within ``reward_wait`` seconds (a non-conversion).
     reward_wait
         Seconds a decision waits for rewards before it is learned.
+    max_pending
+        Decisions that may wait for their reward at once. Past it the oldest are learned
+        early, with the reward they have (a later reward for one is ``unknown_event``): a
+        decision waiting holds about 0.6 KB, so memory is the decision rate times
+        ``reward_wait`` (1,000 a second for 10 minutes: 600,000 decisions) up to this bound.
     aggregation
         ``earliest``: the first reward is final and learned at once; ``sum``: rewards add up
         (clipped to the range) until ``reward_wait`` is over.
@@ -115,6 +120,7 @@ class LoopSettings:
     reward_range: tuple[float, float] = (0.0, 1.0)
     default_reward: float | None = None
     reward_wait: float = 600.0
+    max_pending: int = 1_000_000
     aggregation: Aggregation = "earliest"
     learning: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -190,8 +196,7 @@ class LoopSettings:
         if self.aggregation not in ("earliest", "sum"):
             raise ConfigurationError("aggregation must be 'earliest' or 'sum'")
         for name in ("batch_size", "min_batch_size", "replay_size", "snapshot_every",
-                     "posterior_every",
-                     "posterior_window"):
+                     "posterior_every", "posterior_window", "max_pending"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1")
         if self.replay_recency is not None and not self.replay_recency > 0:

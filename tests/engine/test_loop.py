@@ -1538,3 +1538,33 @@ def test_health_says_whether_the_learner_runs(
     frozen.loop("hero", actions=HERO)
     assert frozen.health()["learner"] == "off"
     frozen.close()
+
+
+def test_decisions_past_max_pending_are_learned_early_oldest_first(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    clock = Clock()
+    engine = Engine(tmp_path / "ef", embedder=embedder, clock=clock, learner=False)
+    try:
+        hero = engine.loop("hero", actions=HERO, max_pending=5)
+        events = []
+        for _ in range(8):
+            events.append(hero.rank({"device": "mobile"}).event_id)
+            clock.now += 1
+        hero.reward(events[6], 1.0)  # 'earliest': learned at once, no longer waiting
+        assert hero.expire() == 2  # 7 wait, 5 may: the two oldest go, with the default reward
+        stats = hero.stats()
+        assert stats["pending"] == 5 and stats["finalised_early"] == 2
+        with pytest.raises(UnknownEventError):
+            hero.reward(events[0], 1.0)  # learned already
+        hero.reward(events[2], 1.0)  # still waiting
+        clock.now += 601
+        assert hero.expire() == 4  # due now: not early
+        assert hero.stats()["finalised_early"] == 2
+    finally:
+        engine.close()
+
+
+def test_max_pending_must_be_a_positive_count(engine: Engine) -> None:
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ConfigurationError):
+            engine.loop(f"hero-{bad}", actions=HERO, max_pending=bad)
