@@ -238,7 +238,7 @@ class EmbeddingCache:
         complete = True
         # A blocking caller encodes missing texts itself, except during a flood (see above).
         if to_encode and (not wait or (self.background and self._flooded())):
-            self._stored_means({_prefix(t) for t in to_encode} - self._centroids.keys())
+            self._stored_means({p for p in map(_prefix, to_encode) if p not in self._centroids})
             later = [t for t in to_encode if _prefix(t) in self._centroids]
             for text in later:
                 sum_, count = self._centroids[_prefix(text)]
