@@ -570,11 +570,14 @@ class Loop:
         table = self._action_table
         for start in range(0, len(backlog), PERSIST_CHUNK):
             lines: list[bytes] = []
+            bad: set[int] = set()
             for i in range(start, min(start + PERSIST_CHUNK, len(backlog))):
-                try:
+                try:  # an action's values JSON cannot hold (Decimal...) written as strings
                     lines.append(orjson.dumps(log_record(backlog[i], choices[i],
-                                                         table[backlog[i][4]])))
+                                                         table[backlog[i][4]]),
+                                              default=str, option=orjson.OPT_SERIALIZE_NUMPY))
                 except Exception as exc:  # one record that cannot be written: given up alone
+                    bad.add(i)
                     self.unlogged += 1
                     self._log_failed(exc)
             self._log_chunks += 1
@@ -583,7 +586,7 @@ class Loop:
                 if lines:
                     self.store.set_many({key: b"\n".join(lines)}, expire=expire)
             except BaseException:  # the store refused (a full disk): they wait for a pass
-                self._log_later(backlog[start:])
+                self._log_later([backlog[i] for i in range(start, len(backlog)) if i not in bad])
                 raise
             yield_to_requests()
 

@@ -1568,3 +1568,48 @@ def test_max_pending_must_be_a_positive_count(engine: Engine) -> None:
     for bad in (0, -1, 1.5):
         with pytest.raises(ConfigurationError):
             engine.loop(f"hero-{bad}", actions=HERO, max_pending=bad)
+
+
+def test_actions_with_numpy_or_decimal_values_are_logged(engine: Engine) -> None:
+    # An Action built directly keeps its values as they are; JSON has no Decimal or np.int64
+    # (review, 2026-12-05: such records were lost).
+    from decimal import Decimal
+
+    from ef_middleware.features import Action
+
+    hero = engine.loop("hero", actions=HERO)
+    odd = [Action("cheap", {"price": Decimal("9.99"), "stock": np.int64(3)}),
+           Action("dear", {"price": Decimal("99.5"), "stock": np.int64(0)})]
+    decision = hero.rank({"device": "mobile"}, actions=odd)
+    hero.learn_pending()
+    record = _decision_log(engine, "hero")[decision.event_id]
+    assert hero.stats()["unlogged"] == 0
+    chosen = next(a for a in odd if a.id == decision.action_id)
+    assert record["action_features"] == {"price": str(chosen.features["price"]),
+                                         "stock": int(chosen.features["stock"])}
+
+
+def test_a_bad_record_is_not_put_back_when_the_store_then_refuses_its_chunk(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop_module, "LOG_RETRY", 0.0)
+    engine = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        hero = engine.loop("hero", actions=HERO)
+        events = [hero.rank({"device": "mobile"}).event_id for _ in range(5)]
+        real = loop_module.log_record
+
+        def refuses_one(entry: Any, *args: Any) -> Any:
+            if entry[0] == events[1]:
+                raise TypeError("cannot be written")
+            return real(entry, *args)
+
+        monkeypatch.setattr(loop_module, "log_record", refuses_one)
+        failing = _log_writes_fail(engine, monkeypatch)
+        hero.learn_pending()  # the bad record given up, the chunk refused: four wait
+        failing[0] = False
+        hero.learn_pending()
+        assert hero.stats()["unlogged"] == 1  # counted once, not again on the retry
+        assert sorted(_logged_lines(engine, "hero")) == sorted(events[:1] + events[2:])
+    finally:
+        engine.close()
