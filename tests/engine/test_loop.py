@@ -1500,20 +1500,25 @@ def test_records_waiting_for_a_failing_log_are_bounded(
         engine.close()
 
 
+def _record_fails(event_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the decision record of ``event_id`` one that cannot be made."""
+    real = loop_module.log_record
+
+    def refuses_one(entry: Any, *args: Any) -> Any:
+        if entry[0] == event_id:
+            raise TypeError("Type is not JSON serializable")
+        return real(entry, *args)
+
+    monkeypatch.setattr(loop_module, "log_record", refuses_one)
+
+
 def test_a_record_that_cannot_be_written_is_given_up_alone(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     # Put back and retried like a store failure, one bad record would hold every record
     # after it out of the log for good (review, 2026-12-05).
     hero = engine.loop("hero", actions=HERO)
     events = [hero.rank({"device": "mobile"}).event_id for _ in range(5)]
-    real = loop_module.log_record
-
-    def refuses_one(entry: Any, *args: Any) -> Any:
-        if entry[0] == events[2]:
-            raise TypeError("Type is not JSON serializable: numpy.int64")
-        return real(entry, *args)
-
-    monkeypatch.setattr(loop_module, "log_record", refuses_one)
+    _record_fails(events[2], monkeypatch)
     hero.learn_pending()
     later = hero.rank({"device": "desktop"}).event_id
     hero.learn_pending()
@@ -1597,14 +1602,7 @@ def test_a_bad_record_is_not_put_back_when_the_store_then_refuses_its_chunk(
     try:
         hero = engine.loop("hero", actions=HERO)
         events = [hero.rank({"device": "mobile"}).event_id for _ in range(5)]
-        real = loop_module.log_record
-
-        def refuses_one(entry: Any, *args: Any) -> Any:
-            if entry[0] == events[1]:
-                raise TypeError("cannot be written")
-            return real(entry, *args)
-
-        monkeypatch.setattr(loop_module, "log_record", refuses_one)
+        _record_fails(events[1], monkeypatch)
         failing = _log_writes_fail(engine, monkeypatch)
         hero.learn_pending()  # the bad record given up, the chunk refused: four wait
         failing[0] = False
