@@ -15,10 +15,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["kept_json"]
+__all__ = ["kept", "kept_json"]
+
+
+def kept(data: bytes) -> bytes:
+    """``data`` in a ``bytes`` of its own size (a copy of orjson's output)."""
+    return b"".join((data, b""))
 
 
 def kept_json(obj: Any, *, default: Callable[[Any], Any] | None = None,
               option: int | None = None) -> bytes:
     """``orjson.dumps(obj, default=default, option=option)`` in a ``bytes`` of its own size."""
-    return b"".join((orjson.dumps(obj, default=default, option=option), b""))
+    return kept(orjson.dumps(obj, default=default, option=option))

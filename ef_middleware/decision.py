@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ._json import kept_json
+from ._json import kept
 from ._types import Float64Array, FloatArray
 from .features import MAX_TEXT, Action
 
@@ -191,6 +191,13 @@ def log_record(entry: LogEntry, choice: Choice, action: Action) -> dict[str, Any
     }
 
 
+def log_json(obj: Any) -> bytes:
+    """``obj`` as JSON the way the decision log writes it: values JSON cannot hold (a
+    ``Decimal``) as strings, numpy's numbers as numbers; ``orjson.JSONEncodeError`` for an
+    int beyond 64 bits."""
+    return orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def context_json(context: Mapping[str, Any]) -> bytes:
     """The context as the decision log writes it (values JSON cannot hold become strings),
     right-sized: it waits with the decision until the learner logs it.
@@ -201,7 +208,7 @@ def context_json(context: Mapping[str, Any]) -> bytes:
     if not isinstance(context, dict):  # orjson writes other mappings as their repr
         context = dict(context)
     try:
-        out = kept_json(context, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+        out = kept(log_json(context))
     except orjson.JSONEncodeError:  # an int beyond 64 bits: the standard library writes it
         out = json.dumps(context, default=str, ensure_ascii=False,
                          separators=(",", ":")).encode("utf-8")

@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from ._types import Context, FloatArray
-from .decision import Choice, Decision, LogEntry, context_json, log_record
+from .decision import Choice, Decision, LogEntry, context_json, log_json, log_record
 from .errors import (
     DuplicateRewardError,
     EngineClosedError,
@@ -572,10 +572,9 @@ class Loop:
             lines: list[bytes] = []
             bad: set[int] = set()
             for i in range(start, min(start + PERSIST_CHUNK, len(backlog))):
-                try:  # an action's values JSON cannot hold (Decimal...) written as strings
-                    lines.append(orjson.dumps(log_record(backlog[i], choices[i],
-                                                         table[backlog[i][4]]),
-                                              default=str, option=orjson.OPT_SERIALIZE_NUMPY))
+                try:
+                    lines.append(log_json(log_record(backlog[i], choices[i],
+                                                     table[backlog[i][4]])))
                 except Exception as exc:  # one record that cannot be written: given up alone
                     bad.add(i)
                     self.unlogged += 1
