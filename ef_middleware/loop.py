@@ -250,6 +250,11 @@ class Loop:
     def _closed_error(self) -> EngineClosedError:
         return EngineClosedError(f"loop {self.name!r}: its engine is closed")
 
+    def _kept_for(self) -> float:
+        """Seconds the store keeps a decision record or a reward: twice the reward wait and
+        a day."""
+        return self.settings.reward_wait * 2 + 86_400
+
     def _reward_key(self, event_id: str) -> str:
         """The store key of ``event_id``'s reward."""
         return f"reward:{self.name}:{event_id}"
@@ -559,7 +564,7 @@ class Loop:
         """Append new decision records to the store's decision log, in chunks of
         ``PERSIST_CHUNK`` records per key (JSON lines): one write per chunk, and a reward's
         write waits for one chunk at most, not for the whole backlog."""
-        expire = self.settings.reward_wait * 2 + 86_400
+        expire = self._kept_for()
         backlog = [self._to_persist.popleft() for _ in range(len(self._to_persist))]
         try:
             choices = [Choice.from_state(entry[6:]) for entry in backlog]
@@ -690,7 +695,7 @@ class RewardWrite:
         again, waiting, from where blocking is allowed."""
         loop = self.loop
         key = loop._reward_key(self.event_id)
-        expire = loop.settings.reward_wait * 2 + 86_400
+        expire = loop._kept_for()
         # Durable before the caller answers; outside the loop's lock, so that ranking never
         # waits on the disk.
         try:
