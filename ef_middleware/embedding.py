@@ -202,9 +202,10 @@ class EmbeddingCache:
         self._worker: threading.Thread | None = None
         self.misses = 0  # texts that ran the transformer (for tests and benchmarks)
 
-    def _key(self, text: str) -> str:
+    def _key(self, text: str, kind: str = "emb") -> str:
+        """The store key of ``text``'s vector (``kind="embmean"``: of a key's mean vector)."""
         digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
-        return f"emb:{self.embedder.name}:{digest}"
+        return f"{kind}:{self.embedder.name}:{digest}"
 
     def get_many(self, texts: Sequence[str], *, block: bool | None = None) -> FloatArray:
         """Return the vectors of ``texts`` as rows, encoding the unseen ones in one batch.
@@ -264,29 +265,27 @@ class EmbeddingCache:
 
     def _from_store(self, texts: Iterable[str]) -> dict[str, FloatArray]:
         found: dict[str, FloatArray] = {}
-        if self._store is None:
-            return found
         for text in texts:
-            raw = self._store.get(self._key(text))
-            if raw is not None and len(raw) == 4 * self.dim:
-                found[text] = np.frombuffer(raw, dtype=np.float32).copy()
+            vec = self._stored(self._key(text))
+            if vec is not None:
+                found[text] = vec
         return found
 
     def _stored_means(self, prefixes: Iterable[str]) -> None:
         """Seed the in-memory mean of each of ``prefixes`` that has none from the store (a
         mean an earlier process stored), counting it as one text."""
-        if self._store is None:
-            return
         for prefix in prefixes:
-            raw = self._store.get(self._mean_key(prefix))
-            if raw is not None and len(raw) == 4 * self.dim:
+            vec = self._stored(self._key(prefix, "embmean"))
+            if vec is not None:
                 with self._lock:
-                    self._centroids.setdefault(
-                        prefix, (np.frombuffer(raw, dtype=np.float32).copy(), 1))
+                    self._centroids.setdefault(prefix, (vec, 1))
 
-    def _mean_key(self, prefix: str) -> str:
-        digest = hashlib.sha1(prefix.encode("utf-8")).hexdigest()
-        return f"embmean:{self.embedder.name}:{digest}"
+    def _stored(self, key: str) -> FloatArray | None:
+        """The vector the store holds under ``key``, if any (and of this size)."""
+        raw = None if self._store is None else self._store.get(key)
+        if raw is None or len(raw) != 4 * self.dim:
+            return None
+        return np.frombuffer(raw, dtype=np.float32).copy()
 
     def _encode(self, texts: list[str]) -> dict[str, FloatArray]:
         vectors = self.embedder.encode(texts)
@@ -303,7 +302,7 @@ class EmbeddingCache:
                     if count + len(new) == 0:
                         continue
                     mean = (sum_ + np.sum(new, axis=0, dtype=np.float32)) / (count + len(new))
-                    items[self._mean_key(prefix)] = mean.astype(np.float32).tobytes()
+                    items[self._key(prefix, "embmean")] = mean.astype(np.float32).tobytes()
             self._store.set_many(items, expire=self.ttl)
         return found
 
