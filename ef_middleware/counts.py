@@ -18,6 +18,8 @@ from typing import Any
 
 __all__ = ["ActionCounts"]
 
+LIMIT = 100_000  # action ids counted (about 100 bytes each, in memory and in each snapshot)
+
 
 class ActionCounts:
     """Per action id: samples learned and summed normalised rewards, discounted lazily.
@@ -25,6 +27,10 @@ class ActionCounts:
     ``entries[id]`` is ``[count, summed reward, clock of its last write]``; ``clock`` counts
     the samples added. A read multiplies by ``keep ** age`` (nothing walks the actions per
     sample, so K = 1,000 costs what K = 4 costs). Only the learner thread writes.
+
+    Ids come and go with per-call action lists (the day's articles): past :data:`LIMIT` ids,
+    a new one first drops the tenth of the ids learned longest ago (one that comes back
+    starts from zero, as a new action does).
     """
 
     def __init__(self, half_life: float | None = None) -> None:
@@ -39,6 +45,8 @@ class ActionCounts:
         self.clock += 1
         entry = self.entries.get(action_id)
         if entry is None:
+            if len(self.entries) >= LIMIT:
+                self._evict()
             self.entries[action_id] = [1.0, reward, float(self.clock)]
             return
         if self.keep != 1.0:
@@ -48,6 +56,13 @@ class ActionCounts:
         entry[0] += 1.0
         entry[1] += reward
         entry[2] = float(self.clock)
+
+    def _evict(self) -> None:
+        """Drop the tenth of the ids whose last sample is oldest."""
+        drop = max(1, len(self.entries) // 10)
+        by_age = sorted(self.entries.items(), key=lambda item: item[1][2])
+        for action_id, _ in by_age[:drop]:
+            del self.entries[action_id]
 
     def get(self, action_id: str) -> tuple[float, float]:
         """``(count, summed reward)`` of ``action_id`` now (zeros for an action never learned)."""

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from typing import Any, Final, Literal, overload
 
 import numpy as np
@@ -44,7 +45,7 @@ from .policies import Candidates, Policy, make_policy, resolve_choices
 from .priority import yield_to_requests
 from .settings import LoopSettings
 from .store import Store
-from .trainer import ActionKey, Sample, ServingState, Trainer, action_key
+from .trainer import Sample, ServingState, Trainer, action_key
 
 log = logging.getLogger("ef_middleware")
 LEARN_CHUNK = 256  # samples learned between two publications of the serving state
@@ -59,11 +60,14 @@ WRITE_GRACE = 300.0  # seconds a decision's expiry waits for its reward's write 
 UNLOGGED_LIMIT = 100_000  # decision records kept for the log while its writes fail
 LOG_FAILURE_WARN_EVERY = 60.0  # seconds between two warnings of failing decision-log writes
 LOG_RETRY = 1.0  # seconds before the decision log is written again after a failed write
+ACTIONS_KEPT = 4096  # actions remembered by key (the loop's and per-call ones), then cleared
 
 
 # A decision waiting for its reward is one plain tuple (index names below): the model's inputs
-# (arrays, not tracked by the garbage collector), the action's index in the loop's table, the
-# context only when one of its texts was not embedded yet, and the reward so far. The collector
+# (arrays, not tracked by the garbage collector), the chosen action's key (its id, then its
+# features' names and values in name order: one flat tuple of strings, the same object for
+# every decision of the action, see ``Loop._key_of``), the context only when one
+# of its texts was not embedded yet, and the reward so far. The collector
 # stops tracking a tuple of untracked values after its first pass, so the decisions that wait
 # ``reward_wait`` seconds (600,000 of them at 1,000 a second and the default 10 minutes) cost
 # full collections nothing; a slotted object per decision cost 43 ms per pass at 200,000.
@@ -77,15 +81,24 @@ _TEXTS: Final = 6
 _LOGIT: Final = 7
 _TOTAL: Final = 8
 _REWARDED: Final = 9
-Waiting = tuple[float, FloatArray, FloatArray, FloatArray, int, Context | None, str, float,
-                float, bool]
+_Key = tuple[str, ...]  # an action's id, then its features' names and values in name order
+Waiting = tuple[float, FloatArray, FloatArray, FloatArray, _Key, Context | None, str,
+                float, float, bool]
 
 
 class _View:
     """One context's forward pass over a candidate set: what every policy chooses from."""
 
-    __slots__ = ("actions", "candidates", "encoded", "ids", "joined", "network_logits",
-                 "numbers", "predicted")
+    __slots__ = (
+        "actions",
+        "candidates",
+        "encoded",
+        "ids",
+        "joined",
+        "keys",
+        "network_logits",
+        "predicted",
+    )
 
     def __init__(self, encoded: EncodedContext, actions: list[Action], ids: tuple[str, ...],
                  predicted: FloatArray, candidates: Candidates,
@@ -97,7 +110,7 @@ class _View:
         self.ids = ids  # the actions' ids, shared by decisions: immutable
         self.predicted = predicted  # predicted rewards in the loop's reward range
         self.candidates = candidates
-        self.numbers: dict[int, int] = {}  # action index -> Loop._action_table index
+        self.keys: dict[int, _Key] = {}  # action index -> its key (``Loop._key_of``)
 
 
 class _Views(dict[tuple[Any, ...], _View]):
@@ -153,8 +166,10 @@ class Loop:
         self._pending: dict[str, Waiting] = {}
         self._arrivals: deque[str] = deque()  # event ids in ranking order, for expiry
         self._in_flight: dict[str, RewardWrite] = {}  # each event's unfinished write
-        self._action_table: list[Action] = []  # actions of waiting decisions, by index
-        self._action_index: dict[ActionKey, int] = {}
+        # Actions by key, for learning and logging a decision that names its action by key:
+        # a memory, not a table (cleared past ACTIONS_KEPT; an action it no longer has is
+        # rebuilt from its key), so per-call action lists that change do not grow it.
+        self._actions_by_key: dict[_Key, tuple[_Key, Action]] = {}
         self._pending_lock = threading.Lock()
         self._landed_write = threading.Condition(self._pending_lock)  # an in-flight one ended
         self._to_persist: deque[LogEntry] = deque()
@@ -221,14 +236,14 @@ class Loop:
         chosen = view.actions[choice.index]
         event_id = event_id or f"{_ids.getrandbits(128):032x}"
         now = self.clock()
-        number = self._action_number(view, choice.index)
+        key = self._key_of(view, choice.index)
         inputs = view.encoded
         # Both kept as flat tuples of plain values, which the garbage collector stops tracking
         # (see Choice.state).
-        waiting = (now, inputs.text, inputs.numeric_raw, inputs.numeric_mask, number,
+        waiting = (now, inputs.text, inputs.numeric_raw, inputs.numeric_mask, key,
                    dict(context) if inputs.provisional else None, view.joined,
                    float(view.network_logits[choice.index]), 0.0, False)
-        logged = (event_id, now, context_json(context), view.ids, number, state.version,
+        logged = (event_id, now, context_json(context), view.ids, key, state.version,
                   *choice.state())
         with self._pending_lock:
             if given_id:  # checked together under the lock: a reward that lands is stored
@@ -259,24 +274,30 @@ class Loop:
         """The store key of ``event_id``'s reward."""
         return f"reward:{self.name}:{event_id}"
 
-    def _action_number(self, view: _View, index: int) -> int:
-        """The index of ``view``'s action ``index`` in the table of waiting decisions'
-        actions (added if new), memoised on the view."""
-        found = view.numbers.get(index)
+    def _key_of(self, view: _View, index: int) -> _Key:
+        """The key of ``view``'s action ``index``, memoised on the view; the action is
+        remembered by it (:meth:`_action_of`)."""
+        found = view.keys.get(index)
         if found is None:
-            found = view.numbers[index] = self._intern(view.actions[index])
+            action = view.actions[index]
+            key = (action.id, *chain.from_iterable(sorted(action.features.items())))
+            remembered = self._actions_by_key.get(key)
+            if remembered is None:
+                if len(self._actions_by_key) >= ACTIONS_KEPT:
+                    self._actions_by_key.clear()
+                self._actions_by_key[key] = (key, action)
+            else:  # one key object per action, shared by its decisions
+                key = remembered[0]
+            found = view.keys[index] = key
         return found
 
-    def _intern(self, action: Action) -> int:
-        key = action_key(action)
-        found = self._action_index.get(key)
-        if found is None:
-            with self._pending_lock:
-                found = self._action_index.get(key)
-                if found is None:
-                    found = self._action_index[key] = len(self._action_table)
-                    self._action_table.append(action)
-        return found
+    def _action_of(self, key: _Key) -> Action:
+        """The action ``key`` names: the one ranked, or, once forgotten, an equal one (the
+        same id and features)."""
+        found = self._actions_by_key.get(key)
+        return found[1] if found is not None else Action(key[0], dict(zip(key[1::2],
+                                                                           key[2::2],
+                                                                           strict=True)))
 
     def _view(self, state: ServingState, context: Context, candidates: list[Action],
               rows: FloatArray, counts: FloatArray, successes: FloatArray, *,
@@ -347,12 +368,16 @@ class Loop:
                 rows[j], counts[j] = state.rows[i], state.counts[i]
                 successes[j] = state.successes[i]
                 continue
-            cached = state.model.action_rows.get(action_key(a))
+            key = action_key(a)
+            memo = state.model.action_rows
+            cached = memo.get(key)
             if cached is None:
                 projected, final = self.trainer.action_rows([a], state.model)
                 cached = projected[0]
                 if final:  # a stand-in is computed again until the real vectors are in
-                    state.model.action_rows[action_key(a)] = cached
+                    if len(memo) >= ACTIONS_KEPT:  # a frozen loop's model lives on
+                        memo.clear()
+                    memo[key] = cached
             stat = self.trainer.counts.get(a.id)
             rows[j], counts[j], successes[j] = cached, stat[0], stat[1]
         return chosen, rows, counts, successes
@@ -487,7 +512,7 @@ class Loop:
         inputs = EncodedContext(pending[_TEXT], pending[_RAW], pending[_MASK],
                                 provisional=context is not None,
                                 texts=split_texts(pending[_TEXTS]))
-        self._ready.append(Sample(inputs, self._action_table[pending[_ACTION]],
+        self._ready.append(Sample(inputs, self._action_of(pending[_ACTION]),
                                   self.settings.normalise(value), context, pending[_LOGIT]))
         self.enqueued += 1
 
@@ -572,14 +597,13 @@ class Loop:
         except Exception:  # records that cannot be made would fail every pass: given up
             self.unlogged += len(backlog)
             raise
-        table = self._action_table
         for start in range(0, len(backlog), PERSIST_CHUNK):
             lines: list[bytes] = []
             bad: set[int] = set()
             for i in range(start, min(start + PERSIST_CHUNK, len(backlog))):
                 try:
                     lines.append(log_json(log_record(backlog[i], choices[i],
-                                                     table[backlog[i][4]])))
+                                                     self._action_of(backlog[i][4]))))
                 except Exception as exc:  # one record that cannot be written: given up alone
                     bad.add(i)
                     self.unlogged += 1

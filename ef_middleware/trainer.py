@@ -40,6 +40,7 @@ from .store import Store
 log = logging.getLogger("ef_middleware")
 KEEP_VERSIONS = 3
 ACTION_ROWS = 64  # rows of an action table before its first doubling
+ACTION_TABLE_LIMIT = 20_000  # rows (1.5 KB each) past which the learner compacts the table
 ActionKey = tuple[str, tuple[tuple[str, str], ...]]
 POSTERIORS = {"laplace": LaplacePosterior, "ucb": LaplacePosterior,
               "neural-linear": LinearPosterior}
@@ -82,94 +83,126 @@ class Sample:
     logit: float = 0.0  # the network's logit for the action when it was chosen
 
 
-class ActionTable:
-    """Every action the loop has learned about: its pooled, scaled text vector, by row.
+class _Numbering:
+    """One numbering of the action table's rows: the index by key and the vectors it numbers.
+    Rows are only appended to a numbering; a compaction makes a new one."""
 
-    Rows never move (the replay buffer keeps row numbers), so the table only grows: per-call
-    action lists (a catalogue, the day's articles) add a row per new action. The rows live in
-    a buffer that doubles when full, and :attr:`vectors` is a view of its filled part, set
-    after new rows are written: a reader sees the rows it knows of. Appending to an array of
-    exactly the filled size copied the whole table for each new action, on the request path:
-    23.5 ms per rank with a new action once 40,000 were known (a lab run with a stand-in
+    __slots__ = ("buffer", "index", "keys", "provisional", "vectors")
+
+    def __init__(self, rows: int, dim: int) -> None:
+        self.buffer = np.zeros((rows, dim), dtype=np.float32)
+        self.vectors: FloatArray = self.buffer[:0]
+        self.index: dict[ActionKey, int] = {}
+        self.keys: list[ActionKey] = []  # by row
+        self.provisional: dict[int, Action] = {}  # rows whose texts' means stand in
+
+
+class ActionTable:
+    """The actions the loop has learned about: their pooled, scaled text vectors, by row.
+
+    Row numbers are stable between compactions (the replay buffer keeps them). The rows live
+    in a buffer that doubles when full, and :attr:`vectors` is a view of its filled part.
+    Appending to an array of exactly the filled size copied the whole table for each new
+    action: 23.5 ms per new action once 40,000 were known (a lab run with a stand-in
     embedder), against 2.3 ms at 1,000.
+
+    The learner adds a row per new action it learns; per-call action lists (a catalogue whose
+    prices change, the day's articles) bring new ones for as long as a site runs, so past
+    ``ACTION_TABLE_LIMIT`` rows it keeps only the rows its replay buffer names
+    (:meth:`compact`): an action learned again later gets a new row. The request path does
+    not read the table (:meth:`Trainer.action_rows`).
     """
 
     def __init__(self, encoder: FeatureEncoder, scale: float) -> None:
         self._encoder = encoder
-        self._scale = np.float32(scale)
-        self._index: dict[ActionKey, int] = {}
-        self._lock = threading.Lock()  # the learner and a per-call action list may both add
-        self._buffer = np.zeros((ACTION_ROWS, encoder.dim), dtype=np.float32)
-        self.vectors: FloatArray = self._buffer[:0]
-        self._provisional: dict[int, Action] = {}  # rows whose texts' means stand in
+        self.scale = np.float32(scale)
+        self._lock = threading.Lock()  # a loop's publication and its learner may both add
+        self._numbering = _Numbering(ACTION_ROWS, encoder.dim)
 
-    def rows(self, actions: Sequence[Action], *, block: bool | None = True) -> IntArray:
-        """Row of each action, embedding the new ones.
+    @property
+    def vectors(self) -> FloatArray:
+        """The rows' vectors, by row number."""
+        return self._numbering.vectors
 
-        ``block=None`` (the request path) embeds as the embedding cache does in the
-        background: a new action whose texts are not embedded yet gets a row of their keys'
-        means, which the first later call that finds the real vectors overwrites.
-        """
+    def __len__(self) -> int:
+        return int(self._numbering.vectors.shape[0])
+
+    def rows(self, actions: Sequence[Action]) -> IntArray:
+        """Row of each action, embedding the new ones (on the caller's thread; during a flood
+        of new texts the embedding cache may give their keys' means instead: such a row is
+        overwritten by the first later call that finds the real vectors)."""
+        numbering = self._numbering
         out = np.empty(len(actions), dtype=np.int64)
         for i, action in enumerate(actions):
-            row = self._index.get(action_key(action))
+            row = numbering.index.get(action_key(action))
             if row is None:
-                with self._lock:
-                    return self._add(actions, out, block)
+                return self._add(actions, out)
             out[i] = row
-        if self._provisional:
-            for number in out.tolist():
-                if number in self._provisional:
-                    self._refresh(number, block)
+        if numbering.provisional:
+            for row in out.tolist():
+                stand_in = numbering.provisional.get(row)
+                if stand_in is not None:
+                    vectors, complete = self._encoder.actions([stand_in])
+                    if complete[0]:
+                        with self._lock:
+                            if numbering.provisional.pop(row, None) is not None:
+                                numbering.buffer[row] = vectors[0] * self.scale
         return out
-
-    def provisional(self, rows: IntArray) -> bool:
-        """Whether any of these rows still holds a stand-in."""
-        return bool(self._provisional) and any(r in self._provisional for r in rows.tolist())
 
     def vectors_of(self, actions: Sequence[Action]) -> FloatArray:
         rows = self.rows(actions)  # first: it may grow the table
         out: FloatArray = self.vectors[rows]
         return out
 
-    def _refresh(self, row: int, block: bool | None) -> None:
-        """Overwrite a stand-in row once its action's texts are embedded."""
-        action = self._provisional.get(row)
-        if action is None:
-            return
-        vectors, complete = self._encoder.actions([action], block=block)
-        if complete[0]:
-            with self._lock:  # not while _add copies the buffer to a larger one
-                if self._provisional.pop(row, None) is not None:
-                    self._buffer[row] = vectors[0] * self._scale
+    def compact(self, keep: IntArray) -> IntArray:
+        """Keep only the rows ``keep`` (sorted, distinct), renumbered 0, 1, ... in that order;
+        returns the new number of each old row (-1 for a row dropped). The caller renumbers
+        what holds row numbers (the replay buffer)."""
+        with self._lock:
+            old = self._numbering
+            size = old.vectors.shape[0]
+            new = _Numbering(max(ACTION_ROWS, 2 * keep.size), old.buffer.shape[1])
+            new.buffer[:keep.size] = old.buffer[keep]
+            new.vectors = new.buffer[:keep.size]
+            new.keys = [old.keys[row] for row in keep.tolist()]
+            new.index = {key: j for j, key in enumerate(new.keys)}
+            new.provisional = {j: old.provisional[row] for j, row in enumerate(keep.tolist())
+                               if row in old.provisional}
+            self._numbering = new
+        renumbered: IntArray = np.full(size, -1, dtype=np.int64)
+        renumbered[keep] = np.arange(keep.size, dtype=np.int64)
+        return renumbered
 
-    def _add(self, actions: Sequence[Action], out: IntArray, block: bool | None) -> IntArray:
-        new: list[tuple[int, Action]] = []
-        for i, action in enumerate(actions):
-            row = self._index.get(action_key(action))
-            if row is None:
-                new.append((i, action))
-            else:
-                out[i] = row
-        if new:
-            vectors, complete = self._encoder.actions([a for _, a in new], block=block)
-            start = self.vectors.shape[0]
+    def _add(self, actions: Sequence[Action], out: IntArray) -> IntArray:
+        with self._lock:
+            numbering = self._numbering
+            new: list[tuple[int, Action]] = []
+            for i, action in enumerate(actions):
+                row = numbering.index.get(action_key(action))
+                if row is None:
+                    new.append((i, action))
+                else:
+                    out[i] = row
+            if not new:
+                return out
+            vectors, complete = self._encoder.actions([a for _, a in new], block=True)
+            start = numbering.vectors.shape[0]
             end = start + len(new)
-            if end > self._buffer.shape[0]:  # full: double (a reader's view keeps the old one)
-                grown = np.zeros((max(end, 2 * self._buffer.shape[0]), self._buffer.shape[1]),
-                                 dtype=np.float32)
-                grown[:start] = self._buffer[:start]
-                self._buffer = grown
-            self._buffer[start:end] = vectors * self._scale
+            if end > numbering.buffer.shape[0]:  # full: double (a reader's view keeps the old)
+                grown = np.zeros((max(end, 2 * numbering.buffer.shape[0]),
+                                  numbering.buffer.shape[1]), dtype=np.float32)
+                grown[:start] = numbering.buffer[:start]
+                numbering.buffer = grown
+            numbering.buffer[start:end] = vectors * self.scale
             for j, (_, action) in enumerate(new):
                 if not complete[j]:
-                    self._provisional[start + j] = action
-            # Rows written, then the view, then the index: a reader that finds a row's
-            # number (without the lock) finds its row in the view too.
-            self.vectors = self._buffer[:end]
+                    numbering.provisional[start + j] = action
+            numbering.vectors = numbering.buffer[:end]
             for j, (i, action) in enumerate(new):
-                self._index[action_key(action)] = out[i] = start + j
-        return out
+                key = action_key(action)
+                numbering.keys.append(key)
+                numbering.index[key] = out[i] = start + j
+            return out
 
 
 class Replay:
@@ -229,6 +262,7 @@ class Trainer:
         self.rng = np.random.default_rng(seed + 1)
         self.replay = Replay(settings.replay_size, cfg.text_dim, cfg.numeric_dim)
         self.actions = ActionTable(encoder, settings.embedding_scale)
+        self._pooled: dict[ActionKey, FloatArray] = {}  # per-call actions' scaled vectors
         # Pooled context vectors share a large common part (every "device: ..." text is alike)
         # and differ by small amounts; standardising each dimension puts those differences at
         # unit scale, which made the network learn Mushroom's edibility several times faster
@@ -284,6 +318,8 @@ class Trainer:
         raw = np.stack([s.inputs.numeric_raw for s in samples]).astype(np.float32)
         mask = np.stack([s.inputs.numeric_mask for s in samples]).astype(np.float32)
         y = np.array([s.reward for s in samples], dtype=np.float32)
+        if len(self.actions) > max(ACTION_TABLE_LIMIT, 2 * self.replay.capacity):
+            self._compact_actions()
         rows = self.actions.rows([s.action for s in samples])
         self.text_scaler.update(text)
         self.encoder.numeric.update(raw, mask)
@@ -302,6 +338,12 @@ class Trainer:
         if self._steps_since_snapshot >= self.settings.snapshot_every:
             self.save()
         return steps
+
+    def _compact_actions(self) -> None:
+        """Keep the action rows the replay buffer names, and renumber its samples."""
+        named = self.replay.action[:self.replay.size]
+        renumbered = self.actions.compact(np.unique(named))
+        named[:] = renumbered[named]
 
     def _train(self, n: int, replay_ratio: float) -> int:
         cfg = self.settings
@@ -353,10 +395,30 @@ class Trainer:
                     ) -> tuple[FloatArray, bool]:
         """Layer-1 action rows of ``actions`` under ``model`` (for per-call action lists),
         and whether they are final: a new action's texts are not embedded on the request
-        path (:meth:`ActionTable.rows`), and its row is not final until they are."""
-        table = self.actions.rows(actions, block=None)
-        rows: FloatArray = model.project_actions(self.actions.vectors[table])
-        return rows, not self.actions.provisional(table)
+        path (a stand-in of their keys' means), and its row is not final until they are.
+
+        The request path reads the actions' pooled vectors from a memo of its own, not from
+        the learner's table: a per-call list offers many pairs of id and features that are
+        never chosen, and the table would keep a row for each until the learner compacts it
+        (in a lab run with the learner behind, 97,702 rows against a limit of 20,000), and a
+        new action would wait for the table's lock behind another's encode."""
+        memo = self._pooled
+        out = np.empty((len(actions), self.encoder.dim), dtype=np.float32)
+        final = True
+        for i, action in enumerate(actions):
+            key = action_key(action)
+            found = memo.get(key)
+            if found is None:
+                vectors, complete = self.encoder.actions([action], block=None)
+                found = vectors[0] * self.actions.scale
+                if complete[0]:
+                    if len(memo) >= ACTION_TABLE_LIMIT:
+                        memo.clear()
+                    memo[key] = found
+                else:
+                    final = False
+            out[i] = found
+        return model.project_actions(out), final
 
     # -- snapshots ------------------------------------------------------------------------
     def save(self) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
+from ef_middleware import counts as counts_module
 from ef_middleware.counts import ActionCounts
 from ef_middleware.errors import ConfigurationError
 
@@ -22,6 +23,23 @@ def test_without_a_half_life_counts_are_plain_sums() -> None:
     assert counts.get("a") == (750.0, 50.0)
     assert counts.get("b") == (250.0, 50.0)  # every multiple of 20
     assert counts.get("never") == (0.0, 0.0)
+
+
+def test_ids_past_the_limit_drop_those_learned_longest_ago(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-call lists bring new ids for as long as a site runs (its articles): each one
+    counted for good grew memory and every snapshot."""
+    monkeypatch.setattr(counts_module, "LIMIT", 20)
+    counts = ActionCounts()
+    counts.add("kept", 1.0)
+    for i in range(200):
+        counts.add(f"article {i}", 0.0)
+        if i % 10 == 0:
+            counts.add("kept", 0.0)  # learned again now and then: never the oldest
+    assert len(counts.entries) <= 20
+    assert counts.get("kept") == (21.0, 1.0)
+    assert counts.get("article 199") == (1.0, 0.0)
+    assert counts.get("article 0") == (0.0, 0.0)  # dropped: it starts again from zero
 
 
 def test_a_count_halves_after_half_life_samples_of_other_actions() -> None:
