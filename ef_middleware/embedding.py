@@ -22,7 +22,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from ._types import FloatArray
-from .errors import ConfigurationError
+from .errors import ConfigurationError, EmbedderError
 from .priority import BACKGROUND_NICE, lower_priority
 from .store import Store
 
@@ -47,6 +47,27 @@ class Embedder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> FloatArray:
         """Return an array of shape ``(len(texts), dim)``, each row of unit length."""
+
+
+def checked_vectors(vectors: Any, rows: int, dim: int) -> FloatArray:
+    """An embedder's output as ``rows`` float32 rows of unit length, or
+    :class:`~ef_middleware.errors.EmbedderError`: the wrong shape, or a row that is not
+    finite or is zero. A NaN kept once reached the key's mean, the store, the scaler and the
+    weights, and every prediction of the loop, known contexts too, was NaN after a restart
+    (an audit with a faulty embedder, 2026-12-05); float64 rows were stored at twice the size
+    the cache reads back, so never found again."""
+    out = np.asarray(vectors, dtype=np.float32)
+    if out.shape != (rows, dim):
+        raise EmbedderError(f"the embedder returned shape {out.shape} for {rows} texts, "
+                            f"not ({rows}, {dim})")
+    norms = np.linalg.norm(out, axis=1)
+    bad = ~np.isfinite(norms) | (norms == 0.0)
+    if bad.any():
+        raise EmbedderError(f"the embedder returned {int(bad.sum())} of {rows} vectors that "
+                            "are not finite or are zero: none of the batch is kept")
+    if np.any(np.abs(norms - 1.0) > 1e-3):
+        out = out / norms[:, None]
+    return out
 
 
 @contextlib.contextmanager
@@ -288,7 +309,7 @@ class EmbeddingCache:
         return np.frombuffer(raw, dtype=np.float32).copy()
 
     def _encode(self, texts: list[str]) -> dict[str, FloatArray]:
-        vectors = self.embedder.encode(texts)
+        vectors = checked_vectors(self.embedder.encode(texts), len(texts), self.dim)
         self.misses += len(texts)
         # A copy per row: a view would keep its whole batch (up to 64 rows) alive in memory.
         found = {t: v.copy() for t, v in zip(texts, vectors, strict=True)}

@@ -188,14 +188,30 @@ class Engine:
                 return
             self._closed = True
             loops = list(self._loops.values())
-        if self._learner is not None:
-            self._learner.stop()
-        for loop in loops:
-            loop.learn_pending()
-            loop.save()
-            loop.closed = True
-        self.embeddings.close()
-        self.store.close()
+        try:
+            if self._learner is not None:
+                self._learner.stop()
+            for loop in loops:
+                # Each step on its own: a last pass that fails (an embedder that raises)
+                # left the model unsaved, the loops open and the store unclosed.
+                try:
+                    loop.learn_pending()
+                except Exception as exc:
+                    log.error("closing loop %r: its last learning pass failed (%s: %s)",
+                              loop.name, type(exc).__name__, exc)
+                try:
+                    loop.save()
+                except Exception as exc:
+                    log.error("closing loop %r: its model could not be saved (%s: %s)",
+                              loop.name, type(exc).__name__, exc)
+                loop.closed = True
+        finally:
+            for loop in loops:
+                loop.closed = True
+            try:
+                self.embeddings.close()
+            finally:
+                self.store.close()
 
     def __enter__(self) -> Engine:
         return self

@@ -85,3 +85,10 @@ class StoreError(EFError):
     """The state store failed; the caller falls back to the default variant."""
 
     code = "store"
+
+
+class EmbedderError(EFError, RuntimeError):
+    """The embedder returned what no vector may be (the wrong shape, NaN or infinity): nothing
+    of that batch is kept, so one bad vector cannot reach the store, the model or a snapshot."""
+
+    code = "embedder"

@@ -692,6 +692,7 @@ class Loop:
                 "learned": self.learned, "dropped": self.dropped,
                 "log_failures": self.log_failures, "unlogged": self.unlogged,
                 "finalised_early": self.finalised_early,
+                "stand_ins_learned": self.trainer.stand_ins_learned,
                 "updates": self.trainer.net.step,
                 "model_version": self.model_version, "replay_ratio": self.replay_ratio}
 

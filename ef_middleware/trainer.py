@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -40,6 +42,7 @@ from .store import Store
 log = logging.getLogger("ef_middleware")
 KEEP_VERSIONS = 3
 ACTION_ROWS = 64  # rows of an action table before its first doubling
+EMBEDDING_WARN_EVERY = 60.0  # seconds between two warnings of learning from stand-ins
 ACTION_TABLE_LIMIT = 20_000  # rows (1.5 KB each) past which the learner compacts the table
 ActionKey = tuple[str, tuple[tuple[str, str], ...]]
 POSTERIORS = {"laplace": LaplacePosterior, "ucb": LaplacePosterior,
@@ -113,9 +116,11 @@ class ActionTable:
     not read the table (:meth:`Trainer.action_rows`).
     """
 
-    def __init__(self, encoder: FeatureEncoder, scale: float) -> None:
+    def __init__(self, encoder: FeatureEncoder, scale: float,
+                 failed: Callable[[Exception], None] = lambda exc: None) -> None:
         self._encoder = encoder
         self.scale = np.float32(scale)
+        self._failed = failed  # told when texts could not be embedded (stand-ins kept)
         self._lock = threading.Lock()  # a loop's publication and its learner may both add
         self._numbering = _Numbering(ACTION_ROWS, encoder.dim)
 
@@ -142,7 +147,11 @@ class ActionTable:
             for row in out.tolist():
                 stand_in = numbering.provisional.get(row)
                 if stand_in is not None:
-                    vectors, complete = self._encoder.actions([stand_in])
+                    try:
+                        vectors, complete = self._encoder.actions([stand_in])
+                    except Exception as exc:  # the stand-in stays, for a later call
+                        self._failed(exc)
+                        continue
                     if complete[0]:
                         with self._lock:
                             if numbering.provisional.pop(row, None) is not None:
@@ -185,7 +194,11 @@ class ActionTable:
                     out[i] = row
             if not new:
                 return out
-            vectors, complete = self._encoder.actions([a for _, a in new], block=True)
+            try:
+                vectors, complete = self._encoder.actions([a for _, a in new], block=True)
+            except Exception as exc:  # stand-ins (their keys' means) until a later call
+                self._failed(exc)
+                vectors, complete = self._encoder.actions([a for _, a in new], block=False)
             start = numbering.vectors.shape[0]
             end = start + len(new)
             if end > numbering.buffer.shape[0]:  # full: double (a reader's view keeps the old)
@@ -261,7 +274,7 @@ class Trainer:
         self.net = RewardNet(cfg, seed=seed)
         self.rng = np.random.default_rng(seed + 1)
         self.replay = Replay(settings.replay_size, cfg.text_dim, cfg.numeric_dim)
-        self.actions = ActionTable(encoder, settings.embedding_scale)
+        self.actions = ActionTable(encoder, settings.embedding_scale, self._embedding_failed)
         self._pooled: dict[ActionKey, FloatArray] = {}  # per-call actions' scaled vectors
         # Pooled context vectors share a large common part (every "device: ..." text is alike)
         # and differ by small amounts; standardising each dimension puts those differences at
@@ -275,6 +288,8 @@ class Trainer:
         self.correction = (Correction(rate, half_life=settings.correction_half_life)
                            if rate > 0 else None)
         self.learned = 0
+        self.stand_ins_learned = 0  # samples learned from stand-ins: the embedder failed
+        self._embedding_warned_at = -math.inf
         self._credit = 0.0
         self._fresh: list[int] = []  # replay slots not yet in a gradient step
         self._since_rebuild = 0
@@ -313,7 +328,10 @@ class Trainer:
             return 0
         for s in samples:  # learn from the real vectors of texts that were new at ranking
             if s.inputs.provisional and s.context is not None:
-                s.inputs = self.encoder.context(s.context, block=True)
+                try:
+                    s.inputs = self.encoder.context(s.context, block=True)
+                except Exception as exc:  # learnt from its stand-ins, as during a flood
+                    self._embedding_failed(exc)
         text = np.stack([s.inputs.text for s in samples]).astype(np.float32)
         raw = np.stack([s.inputs.numeric_raw for s in samples]).astype(np.float32)
         mask = np.stack([s.inputs.numeric_mask for s in samples]).astype(np.float32)
@@ -338,6 +356,18 @@ class Trainer:
         if self._steps_since_snapshot >= self.settings.snapshot_every:
             self.save()
         return steps
+
+    def _embedding_failed(self, exc: Exception) -> None:
+        """A sample's or an action's texts could not be embedded: it is learned from the
+        stand-ins it was ranked with (one failing text dropped its whole chunk of 256
+        samples, an audit of 2026-12-05); counted, and one warning a minute at most."""
+        self.stand_ins_learned += 1
+        now = time.monotonic()
+        if now - self._embedding_warned_at >= EMBEDDING_WARN_EVERY:
+            self._embedding_warned_at = now
+            log.warning("loop %r: learning from stand-in vectors, the embedder failed (%s: "
+                        "%s); %d so far", self.name, type(exc).__name__, exc,
+                        self.stand_ins_learned)
 
     def _compact_actions(self) -> None:
         """Keep the action rows the replay buffer names, and renumber its samples."""

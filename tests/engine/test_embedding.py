@@ -6,11 +6,12 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from ef_middleware import ConfigurationError, SentenceTransformerEmbedder
+from ef_middleware import ConfigurationError, EmbedderError, Engine, SentenceTransformerEmbedder
 from ef_middleware.embedding import HELP_LIMIT, STORE_TTL, EmbeddingCache
 from ef_middleware.store import DiskcacheStore
 from tests.engine.embedders import RecordingEmbedder
@@ -178,3 +179,52 @@ def test_a_new_key_waits_for_no_model_load_on_the_callers_thread(
         cache.close()
     assert not hasattr(RecordingEmbedder(embedder), "loaded")  # the default: encode at once
     assert embedder.loaded  # the real one says whether its model is in memory
+
+
+class _Faulty:
+    """The real model, with what a broken embedder returns: NaN for texts with "poison",
+    float64 and twice the length for texts with "wide"."""
+
+    def __init__(self, model: SentenceTransformerEmbedder) -> None:
+        self.model, self.name, self.dim = model, model.name, model.dim
+
+    def encode(self, texts: Any) -> Any:
+        out = self.model.encode(texts).astype(np.float64)
+        for i, text in enumerate(texts):
+            if "poison" in text:
+                out[i, 0] = np.nan
+            elif "wide" in text:
+                out[i] *= 2.0
+        return out
+
+
+def test_an_embedders_bad_output_never_reaches_the_store_or_the_model(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """A faulty embedder audit (2026-12-05): one NaN vector went into memory, the store and
+    its key's mean; learning made the network's weights NaN, every prediction of the loop
+    (known contexts too) was NaN, and stayed so after a restart with a healthy embedder.
+    float64 rows were stored at twice the size the cache reads back."""
+    eng = Engine(tmp_path / "ef", embedder=_Faulty(embedder), learner=False,
+                 embed_in_background=False)
+    try:
+        hero = eng.loop("hero", actions=["minimal", "video"])
+        known = {"device": "mobile"}
+        with pytest.raises(EmbedderError, match="not finite"):
+            hero.rank({"device": "mobile", "campaign": "poison pill"})
+        cache = eng.embeddings
+        assert "campaign: poison pill" not in cache._memory
+        assert eng.store.get(cache._key("campaign: poison pill")) is None
+        assert "campaign" not in cache._centroids  # no mean made of it either
+        for i in range(40):
+            d = hero.rank({**known, "campaign": f"wide {i % 4}"})
+            hero.reward(d.event_id, float(i % 2))
+        hero.flush()
+        assert hero.trainer.learned == 40
+        assert all(np.isfinite(r.predicted_reward) for r in hero.rank(known).ranking)
+        row = cache._memory["campaign: wide 1"]
+        assert row.dtype == np.float32 and abs(float(np.linalg.norm(row)) - 1.0) < 1e-5
+    finally:
+        eng.close()
+    again = EmbeddingCache(_Faulty(embedder), DiskcacheStore(tmp_path / "ef"))
+    again.get_many(["campaign: wide 1"])
+    assert again.misses == 0  # read back from the store: stored as float32

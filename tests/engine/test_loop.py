@@ -566,6 +566,77 @@ def test_a_frozen_loop_logs_decisions_and_learns_nothing(engine: Engine) -> None
     assert sorted(logged) == sorted(events)
 
 
+def test_close_saves_and_closes_everything_when_the_last_pass_fails(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An audit (2026-12-05): a last learning pass that raised (an embedder failing) made
+    ``close()`` raise before it saved the model, closed the loops or the store."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    hero = eng.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"})
+    hero.reward(d.event_id, 1.0)
+
+    def fails(samples: Any, replay_ratio: float) -> int:
+        raise RuntimeError("injected embedder failure")
+
+    hero.trainer.learn = fails  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="ef_middleware"):
+        eng.close()  # does not raise
+    assert hero.closed and eng.health()["closed"]
+    worker = eng.embeddings._worker
+    assert worker is None or not worker.is_alive()  # the embedding cache was closed too
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing loop 'hero': its last learning pass failed "
+        "(RuntimeError: injected embedder failure)"]
+    with pytest.raises(EngineClosedError):
+        hero.rank({"device": "mobile"})
+    again = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        assert again.loop("hero", actions=HERO).restored  # the model was saved
+    finally:
+        again.close()
+
+
+class _FailsOn:
+    """The real model, raising for any batch with a text that contains ``word``."""
+
+    def __init__(self, model: SentenceTransformerEmbedder, word: str) -> None:
+        self.model, self.name, self.dim, self.word = model, model.name, model.dim, word
+
+    def encode(self, texts: Any) -> Any:
+        if any(self.word in t for t in texts):
+            raise RuntimeError(f"cannot embed {self.word!r}")
+        return self.model.encode(texts)
+
+
+def test_a_sample_whose_texts_cannot_be_embedded_is_learned_from_its_stand_ins(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An audit (2026-12-05): one decision whose new value the embedder could not embed
+    made its chunk's learning raise, and all 256 samples of the chunk were dropped. Now it is
+    learned from the stand-in it was ranked with, and so is a new per-call action."""
+    eng = Engine(tmp_path / "ef", embedder=_FailsOn(embedder, "broken"), learner=False)
+    try:
+        hero = eng.loop("hero", actions=HERO)
+        hero.rank({"device": "mobile", "campaign": "spring"})  # the key's mean exists
+        assert eng.embeddings.wait()
+        for i in range(30):
+            context = {"device": "mobile", "campaign": "broken" if i == 7 else "spring"}
+            item = {"id": "quiz", "features": {"layout": "broken quiz"}}
+            d = hero.rank(context, actions=[*HERO, item] if i == 9 else None)
+            hero.reward(d.event_id, float(i % 2))
+        with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+            hero.learn_pending()
+        stats = hero.stats()
+        assert stats["learned"] == 30 and stats["dropped"] == 0
+        assert hero.trainer.learned == 30
+        assert stats["stand_ins_learned"] >= 1
+        warnings = [r for r in caplog.records if "stand-in" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].exc_info is None
+    finally:
+        eng.close()
+
+
 def test_a_chunk_whose_learning_fails_is_dropped_not_waited_for(
         engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     hero = engine.loop("hero", actions=HERO)
