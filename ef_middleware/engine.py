@@ -166,15 +166,21 @@ class Engine:
         ``"stopped"`` (started and no longer running: it died, or the engine closed), or
         ``"off"`` (``Engine(learner=False)``, or no loop yet); ``embedding_queue`` the texts
         waiting for the background embedder and ``embedding_overflowed`` those that found its
-        queue full (:class:`~ef_middleware.embedding.EmbeddingCache`)."""
+        queue full; ``embedder_failing`` whether it is backing off after a failed encode,
+        ``embedding_failures`` and ``embedding_store_failures`` the failed encodes and store
+        calls so far, ``embedding_error`` the latest
+        (:class:`~ef_middleware.embedding.EmbeddingCache`)."""
         learner = self._learner
         if learner is None or not learner.started:
             state = "off"
         else:
             state = "running" if learner.is_alive() else "stopped"
+        cache = self.embeddings
         return {"learner": state, "closed": self._closed,
-                "embedding_queue": self.embeddings.queued,
-                "embedding_overflowed": self.embeddings.overflowed}
+                "embedding_queue": cache.queued, "embedding_overflowed": cache.overflowed,
+                "embedder_failing": cache.failing, "embedding_failures": cache.failures,
+                "embedding_store_failures": cache.store_failures,
+                "embedding_error": cache.last_error}
 
     def start(self) -> None:
         """Start the learner thread (idempotent; creating a loop starts it too)."""

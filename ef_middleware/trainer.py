@@ -288,7 +288,7 @@ class Trainer:
         self.correction = (Correction(rate, half_life=settings.correction_half_life)
                            if rate > 0 else None)
         self.learned = 0
-        self.stand_ins_learned = 0  # samples learned from stand-ins: the embedder failed
+        self.stand_ins_learned = 0  # samples learned from stand-ins (a flood, a failing embedder)
         self._embedding_warned_at = -math.inf
         self._credit = 0.0
         self._fresh: list[int] = []  # replay slots not yet in a gradient step
@@ -332,6 +332,7 @@ class Trainer:
                     s.inputs = self.encoder.context(s.context, block=True)
                 except Exception as exc:  # learnt from its stand-ins, as during a flood
                     self._embedding_failed(exc)
+                self.stand_ins_learned += s.inputs.provisional
         text = np.stack([s.inputs.text for s in samples]).astype(np.float32)
         raw = np.stack([s.inputs.numeric_raw for s in samples]).astype(np.float32)
         mask = np.stack([s.inputs.numeric_mask for s in samples]).astype(np.float32)
@@ -360,14 +361,12 @@ class Trainer:
     def _embedding_failed(self, exc: Exception) -> None:
         """A sample's or an action's texts could not be embedded: it is learned from the
         stand-ins it was ranked with (one failing text dropped its whole chunk of 256
-        samples, an audit of 2026-12-05); counted, and one warning a minute at most."""
-        self.stand_ins_learned += 1
+        samples, an audit of 2026-12-05); one warning a minute at most."""
         now = time.monotonic()
         if now - self._embedding_warned_at >= EMBEDDING_WARN_EVERY:
             self._embedding_warned_at = now
             log.warning("loop %r: learning from stand-in vectors, the embedder failed (%s: "
-                        "%s); %d so far", self.name, type(exc).__name__, exc,
-                        self.stand_ins_learned)
+                        "%s; one warning a minute)", self.name, type(exc).__name__, exc)
 
     def _compact_actions(self) -> None:
         """Keep the action rows the replay buffer names, and renumber its samples."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ef_middleware import ConfigurationError, EmbedderError, Engine, SentenceTransformerEmbedder
+from ef_middleware import embedding as embedding_module
 from ef_middleware.embedding import HELP_LIMIT, STORE_TTL, EmbeddingCache
 from ef_middleware.store import DiskcacheStore
 from tests.engine.embedders import RecordingEmbedder
@@ -209,12 +210,16 @@ def test_an_embedders_bad_output_never_reaches_the_store_or_the_model(
     try:
         hero = eng.loop("hero", actions=["minimal", "video"])
         known = {"device": "mobile"}
-        with pytest.raises(EmbedderError, match="not finite"):
-            hero.rank({"device": "mobile", "campaign": "poison pill"})
+        hero.rank({"device": "mobile", "campaign": "poison pill"})  # a stand-in: zeros
         cache = eng.embeddings
+        assert cache.failures == 1 and cache.last_error is not None
+        assert cache.last_error.startswith("EmbedderError") and "not finite" in cache.last_error
+        with pytest.raises(EmbedderError, match="not finite"):
+            cache._encode(["campaign: poison pill"])
         assert "campaign: poison pill" not in cache._memory
         assert eng.store.get(cache._key("campaign: poison pill")) is None
         assert "campaign" not in cache._centroids  # no mean made of it either
+        cache._failing_until = 0.0  # its backoff over
         for i in range(40):
             d = hero.rank({**known, "campaign": f"wide {i % 4}"})
             hero.reward(d.event_id, float(i % 2))
@@ -228,3 +233,101 @@ def test_an_embedders_bad_output_never_reaches_the_store_or_the_model(
     again = EmbeddingCache(_Faulty(embedder), DiskcacheStore(tmp_path / "ef"))
     again.get_many(["campaign: wide 1"])
     assert again.misses == 0  # read back from the store: stored as float32
+
+
+class _Failing:
+    """The real model, failing (raising) while :attr:`broken`, counting its calls."""
+
+    def __init__(self, model: SentenceTransformerEmbedder, *, delay: float = 0.0) -> None:
+        self.model, self.name, self.dim = model, model.name, model.dim
+        self.broken, self.calls, self.delay = False, 0, delay
+
+    def encode(self, texts: Any) -> Any:
+        self.calls += 1
+        time.sleep(self.delay)
+        if self.broken:
+            raise RuntimeError("the model cannot load")
+        return self.model.encode(texts)
+
+
+def test_a_failing_embedder_backs_off_and_ranks_go_on_with_stand_ins(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An audit (2026-12-05): a brand-new key's failing encode raised out of every rank with
+    it, run again on the request path each time; a missing model was loaded again 882 times
+    a minute, with a traceback each."""
+    monkeypatch.setattr(embedding_module, "BACKOFF_FIRST", 30.0)
+    faulty = _Failing(embedder)
+    eng = Engine(tmp_path / "ef", embedder=faulty)
+    try:
+        hero = eng.loop("hero", actions=["minimal", "video"])
+        hero.rank({"device": "mobile"})
+        faulty.broken = True
+        before = faulty.calls
+        with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+            for i in range(50):  # a new key (no mean: it was encoded at once), new values
+                d = hero.rank({"device": "mobile", "utm_campaign": f"spring {i % 5}"})
+                hero.reward(d.event_id, 1.0)
+            hero.flush()
+        assert faulty.calls - before == 1  # the first rank's, then none while backing off
+        health = eng.health()
+        assert health["embedder_failing"] and health["embedding_failures"] >= 1
+        assert health["embedding_error"] == "RuntimeError: the model cannot load"
+        assert hero.stats()["learned"] == 50 and hero.stats()["dropped"] == 0
+        assert len(caplog.records) == 1 and caplog.records[0].exc_info is None
+        faulty.broken = False
+        eng.embeddings._failing_until = 0.0  # the backoff is over
+        hero.rank({"device": "mobile", "language": "de"})  # a new key: encoded at once
+        assert "language: de" in eng.embeddings._memory
+        assert not eng.health()["embedder_failing"]
+    finally:
+        eng.close()
+
+
+class _FailingStore(DiskcacheStore):
+    """A store whose reads or writes of embedding keys raise."""
+
+    reads_fail = writes_fail = False
+
+    def get(self, key: str) -> bytes | None:
+        if self.reads_fail and key.startswith("emb"):
+            raise OSError("disk read error")
+        return super().get(key)
+
+    def set_many(self, items: Any, *, expire: float | None = None) -> None:
+        if self.writes_fail and any(k.startswith("emb") for k in items):
+            raise OSError("disk full")
+        super().set_many(items, expire=expire)
+
+
+def test_a_failing_store_is_a_cache_that_misses_or_forgets(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    store = _FailingStore(tmp_path / "store")
+    try:
+        cache = EmbeddingCache(embedder, store)
+        store.reads_fail = True
+        cache.get_many(["device: tablet"])  # a read that fails is a miss: encoded
+        store.reads_fail, store.writes_fail = False, True
+        counting = _Failing(embedder)
+        cache = EmbeddingCache(counting, store)
+        cache.get_many(["device: phone"])
+        cache.get_many(["device: phone"])  # kept in memory though not stored
+        assert counting.calls == 1 and cache.store_failures == 1
+        assert store.get(cache._key("device: phone")) is None
+    finally:
+        store.close()
+
+
+def test_close_stops_after_the_batch_in_progress(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """The audit: close() encoded every queued text first (13 more batches, 4.4 s with 935
+    texts at 0.3 s a batch)."""
+    slow = _Failing(embedder, delay=0.3)
+    cache = EmbeddingCache(slow, None, background=True)
+    cache.get_many(["device: a"], block=False)  # a key with no mean: encoded at once
+    calls = slow.calls
+    cache.get_many([f"device: {i}" for i in range(300)], block=False)  # five batches queued
+    time.sleep(0.1)
+    cache.close()
+    assert slow.calls - calls <= 2  # the batch in progress (and one it had begun)
+    assert cache._worker is not None and not cache._worker.is_alive()

@@ -329,7 +329,9 @@ def test_status_route(engine: Engine, loop_name: str, client_for: Client) -> Non
     assert loops[loop_name]["decisions"] == 1
     assert {"decisions", "rewards", "updates", "log_failures", "unlogged"} <= set(loops[loop_name])
     assert status["engine"] == {"learner": "running", "closed": False, "embedding_queue": 0,
-                                "embedding_overflowed": 0}
+                                "embedding_overflowed": 0,
+                                "embedder_failing": False, "embedding_failures": 0,
+                                "embedding_store_failures": 0, "embedding_error": None}
 
 
 def test_script_route(engine: Engine, loop_name: str, client_for: Client) -> None:
