@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 __all__ = ["ActionCounts"]
 
 LIMIT = 100_000  # action ids counted (about 100 bytes each, in memory and in each snapshot)
@@ -58,11 +60,13 @@ class ActionCounts:
         entry[2] = float(self.clock)
 
     def _evict(self) -> None:
-        """Drop the tenth of the ids whose last sample is oldest."""
-        drop = max(1, len(self.entries) // 10)
-        by_age = sorted(self.entries.items(), key=lambda item: item[1][2])
-        for action_id, _ in by_age[:drop]:
-            del self.entries[action_id]
+        """Drop the tenth of the ids whose last sample is oldest (a partition, not a sort:
+        sorting 100,000 entries held the interpreter lock 70-125 ms, a review found)."""
+        ids = list(self.entries)
+        written = np.fromiter((e[2] for e in self.entries.values()), np.float64, len(ids))
+        drop = max(1, len(ids) // 10)
+        for i in np.argpartition(written, drop - 1)[:drop].tolist():
+            del self.entries[ids[i]]
 
     def get(self, action_id: str) -> tuple[float, float]:
         """``(count, summed reward)`` of ``action_id`` now (zeros for an action never learned)."""

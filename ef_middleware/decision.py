@@ -182,7 +182,7 @@ def log_record(entry: LogEntry, choice: Choice, action: Action) -> dict[str, Any
         "event_id": event_id,
         "time": time,
         "context": orjson.Fragment(context),
-        "actions": action_ids,
+        "actions": orjson.Fragment(action_ids),  # JSON already (Loop's view.ids_json)
         "chosen": choice.index,
         "probabilities": [float(p) for p in choice.probabilities],
         "exact": choice.exact,

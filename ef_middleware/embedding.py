@@ -36,6 +36,8 @@ STORE_TTL = 30 * 86_400.0  # seconds a persisted vector lives (a value seen agai
 BACKOFF_FIRST = 1.0  # seconds nothing is encoded after a failed encode, doubling per failure...
 BACKOFF_MOST = 60.0  # ...up to this
 CLOSE_WAIT = 5.0  # seconds close() waits for an encode in progress
+REJECTED_FOR = 3600.0  # seconds a text the embedder fails on alone is not tried again...
+REJECTED_MOST = 4096  # ...for at most this many texts (then the oldest are forgotten)
 
 
 @runtime_checkable
@@ -237,6 +239,8 @@ class EmbeddingCache:
         self.misses = 0  # texts that ran the transformer (for tests and benchmarks)
         self.failures = 0  # encodes that raised
         self.store_failures = 0  # store reads and writes that raised
+        self.rejected = 0  # texts the embedder failed on alone (others of their batch passed)
+        self._rejected: dict[str, float] = {}  # text -> time.monotonic() it may be tried again
         self.last_error: str | None = None
         self._backoff = 0.0
         self._failing_until = -math.inf  # time.monotonic() until which nothing is encoded
@@ -279,13 +283,14 @@ class EmbeddingCache:
         to_encode = [t for t in missing if t not in found]
         complete = True
         # A blocking caller encodes missing texts itself, except during a flood (see above).
-        if to_encode and (not wait or (self.background and self._flooded()) or self.failing):
+        stand_ins = self.failing or self._stopping.is_set()
+        if to_encode and (not wait or (self.background and self._flooded()) or stand_ins):
             self._stored_means({p for p in map(_prefix, to_encode) if p not in self._centroids})
             later = [t for t in to_encode if _prefix(t) in self._centroids]
             for text in later:
                 sum_, count = self._centroids[_prefix(text)]
                 out[missing[text]] = sum_ / count
-            if self.failing or (not wait and not getattr(self.embedder, "loaded", True)):
+            if stand_ins or (not wait and not getattr(self.embedder, "loaded", True)):
                 # No neighbour, and encoding now would load the model on this thread first
                 # (seconds; after a restart whose store knew every value until now): zeros
                 # stand in until the background thread, which loads it, has the vector.
@@ -297,16 +302,15 @@ class EmbeddingCache:
             complete = not later
             to_encode = [t for t in to_encode if t not in set(later)]
         if to_encode:
-            try:
-                found.update(self._encode(to_encode))
-            except Exception as exc:  # stand-ins: the key's mean, or zeros, until it works
-                self._failed(exc)
-                for text in to_encode:
-                    prefix = _prefix(text)
-                    with self._lock:
-                        mean = self._centroids.get(prefix)
-                    out[missing[text]] = 0.0 if mean is None else mean[0] / mean[1]
-                self._enqueue(to_encode)
+            encoded = self._encode_each(to_encode)
+            found.update(encoded)
+            failed = [t for t in to_encode if t not in encoded]
+            for text in failed:  # stand-ins: the key's mean, or zeros, until it works
+                with self._lock:
+                    mean = self._centroids.get(_prefix(text))
+                out[missing[text]] = 0.0 if mean is None else mean[0] / mean[1]
+            if failed:
+                self._enqueue(failed)
                 complete = False
         with self._lock:
             for text, vec in found.items():
@@ -348,26 +352,75 @@ class EmbeddingCache:
         """Whether an encode failed less than the current backoff ago (nothing is encoded)."""
         return time.monotonic() < self._failing_until
 
-    def _failed(self, exc: Exception, *, store: bool = False) -> None:
-        """Count a failed encode (and back off) or a failed store call; warn once a minute."""
+    def _failed(self, exc: Exception, *, store: bool = False, text: str | None = None
+                ) -> None:
+        """Count a failed encode (and back off, unless one ``text`` was to blame: it is
+        rejected instead) or a failed store call; warn once a minute."""
         now = time.monotonic()
         with self._lock:
             if store:
                 self.store_failures += 1
+            elif text is not None:
+                self.rejected += 1
             else:
                 self.failures += 1
-                self._backoff = min(max(2 * self._backoff, BACKOFF_FIRST), BACKOFF_MOST)
-                self._failing_until = now + self._backoff
+                if now >= self._failing_until:  # failures of one moment back off once
+                    self._backoff = min(max(2 * self._backoff, BACKOFF_FIRST), BACKOFF_MOST)
+                    self._failing_until = now + self._backoff
             self.last_error = f"{type(exc).__name__}: {exc}"
             warn = now - self._failure_warned_at >= WARN_EVERY
             if warn:
                 self._failure_warned_at = now
         if warn:
-            what = "the store" if store else "the embedder"
+            what = ("the store" if store else "the embedder" if text is None
+                    else f"the embedder on the text {text[:80]!r} (not tried again for an hour)")
             log.warning("ef_middleware: %s failed (%s); new values stand in as their "
-                        "feature's mean (%d encodes and %d store calls failed so far; one "
-                        "warning a minute)", what, self.last_error, self.failures,
-                        self.store_failures)
+                        "feature's mean (%d encodes, %d texts and %d store calls failed so "
+                        "far; one warning a minute)", what, self.last_error, self.failures,
+                        self.rejected, self.store_failures)
+
+    def _encode_each(self, texts: list[str]) -> dict[str, FloatArray]:
+        """:meth:`_encode` ``texts``; if that fails, the texts one at a time, so that one the
+        embedder cannot take (a review of 2026-12-05: a text with a NaN row failed every batch
+        it was in, and 391 of 400 new texts around it were never embedded) does not hold the
+        others back: once another text of the batch has been embedded, a text that fails alone
+        is rejected for :data:`REJECTED_FOR` seconds (it stands in as its key's mean). When the
+        first two texts tried alone fail too, the embedder itself is taken as failing: the
+        cache backs off and the texts wait. Returns the vectors of the texts embedded."""
+        texts = [t for t in texts if not self._rejected_now(t)]
+        if not texts:
+            return {}
+        try:
+            return self._encode(texts)
+        except Exception as exc:
+            if len(texts) == 1:
+                self._failed(exc)
+                return {}
+            first = exc
+        found: dict[str, FloatArray] = {}
+        alone: list[str] = []
+        for text in texts:
+            try:
+                found.update(self._encode([text]))
+            except Exception:
+                alone.append(text)
+                if not found and len(alone) >= 2:  # the embedder, not a text
+                    self._failed(first)
+                    return found
+        now = time.monotonic()
+        with self._lock:
+            for text in alone:
+                if len(self._rejected) >= REJECTED_MOST:
+                    self._rejected.pop(next(iter(self._rejected)))
+                self._rejected[text] = now + REJECTED_FOR
+        if alone:
+            self._failed(first, text=alone[0])
+        return found
+
+    def _rejected_now(self, text: str) -> bool:
+        """Whether the embedder failed on ``text`` alone less than REJECTED_FOR ago."""
+        until = self._rejected.get(text)
+        return until is not None and time.monotonic() < until
 
     def _encode(self, texts: list[str]) -> dict[str, FloatArray]:
         vectors = checked_vectors(self.embedder.encode(texts), len(texts), self.dim)
@@ -408,6 +461,9 @@ class EmbeddingCache:
             return len(self._queued) > HELP_LIMIT
 
     def _enqueue(self, texts: list[str]) -> None:
+        if self._stopping.is_set():  # closed: no thread is started again
+            return
+        texts = [t for t in texts if not self._rejected_now(t)]
         with self._lock:
             new = [t for t in texts if t not in self._queued]
             room = max(self.max_queued - len(self._queued), 0)
@@ -449,26 +505,28 @@ class EmbeddingCache:
                 return
             with self._lock:  # a blocking caller may have encoded some meanwhile
                 todo = [t for t in batch if t not in self._memory]
-            try:
-                found = self._encode(todo) if todo else {}
-            except Exception as exc:  # the texts stay stand-ins until seen again
-                self._failed(exc)
-                found = {}
+            found = self._encode_each(todo) if todo else {}  # the rest: stand-ins until seen again
             with self._lock:
                 for text, vec in found.items():
                     self._remember(text, vec)
                 self._queued.difference_update(batch)
                 self._idle.notify_all()
 
+    def stop(self) -> None:
+        """Encode nothing from now on: every caller gets stand-ins and the background thread
+        ends after the batch in progress (:meth:`close` also waits for it). ``Engine.close``
+        calls it before the loops' last learning pass, so that a hung encode cannot hold it."""
+        self._stopping.set()
+        self._queue.put(_STOP)
+
     def close(self) -> None:
         """Stop the background thread after the batch it is encoding, if any (texts still
         queued stay unembedded; it waited for all of them: 4.4 s for 935 texts with an
         embedder of 0.3 s a batch); wait :data:`CLOSE_WAIT` seconds at most for that batch
         (the thread is a daemon: a hung encode does not hold the process)."""
-        self._stopping.set()
+        self.stop()
         worker = self._worker
         if worker is not None and worker.is_alive():
-            self._queue.put(_STOP)
             worker.join(CLOSE_WAIT)
             if worker.is_alive():
                 log.warning("ef_middleware: the embedder thread did not stop within %.0f s "

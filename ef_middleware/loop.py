@@ -60,12 +60,12 @@ WRITE_GRACE = 300.0  # seconds a decision's expiry waits for its reward's write 
 UNLOGGED_LIMIT = 100_000  # decision records kept for the log while its writes fail
 LOG_FAILURE_WARN_EVERY = 60.0  # seconds between two warnings of failing decision-log writes
 LOG_RETRY = 1.0  # seconds before the decision log is written again after a failed write
-ACTIONS_KEPT = 4096  # actions remembered by key (the loop's and per-call ones), then cleared
+ACTIONS_KEPT = 20_000  # per-call actions remembered (by key; as projected rows), then cleared
 
 
 # A decision waiting for its reward is one plain tuple (index names below): the model's inputs
 # (arrays, not tracked by the garbage collector), the chosen action's key (its id, then its
-# features' names and values in name order: one flat tuple of strings, the same object for
+# features' names and values in name order, as JSON bytes: never tracked, the same object for
 # every decision of the action, see ``Loop._key_of``), the context only when one
 # of its texts was not embedded yet, and the reward so far. The collector
 # stops tracking a tuple of untracked values after its first pass, so the decisions that wait
@@ -81,7 +81,7 @@ _TEXTS: Final = 6
 _LOGIT: Final = 7
 _TOTAL: Final = 8
 _REWARDED: Final = 9
-_Key = tuple[str, ...]  # an action's id, then its features' names and values in name order
+_Key = bytes  # JSON: an action's id, then its features' names and values in name order
 Waiting = tuple[float, FloatArray, FloatArray, FloatArray, _Key, Context | None, str,
                 float, float, bool]
 
@@ -94,6 +94,7 @@ class _View:
         "candidates",
         "encoded",
         "ids",
+        "ids_json",
         "joined",
         "keys",
         "network_logits",
@@ -101,13 +102,17 @@ class _View:
     )
 
     def __init__(self, encoded: EncodedContext, actions: list[Action], ids: tuple[str, ...],
-                 predicted: FloatArray, candidates: Candidates,
+                 ids_json: bytes, predicted: FloatArray, candidates: Candidates,
                  network_logits: FloatArray) -> None:
         self.network_logits = network_logits  # the network's own, before the correction
         self.joined = join_texts(encoded.texts)  # a str: the waiting tuples stay untracked
         self.encoded = encoded
         self.actions = actions
         self.ids = ids  # the actions' ids, shared by decisions: immutable
+        # ...and as JSON for the decision log: bytes are never tracked by the garbage
+        # collector, while a tuple made per view (a per-call list) kept a waiting record
+        # tracked until a second collection
+        self.ids_json = ids_json
         self.predicted = predicted  # predicted rewards in the loop's reward range
         self.candidates = candidates
         self.keys: dict[int, _Key] = {}  # action index -> its key (``Loop._key_of``)
@@ -243,7 +248,7 @@ class Loop:
         waiting = (now, inputs.text, inputs.numeric_raw, inputs.numeric_mask, key,
                    dict(context) if inputs.provisional else None, view.joined,
                    float(view.network_logits[choice.index]), 0.0, False)
-        logged = (event_id, now, context_json(context), view.ids, key, state.version,
+        logged = (event_id, now, context_json(context), view.ids_json, key, state.version,
                   *choice.state())
         with self._pending_lock:
             if given_id:  # checked together under the lock: a reward that lands is stored
@@ -280,7 +285,7 @@ class Loop:
         found = view.keys.get(index)
         if found is None:
             action = view.actions[index]
-            key = (action.id, *chain.from_iterable(sorted(action.features.items())))
+            key = log_json([action.id, *chain.from_iterable(sorted(action.features.items()))])
             remembered = self._actions_by_key.get(key)
             if remembered is None:
                 if len(self._actions_by_key) >= ACTIONS_KEPT:
@@ -295,9 +300,10 @@ class Loop:
         """The action ``key`` names: the one ranked, or, once forgotten, an equal one (the
         same id and features)."""
         found = self._actions_by_key.get(key)
-        return found[1] if found is not None else Action(key[0], dict(zip(key[1::2],
-                                                                           key[2::2],
-                                                                           strict=True)))
+        if found is not None:
+            return found[1]
+        items = orjson.loads(key)
+        return Action(items[0], dict(zip(items[1::2], items[2::2], strict=True)))
 
     def _view(self, state: ServingState, context: Context, candidates: list[Action],
               rows: FloatArray, counts: FloatArray, successes: FloatArray, *,
@@ -316,7 +322,8 @@ class Loop:
                 encoded.texts, ids, state.offset_rows if own else None)
         mean = sigmoid(logits).astype(np.float32)
         low, high = self.settings.reward_range
-        return _View(encoded, candidates, ids, low + mean * (high - low),
+        ids_json = state.ids_json if own else orjson.dumps(ids)
+        return _View(encoded, candidates, ids, ids_json, low + mean * (high - low),
                      Candidates(mean, logits, hidden, counts, successes, model,
                                 state.posterior, state.learned), network)
 

@@ -74,6 +74,11 @@ class ServingState:
         """The actions' ids in order, built once per published state, not per ranking."""
         return tuple(self.index)
 
+    @cached_property
+    def ids_json(self) -> bytes:
+        """:attr:`ids` as JSON (the decision log's ``actions``), once per published state."""
+        return orjson.dumps(self.ids)
+
 
 @dataclass
 class Sample:
@@ -144,19 +149,31 @@ class ActionTable:
                 return self._add(actions, out)
             out[i] = row
         if numbering.provisional:
-            for row in out.tolist():
-                stand_in = numbering.provisional.get(row)
-                if stand_in is not None:
-                    try:
-                        vectors, complete = self._encoder.actions([stand_in])
-                    except Exception as exc:  # the stand-in stays, for a later call
-                        self._failed(exc)
-                        continue
-                    if complete[0]:
-                        with self._lock:
-                            if numbering.provisional.pop(row, None) is not None:
-                                numbering.buffer[row] = vectors[0] * self.scale
+            self._refresh(numbering, [r for r in out.tolist() if r in numbering.provisional])
         return out
+
+    def refresh(self) -> None:
+        """Overwrite the stand-in rows whose texts' vectors the embedding cache now has (the
+        learner, each pass: a row learned from stand-ins was replayed with them until the
+        action was learned again, a review of 2026-12-05 found). Encodes nothing."""
+        numbering = self._numbering
+        if numbering.provisional:
+            self._refresh(numbering, list(numbering.provisional), block=False)
+
+    def _refresh(self, numbering: _Numbering, rows: list[int], block: bool = True) -> None:
+        for row in rows:
+            stand_in = numbering.provisional.get(row)
+            if stand_in is None:
+                continue
+            try:
+                vectors, complete = self._encoder.actions([stand_in], block=block)
+            except Exception as exc:  # the stand-in stays, for a later call
+                self._failed(exc)
+                continue
+            if complete[0]:
+                with self._lock:
+                    if numbering.provisional.pop(row, None) is not None:
+                        numbering.buffer[row] = vectors[0] * self.scale
 
     def vectors_of(self, actions: Sequence[Action]) -> FloatArray:
         rows = self.rows(actions)  # first: it may grow the table
@@ -276,6 +293,7 @@ class Trainer:
         self.replay = Replay(settings.replay_size, cfg.text_dim, cfg.numeric_dim)
         self.actions = ActionTable(encoder, settings.embedding_scale, self._embedding_failed)
         self._pooled: dict[ActionKey, FloatArray] = {}  # per-call actions' scaled vectors
+        self._own_actions = 0  # the loop's own actions, at the last publication
         # Pooled context vectors share a large common part (every "device: ..." text is alike)
         # and differ by small amounts; standardising each dimension puts those differences at
         # unit scale, which made the network learn Mushroom's edibility several times faster
@@ -337,8 +355,10 @@ class Trainer:
         raw = np.stack([s.inputs.numeric_raw for s in samples]).astype(np.float32)
         mask = np.stack([s.inputs.numeric_mask for s in samples]).astype(np.float32)
         y = np.array([s.reward for s in samples], dtype=np.float32)
-        if len(self.actions) > max(ACTION_TABLE_LIMIT, 2 * self.replay.capacity):
+        limit = max(ACTION_TABLE_LIMIT, 2 * (self.replay.capacity + self._own_actions))
+        if len(self.actions) > limit:
             self._compact_actions()
+        self.actions.refresh()
         rows = self.actions.rows([s.action for s in samples])
         self.text_scaler.update(text)
         self.encoder.numeric.update(raw, mask)
@@ -411,6 +431,7 @@ class Trainer:
     def publish(self, actions: Sequence[Action]) -> ServingState:
         """A fresh serving state: served weights, action rows, counts, posterior, scaling."""
         model = ServingModel(self.net.config, self.net.average, version=self.net.step)
+        self._own_actions = len(actions)
         rows = model.project_actions(self.actions.vectors_of(actions))
         stats = [self.counts.get(a.id) for a in actions]
         counts = np.array([count for count, _ in stats], np.float32)

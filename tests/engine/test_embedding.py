@@ -212,14 +212,17 @@ def test_an_embedders_bad_output_never_reaches_the_store_or_the_model(
         known = {"device": "mobile"}
         hero.rank({"device": "mobile", "campaign": "poison pill"})  # a stand-in: zeros
         cache = eng.embeddings
-        assert cache.failures == 1 and cache.last_error is not None
+        # the batch failed; alone, "device: mobile" passed and the poisoned text did not: it
+        # is rejected for an hour, and the embedder is not taken as failing
+        assert cache.rejected == 1 and cache.failures == 0 and not cache.failing
+        assert "device: mobile" in cache._memory
+        assert cache.last_error is not None
         assert cache.last_error.startswith("EmbedderError") and "not finite" in cache.last_error
         with pytest.raises(EmbedderError, match="not finite"):
             cache._encode(["campaign: poison pill"])
         assert "campaign: poison pill" not in cache._memory
         assert eng.store.get(cache._key("campaign: poison pill")) is None
         assert "campaign" not in cache._centroids  # no mean made of it either
-        cache._failing_until = 0.0  # its backoff over
         for i in range(40):
             d = hero.rank({**known, "campaign": f"wide {i % 4}"})
             hero.reward(d.event_id, float(i % 2))
@@ -331,3 +334,61 @@ def test_close_stops_after_the_batch_in_progress(
     cache.close()
     assert slow.calls - calls <= 2  # the batch in progress (and one it had begun)
     assert cache._worker is not None and not cache._worker.is_alive()
+
+
+def test_a_text_the_embedder_cannot_take_does_not_hold_the_others_back(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """A review (2026-12-05): with one poisoned text among the new ones (one request in ten),
+    each background batch it was in failed whole, and 391 of 400 good texts were never
+    embedded. Now the texts of a failed batch are tried alone: the poisoned one is rejected
+    for an hour, the others are embedded, and the cache does not back off."""
+    cache = EmbeddingCache(_Faulty(embedder), None, background=True)
+    try:
+        cache.get_many(["campaign: first"])  # the key has a mean: new values are queued
+        good = [f"campaign: spring {i}" for i in range(90)]
+        for i in range(0, 90, 9):
+            cache.get_many([*good[i:i + 9], "campaign: poison"], block=False)
+        assert cache.wait()
+        assert all(text in cache._memory for text in good)
+        assert "campaign: poison" not in cache._memory
+        assert cache.rejected == 1 and cache.failures == 0 and not cache.failing
+        cache.get_many(["campaign: poison"], block=False)  # rejected: not queued again
+        assert cache.queued == 0
+    finally:
+        cache.close()
+
+
+def test_engine_close_waits_for_no_hung_encode(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review: a background encode hung on the model held ``engine.close()`` (14.8 s,
+    and for good on a real hang): its last learning pass re-encoded on the closing thread."""
+    monkeypatch.setattr(embedding_module, "CLOSE_WAIT", 0.5)
+    release = threading.Event()
+
+    class Hanging:
+        name, dim = embedder.name, embedder.dim
+        lock = threading.Lock()
+
+        def encode(self, texts: Any) -> Any:
+            with self.lock:  # the model is not re-entrant: a second encode waits
+                if threading.current_thread().name == "ef-embedder":
+                    release.wait(60)
+                return embedder.encode(texts)
+
+    eng = Engine(tmp_path / "ef", embedder=Hanging(), learner=False)
+    try:
+        hero = eng.loop("hero", actions=["minimal", "video"])
+        hero.rank({"campaign": "one"})
+        d = hero.rank({"campaign": "two"})  # a stand-in; the background encode hangs
+        hero.reward(d.event_id, 1.0)
+        closing = threading.Thread(target=eng.close)
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive()  # it did not wait for the hung encode
+        assert hero.closed and hero.stats()["learned"] == 1
+    finally:
+        release.set()
+        worker = eng.embeddings._worker
+        if worker is not None:
+            worker.join(30)  # not torch still running in a thread when the process exits

@@ -502,6 +502,74 @@ def test_a_catalogue_whose_features_change_keeps_bounded_action_state(
     assert shop.stats()["learned"] == 91
 
 
+def test_per_call_decisions_cost_the_garbage_collector_nothing(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """A review (2026-12-05): with the action's key a tuple of strings, a waiting decision
+    could stay tracked until a second full collection; as bytes it never is."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False, embed_in_background=False)
+    try:
+        shop = eng.loop("shop", actions=HERO)
+        for i in range(40):
+            items = [{"id": f"item {j}", "features": {"price": f"{i}.{j}"}} for j in range(3)]
+            shop.rank({"device": "mobile"}, actions=items)
+        gc.collect()
+        assert not any(gc.is_tracked(w) for w in shop._pending.values())
+        assert not any(gc.is_tracked(e) for e in shop._to_persist)
+    finally:
+        eng.close()
+
+
+def test_the_learner_overwrites_a_stand_in_row_once_the_vectors_exist(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """The review: a per-call action learned while its texts were stand-ins kept its stand-in
+    row, replayed with it, until that very action was learned again."""
+    recording = RecordingEmbedder(embedder)
+    eng = Engine(tmp_path / "ef", embedder=recording, learner=False)
+    try:
+        shop = eng.loop("shop", actions=HERO, aggregation="earliest")
+        shop.rank({"device": "mobile"})
+        assert eng.embeddings.wait()
+        recording.gate.clear()  # the new item's texts wait in the background queue
+        quiz = {"id": "quiz", "features": {"layout": "a quiz"}}
+        for _ in range(50):  # until the quiz is chosen
+            d = shop.rank({"device": "mobile"}, actions=[*HERO, quiz])
+            if d.action_id == "quiz":
+                break
+        assert d.action_id == "quiz"
+        shop.reward(d.event_id, 1.0)
+        eng.embeddings._flooded = lambda: True  # type: ignore[method-assign]  # no help
+        shop.learn_pending()
+        table = shop.trainer.actions
+        action = ef_middleware.features.to_action(quiz)
+        row = int(table.rows([action])[0])
+        assert row in table._numbering.provisional  # learned with its stand-in
+        recording.gate.set()
+        assert eng.embeddings.wait()
+        d = shop.rank({"device": "mobile"})  # any other decision, learned
+        shop.reward(d.event_id, 0.0)
+        shop.learn_pending()
+        assert row not in table._numbering.provisional
+        real, _ = shop.trainer.encoder.actions([action])
+        np.testing.assert_allclose(table.vectors[row], real[0] * table.scale, rtol=1e-5)
+    finally:
+        recording.gate.set()
+        eng.close()
+
+
+def test_own_actions_past_the_limit_do_not_compact_every_pass(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ef_middleware.trainer, "ACTION_TABLE_LIMIT", 10)
+    many = [f"variant {i}" for i in range(30)]
+    hero = engine.loop("many", actions=many, replay_size=4, min_batch_size=2)
+    compactions = []
+    compact = hero.trainer._compact_actions
+    hero.trainer._compact_actions = lambda: compactions.append(compact())  # type: ignore[method-assign,func-returns-value]
+    for _ in range(20):
+        hero.reward(hero.rank({"device": "mobile"}).event_id, 1.0)
+        hero.flush()
+    assert hero.stats()["learned"] == 20 and compactions == []
+
+
 def test_the_decision_log_names_the_action_after_its_memory_is_cleared(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         monkeypatch: pytest.MonkeyPatch) -> None:
