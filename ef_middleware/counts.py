@@ -32,7 +32,8 @@ class ActionCounts:
 
     Ids come and go with per-call action lists (the day's articles): past :data:`LIMIT` ids,
     a new one first drops the tenth of the ids learned longest ago (one that comes back
-    starts from zero, as a new action does).
+    starts from zero, as a new action does), never one of :attr:`kept` (the loop's own
+    actions: a variant rarely chosen would otherwise lose its count to the churn).
     """
 
     def __init__(self, half_life: float | None = None) -> None:
@@ -41,6 +42,7 @@ class ActionCounts:
         self.keep = 1.0 if half_life is None else 0.5 ** (1.0 / half_life)
         self.entries: dict[str, list[float]] = {}
         self.clock = 0
+        self.kept: frozenset[str] = frozenset()  # ids never dropped (the loop's own actions)
 
     def add(self, action_id: str, reward: float) -> None:
         """Count one learned sample of ``action_id`` with its normalised ``reward``."""
@@ -62,9 +64,11 @@ class ActionCounts:
     def _evict(self) -> None:
         """Drop the tenth of the ids whose last sample is oldest (a partition, not a sort:
         sorting 100,000 entries held the interpreter lock 70-125 ms, a review found)."""
-        ids = list(self.entries)
-        written = np.fromiter((e[2] for e in self.entries.values()), np.float64, len(ids))
-        drop = max(1, len(ids) // 10)
+        ids = [i for i in self.entries if i not in self.kept]
+        if not ids:
+            return
+        written = np.fromiter((self.entries[i][2] for i in ids), np.float64, len(ids))
+        drop = min(len(ids), max(1, len(self.entries) // 10))
         for i in np.argpartition(written, drop - 1)[:drop].tolist():
             del self.entries[ids[i]]
 

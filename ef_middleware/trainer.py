@@ -344,13 +344,20 @@ class Trainer:
         n = len(samples)
         if n == 0:
             return 0
-        for s in samples:  # learn from the real vectors of texts that were new at ranking
-            if s.inputs.provisional and s.context is not None:
-                try:
-                    s.inputs = self.encoder.context(s.context, block=True)
-                except Exception as exc:  # learnt from its stand-ins, as during a flood
-                    self._embedding_failed(exc)
-                self.stand_ins_learned += s.inputs.provisional
+        waiting = [(s, s.context) for s in samples
+                   if s.inputs.provisional and s.context is not None]
+        if len(waiting) > 1:  # one encode for the chunk's new texts, not one per sample
+            texts = list(dict.fromkeys(t for s, _ in waiting for t in s.inputs.texts))
+            try:
+                self.encoder.cache.get_many(texts, block=True)
+            except Exception as exc:  # each sample below has its own try
+                self._embedding_failed(exc)
+        for s, context in waiting:  # learn from the real vectors of texts new at ranking
+            try:
+                s.inputs = self.encoder.context(context, block=True)
+            except Exception as exc:  # learnt from its stand-ins, as during a flood
+                self._embedding_failed(exc)
+            self.stand_ins_learned += s.inputs.provisional
         text = np.stack([s.inputs.text for s in samples]).astype(np.float32)
         raw = np.stack([s.inputs.numeric_raw for s in samples]).astype(np.float32)
         mask = np.stack([s.inputs.numeric_mask for s in samples]).astype(np.float32)
@@ -432,6 +439,7 @@ class Trainer:
         """A fresh serving state: served weights, action rows, counts, posterior, scaling."""
         model = ServingModel(self.net.config, self.net.average, version=self.net.step)
         self._own_actions = len(actions)
+        self.counts.kept = frozenset(a.id for a in actions)
         rows = model.project_actions(self.actions.vectors_of(actions))
         stats = [self.counts.get(a.id) for a in actions]
         counts = np.array([count for count, _ in stats], np.float32)

@@ -42,6 +42,21 @@ def test_ids_past_the_limit_drop_those_learned_longest_ago(
     assert counts.get("article 0") == (0.0, 0.0)  # dropped: it starts again from zero
 
 
+def test_the_loops_own_actions_keep_their_counts_past_the_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review (2026-12-05): a variant of the loop's own, rarely chosen, lost its count to
+    the churn of per-call ids and was explored again as new."""
+    monkeypatch.setattr(counts_module, "LIMIT", 20)
+    counts = ActionCounts()
+    counts.kept = frozenset({"rare variant"})
+    for _ in range(5):
+        counts.add("rare variant", 1.0)
+    for i in range(500):
+        counts.add(f"article {i}", 0.0)
+    assert counts.get("rare variant") == (5.0, 5.0)
+    assert len(counts.entries) <= 20
+
+
 def test_a_count_halves_after_half_life_samples_of_other_actions() -> None:
     counts = ActionCounts(half_life=100)
     for _ in range(3):
@@ -96,6 +111,7 @@ def test_the_setting_is_checked_and_served(tmp_path: Path,
         keep = 0.5 ** (1 / 20)
         assert minimal == pytest.approx((1 - keep**60) / (1 - keep) * keep, rel=1e-5)
         assert video == 1.0
+        assert loop.trainer.counts.kept == {"minimal", "video"}  # never dropped for new ids
     finally:
         engine.close()
     again = Engine(tmp_path / "ef", embedder=embedder, seed=3)

@@ -719,6 +719,31 @@ def test_a_sample_whose_texts_cannot_be_embedded_is_learned_from_its_stand_ins(
         eng.close()
 
 
+def test_the_learner_embeds_a_chunks_new_texts_in_one_encode(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """A decision ranked with a stand-in is embedded again before it is learned: once per
+    sample, that was one encode each (an audit: 10 s for 20 samples with a 2 s encode)."""
+    recording = RecordingEmbedder(embedder)
+    eng = Engine(tmp_path / "ef", embedder=recording, learner=False)
+    try:
+        hero = eng.loop("hero", actions=HERO)
+        hero.rank({"device": "mobile", "campaign": "first"})
+        assert eng.embeddings.wait()
+        recording.gate.clear()  # the background thread holds back: stand-ins at ranking
+        for i in range(10):
+            d = hero.rank({"device": "mobile", "campaign": f"new {i}"})
+            hero.reward(d.event_id, 1.0)
+        recording.calls.clear()
+        hero.learn_pending()
+        here = [texts for name, texts in recording.calls if name != "ef-embedder"]
+        assert len(here) == 1 and sorted(here[0]) == sorted(f"campaign: new {i}"
+                                                            for i in range(10))
+        assert hero.stats()["learned"] == 10 and hero.stats()["stand_ins_learned"] == 0
+    finally:
+        recording.gate.set()
+        eng.close()
+
+
 def test_a_chunk_whose_learning_fails_is_dropped_not_waited_for(
         engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     hero = engine.loop("hero", actions=HERO)
