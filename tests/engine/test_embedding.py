@@ -98,6 +98,21 @@ def test_loading_the_model_writes_no_progress_bar_and_leaves_the_bars_as_they_we
     assert hf_logging.is_progress_bar_enabled()  # a host application's bars still show
 
 
+def test_an_encode_writes_no_progress_bar_when_the_app_logs_at_info(
+        embedder: SentenceTransformerEmbedder, capfd: pytest.CaptureFixture[str]) -> None:
+    """A soak (2026-12-05) under an app that called logging.basicConfig(level=INFO):
+    sentence-transformers wrote a "Batches" progress bar to stderr for every encode."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        capfd.readouterr()
+        embedder.encode(["utm_campaign: a bar?"])
+        assert "Batches" not in capfd.readouterr().err
+    finally:
+        root.setLevel(level)
+
+
 def test_persisted_vectors_expire_and_the_memory_lru_is_bounded(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     # Texts are client data: one-off values must not stay in the store for good, nor fill
