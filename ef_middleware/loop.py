@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, overload
 import numpy as np
 import orjson
 
+from ._json import kept, kept_json
 from ._types import Context, FloatArray
 from .decision import Choice, Decision, LogEntry, context_json, log_json, log_record
 from .errors import (
@@ -285,7 +286,8 @@ class Loop:
         found = view.keys.get(index)
         if found is None:
             action = view.actions[index]
-            key = log_json([action.id, *chain.from_iterable(sorted(action.features.items()))])
+            key = kept(log_json([action.id,
+                                 *chain.from_iterable(sorted(action.features.items()))]))
             remembered = self._actions_by_key.get(key)
             if remembered is None:
                 if len(self._actions_by_key) >= ACTIONS_KEPT:
@@ -322,7 +324,7 @@ class Loop:
                 encoded.texts, ids, state.offset_rows if own else None)
         mean = sigmoid(logits).astype(np.float32)
         low, high = self.settings.reward_range
-        ids_json = state.ids_json if own else orjson.dumps(ids)
+        ids_json = state.ids_json if own else kept_json(ids)
         return _View(encoded, candidates, ids, ids_json, low + mean * (high - low),
                      Candidates(mean, logits, hidden, counts, successes, model,
                                 state.posterior, state.learned), network)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ._json import kept_json
 from ._types import Context, FloatArray, IntArray
 from .correction import Correction
 from .counts import ActionCounts
@@ -77,7 +78,7 @@ class ServingState:
     @cached_property
     def ids_json(self) -> bytes:
         """:attr:`ids` as JSON (the decision log's ``actions``), once per published state."""
-        return orjson.dumps(self.ids)
+        return kept_json(self.ids)
 
 
 @dataclass
