@@ -290,29 +290,29 @@ class EmbeddingCache:
         stand_ins = self.failing or self._stopping.is_set()
         if to_encode and (not wait or (self.background and self._flooded()) or stand_ins):
             self._stored_means({p for p in map(_prefix, to_encode) if p not in self._centroids})
-            later = [t for t in to_encode if _prefix(t) in self._centroids]
-            for text in later:
-                sum_, count = self._centroids[_prefix(text)]
-                out[missing[text]] = sum_ / count
+            means = {t: m for t in to_encode if (m := self._mean(t)) is not None}
+            later = list(means)
+            for text, mean in means.items():
+                out[missing[text]] = mean
             if stand_ins or (not wait and not getattr(self.embedder, "loaded", True)):
                 # No neighbour, and encoding now would load the model on this thread first
                 # (seconds; after a restart whose store knew every value until now): zeros
                 # stand in until the background thread, which loads it, has the vector.
                 for text in to_encode:
-                    if text not in later:
+                    if text not in means:
                         later.append(text)
                         out[missing[text]] = 0.0
             self._enqueue(later)
             complete = not later
-            to_encode = [t for t in to_encode if t not in set(later)]
+            waiting = set(later)
+            to_encode = [t for t in to_encode if t not in waiting]
         if to_encode:
             encoded = self._encode_each(to_encode)
             found.update(encoded)
             failed = [t for t in to_encode if t not in encoded]
             for text in failed:  # stand-ins: the key's mean, or zeros, until it works
-                with self._lock:
-                    mean = self._centroids.get(_prefix(text))
-                out[missing[text]] = 0.0 if mean is None else mean[0] / mean[1]
+                stand_in = self._mean(text)
+                out[missing[text]] = 0.0 if stand_in is None else stand_in
             if failed:
                 self._enqueue(failed)
                 complete = False
@@ -321,6 +321,15 @@ class EmbeddingCache:
                 self._remember(text, vec)
                 out[missing[text]] = vec
         return complete
+
+    def _mean(self, text: str) -> FloatArray | None:
+        """The mean vector of the texts seen for ``text``'s key (its stand-in), if any."""
+        with self._lock:
+            found = self._centroids.get(_prefix(text))
+        if found is None:
+            return None
+        mean: FloatArray = found[0] / np.float32(found[1])
+        return mean
 
     def _from_store(self, texts: Iterable[str]) -> dict[str, FloatArray]:
         found: dict[str, FloatArray] = {}

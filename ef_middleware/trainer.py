@@ -294,7 +294,6 @@ class Trainer:
         self.replay = Replay(settings.replay_size, cfg.text_dim, cfg.numeric_dim)
         self.actions = ActionTable(encoder, settings.embedding_scale, self._embedding_failed)
         self._pooled: dict[ActionKey, FloatArray] = {}  # per-call actions' scaled vectors
-        self._own_actions = 0  # the loop's own actions, at the last publication
         # Pooled context vectors share a large common part (every "device: ..." text is alike)
         # and differ by small amounts; standardising each dimension puts those differences at
         # unit scale, which made the network learn Mushroom's edibility several times faster
@@ -363,7 +362,8 @@ class Trainer:
         raw = np.stack([s.inputs.numeric_raw for s in samples]).astype(np.float32)
         mask = np.stack([s.inputs.numeric_mask for s in samples]).astype(np.float32)
         y = np.array([s.reward for s in samples], dtype=np.float32)
-        limit = max(ACTION_TABLE_LIMIT, 2 * (self.replay.capacity + self._own_actions))
+        own = len(self.counts.kept)  # the loop's actions at the last publication
+        limit = max(ACTION_TABLE_LIMIT, 2 * (self.replay.capacity + own))
         if len(self.actions) > limit:
             self._compact_actions()
         self.actions.refresh()
@@ -439,8 +439,7 @@ class Trainer:
     def publish(self, actions: Sequence[Action]) -> ServingState:
         """A fresh serving state: served weights, action rows, counts, posterior, scaling."""
         model = ServingModel(self.net.config, self.net.average, version=self.net.step)
-        self._own_actions = len(actions)
-        self.counts.kept = frozenset(a.id for a in actions)
+        self.counts.kept = frozenset(a.id for a in actions)  # the loop's own (ids unique)
         rows = model.project_actions(self.actions.vectors_of(actions))
         stats = [self.counts.get(a.id) for a in actions]
         counts = np.array([count for count, _ in stats], np.float32)
