@@ -25,6 +25,7 @@ from ._types import FloatArray
 from .errors import ConfigurationError, EmbedderError
 from .priority import BACKGROUND_NICE, lower_priority
 from .store import Store
+from .throttle import Throttle
 
 log = logging.getLogger("ef_middleware")
 
@@ -230,7 +231,7 @@ class EmbeddingCache:
         self.background = background
         self.max_queued = max_queued
         self.overflowed = 0  # texts not queued because the queue was full
-        self._warned_at = -math.inf
+        self._full_warnings = Throttle(WARN_EVERY)
         self._store = store
         self.ttl = ttl
         self._memory: LRUCache[str, FloatArray] = LRUCache(maxsize=maxsize)
@@ -248,7 +249,7 @@ class EmbeddingCache:
         self.last_error: str | None = None
         self._backoff = 0.0
         self._failing_until = -math.inf  # time.monotonic() until which nothing is encoded
-        self._failure_warned_at = -math.inf
+        self._failure_warnings = Throttle(WARN_EVERY)
         self._stopping = threading.Event()
 
     def _key(self, text: str, kind: str = "emb") -> str:
@@ -381,9 +382,7 @@ class EmbeddingCache:
                     self._backoff = min(max(2 * self._backoff, BACKOFF_FIRST), BACKOFF_MOST)
                     self._failing_until = now + self._backoff
             self.last_error = f"{type(exc).__name__}: {exc}"
-            warn = now - self._failure_warned_at >= WARN_EVERY
-            if warn:
-                self._failure_warned_at = now
+            warn = self._failure_warnings.allow() is not None
         if warn:
             what = ("the store" if store else "the embedder" if text is None
                     else f"the embedder on the text {text[:80]!r} (not tried again for an hour)")
@@ -487,10 +486,7 @@ class EmbeddingCache:
                                                 daemon=True)
                 self._worker.start()
             self.overflowed += dropped
-            now = time.monotonic()
-            warn = dropped > 0 and now - self._warned_at >= WARN_EVERY
-            if warn:
-                self._warned_at = now
+            warn = dropped > 0 and self._full_warnings.allow() is not None
         for text in new:
             self._queue.put(text)
         if warn:

@@ -46,6 +46,7 @@ from .policies import Candidates, Policy, make_policy, resolve_choices
 from .priority import yield_to_requests
 from .settings import LoopSettings
 from .store import Store
+from .throttle import Throttle
 from .trainer import Sample, ServingState, Trainer, action_key
 
 log = logging.getLogger("ef_middleware")
@@ -193,7 +194,7 @@ class Loop:
         self.finalised_early = 0  # decisions learned before reward_wait: past max_pending
         self.log_failures = 0  # decision-log writes that failed (their records were retried)
         self.unlogged = 0  # decision records given up on: past UNLOGGED_LIMIT while writes fail
-        self._log_warned_at = -math.inf
+        self._log_warnings = Throttle(LOG_FAILURE_WARN_EVERY)
         self._log_retry_at = -math.inf
 
     # -- ranking ---------------------------------------------------------------------------
@@ -655,9 +656,7 @@ class Loop:
         """Count a failed decision-log write (or a record that could not be made) and say so
         in one line, once a minute."""
         self.log_failures += 1
-        now = time.monotonic()
-        if now - self._log_warned_at >= LOG_FAILURE_WARN_EVERY:
-            self._log_warned_at = now
+        if self._log_warnings.allow() is not None:
             log.warning("ef_middleware: loop %r could not write its decision log (%d failures "
                         "so far; its records wait, at most %d): %s: %s", self.name,
                         self.log_failures, UNLOGGED_LIMIT, type(exc).__name__,

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import struct
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,6 +37,7 @@ from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, wit
 from .priority import yield_to_requests
 from .settings import LoopSettings
 from .store import Store
+from .throttle import Throttle
 
 log = logging.getLogger("ef_middleware")
 KEEP_VERSIONS = 3
@@ -307,7 +306,7 @@ class Trainer:
                            if rate > 0 else None)
         self.learned = 0
         self.stand_ins_learned = 0  # samples learned from stand-ins (a flood, a failing embedder)
-        self._embedding_warned_at = -math.inf
+        self._embedding_warnings = Throttle(EMBEDDING_WARN_EVERY)
         self._credit = 0.0
         self._fresh: list[int] = []  # replay slots not yet in a gradient step
         self._since_rebuild = 0
@@ -390,9 +389,7 @@ class Trainer:
         """A sample's or an action's texts could not be embedded: it is learned from the
         stand-ins it was ranked with (one failing text dropped its whole chunk of 256
         samples, an audit of 2026-12-05); one warning a minute at most."""
-        now = time.monotonic()
-        if now - self._embedding_warned_at >= EMBEDDING_WARN_EVERY:
-            self._embedding_warned_at = now
+        if self._embedding_warnings.allow() is not None:
             log.warning("loop %r: learning from stand-in vectors, the embedder failed (%s: "
                         "%s; one warning a minute)", self.name, type(exc).__name__, exc)
 

@@ -195,8 +195,9 @@ class PersonalizationMiddleware:
                         message["headers"] = with_cookies(message.get("headers", ()),
                                                           ef.cookie_headers())
                     except Exception as exc:  # never break the host page
-                        logger.warning("ef_middleware: could not set cookies: %s",
-                                       one_line(exc))
+                        self.runtime.warn("cookies", None,
+                                          "ef_middleware: could not set cookies: %s",
+                                          one_line(exc))
             await send(message)
 
         try:

@@ -22,7 +22,7 @@ from .context import (
     utm_params,
     visitor_zone,
 )
-from .settings import Runtime, logger, one_line
+from .settings import Runtime, one_line
 from .variant import NoDecisionError, Variant
 
 if TYPE_CHECKING:
@@ -70,6 +70,11 @@ class Personalization:
         self.headers_sent = False
         """The response's headers are gone (a streamed body): a new decision could not reach
         the cookie, so none is made (the default variant is served, one line logged)."""
+
+    @property
+    def runtime(self) -> Runtime:
+        """The app's shared runtime: settings, signers, the failures survived."""
+        return self._rt
 
     # -- request data ----------------------------------------------------------------------
     @property
@@ -183,8 +188,8 @@ class Personalization:
                 extra = s.context_hook(self._scope)
                 ctx.update({str(k): v for k, v in extra.items()})
             except Exception as exc:  # the host's code: its features are left out this time
-                logger.warning("ef_middleware: the context hook failed, its features are left"
-                               " out: %s", one_line(exc))
+                self._rt.warn("context_hook", None, "ef_middleware: the context hook failed, "
+                              "its features are left out: %s", one_line(exc))
         return ctx
 
     # -- decisions -------------------------------------------------------------------------
@@ -237,8 +242,8 @@ class Personalization:
         return 0 <= self._now - entry.issued_at < window
 
     def _fallback(self, name: str, exc: Exception) -> Variant:
-        logger.warning("ef_middleware: loop %r serves its default variant: %s", name,
-                       one_line(exc))
+        self._rt.warn("variant", name, "ef_middleware: loop %r serves its default variant: %s",
+                      name, one_line(exc))
         try:
             return Variant.from_decision(self._rt.engine.get_loop(name).default_decision(),
                                          default=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ from ef_middleware.errors import (
 
 from . import cookies as ck
 from .context import header_map
-from .settings import Runtime, logger, one_line
+from .settings import Runtime, one_line
 
 __all__ = ["handle", "same_origin"]
 
@@ -205,10 +206,12 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     except (RewardOutOfRangeError, InvalidInputError) as exc:
         return error(400, exc.code, str(exc))
     except EFError as exc:
-        logger.warning("ef_middleware: reward for loop %r failed: %s", name, one_line(exc))
+        rt.warn("reward", name, "ef_middleware: reward for loop %r failed: %s", name,
+                one_line(exc))
         return error(503, exc.code, "the reward could not be stored; try again")
     except Exception as exc:  # a bug or a broken store: still a JSON answer, and one log line
-        logger.error("ef_middleware: reward for loop %r failed: %s", name, one_line(exc))
+        rt.warn("reward", name, "ef_middleware: reward for loop %r failed: %s", name,
+                one_line(exc), level=logging.ERROR)
         return error(500, "internal", "the reward could not be stored")
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
@@ -249,7 +252,8 @@ async def status(rt: Runtime) -> Response:
     loops: dict[str, Any] = {}
     for name, loop in rt.engine.loops.items():
         loops[name] = await run_in_threadpool(loop.stats)
-    return JSONResponse({"engine": rt.engine.health(), "loops": loops},
+    return JSONResponse({"engine": rt.engine.health(), "loops": loops,
+                         "web": {"failures": dict(rt.failures)}},
                         headers={"Cache-Control": "no-store"})
 
 

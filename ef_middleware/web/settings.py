@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from markupsafe import Markup
 from starlette.types import Scope
 
 from ef_middleware.errors import ConfigurationError
+from ef_middleware.throttle import Throttle, held_back
 
 from .context import parse_device
 from .cookies import DECISIONS_SALT, VISITOR_SALT, cookie_attributes, make_serializer
@@ -139,6 +141,19 @@ class Runtime:
         # Rewards are written by one thread, in arrival order: the event loop never waits on
         # the disk, and the writes of one process never contend with each other.
         self._writer: ThreadPoolExecutor | None = None
+        self.failures: Counter[str] = Counter()
+        """Failures the pages and the reward route survived, by kind (``GET status``)."""
+        self._warnings = Throttle(clock=settings.clock)
+
+    def warn(self, kind: str, subject: object, message: str, *args: object,
+             level: int = logging.WARNING) -> None:
+        """Count a failure of ``kind`` and log it in one line: at most one a minute per kind
+        and ``subject`` (a loop), ending with how many were held back since, so a failure on
+        every page view does not flood the host's log."""
+        self.failures[kind] += 1
+        held = self._warnings.allow((kind, subject))
+        if held is not None:
+            logger.log(level, message + "%s", *args, held_back(held))
 
     async def write(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)`` (a blocking store write) on the writer thread and await it."""

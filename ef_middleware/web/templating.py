@@ -23,7 +23,6 @@ from jinja2.runtime import Context
 from ef_middleware.errors import ConfigurationError
 
 from .personalization import Personalization
-from .settings import logger
 
 if TYPE_CHECKING:
     from jinja2.parser import Parser
@@ -138,6 +137,6 @@ class PersonalizeExtension(Extension):
         if chosen == variant_id:
             return True
         if variant_id == ids[-1] and chosen and chosen not in ids:
-            logger.warning("ef_middleware: loop %r chose %r but the template has no "
-                           "{%% variant %%} block for it", loop, chosen)
+            ef.runtime.warn("template", (loop, chosen), "ef_middleware: loop %r chose %r but "
+                            "the template has no {%% variant %%} block for it", loop, chosen)
         return False

@@ -250,8 +250,8 @@ def test_a_failing_context_hook_leaves_its_features_out(
     outcome: object
 ) -> None:
     """The host's hook failing (raising, or not returning a mapping) costs its features only:
-    it is called once per request, logs one line, every loop still ranks, and
-    ``ef.context`` still answers."""
+    it is called once per request, every loop still ranks, ``ef.context`` still answers, and
+    the failure is logged in one line (the second within the minute is counted, not logged)."""
     second = engine.loop(f"{loop_name}-second", actions=ACTIONS).name
     calls: list[object] = []
 
@@ -261,7 +261,7 @@ def test_a_failing_context_hook_leaves_its_features_out(
             raise outcome
         return outcome
 
-    app = make_app(engine, [loop_name, second], context_hook=hook)
+    app = make_app(engine, [loop_name, second], context_hook=hook, status_route=True)
     before = {name: stats(engine, name)["decisions"] for name in (loop_name, second)}
     with caplog.at_level(logging.WARNING, logger="ef_middleware"):
         response = client_for(app).get("/")
@@ -271,7 +271,44 @@ def test_a_failing_context_hook_leaves_its_features_out(
         name: count + 1 for name, count in before.items()}
     assert context.status_code == 200 and context.json()["device"] == "desktop"
     records = [r for r in caplog.records if r.name == "ef_middleware"]
-    assert len(records) == 2 and all("context hook" in r.getMessage() for r in records)
+    assert len(records) == 1 and "context hook" in records[0].getMessage()
+    assert client_for(app).get("/_ef/status").json()["web"]["failures"] == {"context_hook": 2}
+
+
+def test_a_failure_on_every_page_is_one_line_a_minute(
+        engine: Engine, loop_name: str, client_for: Client, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that fails on every page view does not flood the host's log: one line a minute
+    per loop, the next one saying how many were held back, and ``GET status`` counts all."""
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("model exploded")
+
+    second = engine.loop(f"{loop_name}-second", actions=ACTIONS).name
+    for name in (loop_name, second):
+        monkeypatch.setattr(engine.get_loop(name), "rank", broken)
+    now = [1_000_000.0]
+    client = client_for(make_app(engine, [loop_name, second], clock=lambda: now[0],
+                                 status_route=True))
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "ef_middleware"]
+
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        for _ in range(20):
+            response = client.get("/")
+            assert response.status_code == 200 and response.text.count("=minimal") == 2
+        assert len(lines()) == 2  # one per loop
+        assert {loop_name, second} == {m.split("'")[1] for m in lines()}
+        now[0] += 59
+        client.get(f"/?loop={loop_name}")
+        assert len(lines()) == 2
+        now[0] += 2
+        client.get(f"/?loop={loop_name}")
+    assert len(lines()) == 3
+    assert lines()[-1].endswith("RuntimeError: model exploded (20 more like it since the last "
+                                "one logged)")
+    status = client.get("/_ef/status").json()
+    assert status["web"]["failures"] == {"variant": 42}
 
 
 def test_unknown_loop_renders_empty_and_logs_one_line(engine: Engine, client_for: Client,
