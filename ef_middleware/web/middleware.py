@@ -118,8 +118,10 @@ class PersonalizationMiddleware:
         Serve ``GET {prefix}status`` with per-loop counters (off by default).
     freeze_gc
         At startup, after the engine is loaded, move every object that exists into the garbage
-        collector's permanent generation (``gc.freeze()``): full collections then skip torch and
-        the model, which otherwise made each one a pause of about 0.3 s. On by default.
+        collector's permanent generation (``gc.freeze()``): full collections then skip the
+        app and the engine. On by default. (The default embedder freezes again once it has
+        loaded its model, on first use; ``SentenceTransformerEmbedder(freeze_gc=False)``
+        turns that off.)
     clock
         Seconds since the epoch; tests inject one.
 
