@@ -174,11 +174,12 @@ class Loop:
         self._arrivals: deque[str] = deque()  # event ids in ranking order, for expiry
         self._in_flight: dict[str, RewardWrite] = {}  # each event's unfinished write
         # One key object per action, shared by the decisions that name it, with the action
-        # itself for the loop's own actions only: a per-call action is rebuilt from its key
-        # when learned or logged (4 us), so the garbage collector tracks none of them. (Kept
-        # as objects, 20,000 per-call actions added 7 ms to every full collection, one every
-        # ~13 s at 150 catalogue ranks a second.) A memory, not a table: cleared past
-        # ACTIONS_KEPT, so per-call action lists that change do not grow it.
+        # itself for the loop's own actions only (and any whose feature values are not all
+        # strings, which JSON would not give back as they were): a per-call action is rebuilt
+        # from its key when learned or logged (4 us), so the garbage collector tracks none of
+        # them. (Kept as objects, 20,000 per-call actions added 7 ms to every full collection,
+        # one every ~13 s at 150 catalogue ranks a second.) A memory, not a table: cleared
+        # past ACTIONS_KEPT, so per-call action lists that change do not grow it.
         self._actions_by_key: dict[_Key, tuple[_Key, Action | None]] = {}
         self._pending_lock = threading.Lock()
         self._landed_write = threading.Condition(self._pending_lock)  # an in-flight one ended
@@ -246,7 +247,7 @@ class Loop:
         chosen = view.actions[choice.index]
         event_id = event_id or f"{_ids.getrandbits(128):032x}"
         now = self.clock()
-        key = self._key_of(view, choice.index)
+        key = self._key_of(state, view, choice.index)
         inputs = view.encoded
         # Both kept as flat tuples of plain values, which the garbage collector stops tracking
         # (see Choice.state).
@@ -284,7 +285,7 @@ class Loop:
         """The store key of ``event_id``'s reward."""
         return f"reward:{self.name}:{event_id}"
 
-    def _key_of(self, view: _View, index: int) -> _Key:
+    def _key_of(self, state: ServingState, view: _View, index: int) -> _Key:
         """The key of ``view``'s action ``index``, memoised on the view; the action is
         remembered by it (:meth:`_action_of`)."""
         found = view.keys.get(index)
@@ -296,10 +297,13 @@ class Loop:
             if remembered is None:
                 if len(self._actions_by_key) >= ACTIONS_KEPT:
                     self._actions_by_key.clear()
-                state = self._serving
                 row = state.index.get(action.id)
                 own = row is not None and state.actions[row] is action
-                self._actions_by_key[key] = (key, action if own else None)
+                # An Action built directly may hold values JSON does not give back (a
+                # Decimal, a tuple, NaN): such an action is kept as it is, to be learned
+                # with the texts it was ranked with.
+                exact = all(type(v) is str for v in action.features.values())
+                self._actions_by_key[key] = (key, None if exact and not own else action)
             else:  # one key object per action, shared by its decisions
                 key = remembered[0]
             found = view.keys[index] = key

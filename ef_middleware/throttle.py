@@ -51,10 +51,11 @@ class Throttle:
     def allow(self, key: Hashable = None) -> int | None:
         """``None`` to hold this warning back, otherwise the number held back since the last
         one of ``key`` was let through (log it now)."""
-        now = self._clock()
         with self._lock:
-            # A clock set back (a wall clock) lets the warning through rather than hold it.
-            if 0 <= now - self._last.get(key, -math.inf) < self.every:
+            now = self._clock()  # read under the lock: one order for every thread
+            # A clock set back further than a window (a wall clock) lets the warning through
+            # rather than hold it for as long as it was set back.
+            if abs(now - self._last.get(key, -math.inf)) < self.every:
                 self._held[key] = self._held.get(key, 0) + 1
                 return None
             if len(self._last) >= KEYS_KEPT and key not in self._last:

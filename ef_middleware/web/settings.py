@@ -147,11 +147,12 @@ class Runtime:
 
     def warn(self, kind: str, subject: object, message: str, *args: object,
              level: int = logging.WARNING) -> None:
-        """Count a failure of ``kind`` and log it in one line: at most one a minute per kind
-        and ``subject`` (a loop), ending with how many were held back since, so a failure on
-        every page view does not flood the host's log."""
+        """Count a failure of ``kind`` and log it in one line: at most one a minute per kind,
+        ``subject`` (a loop) and level, ending with how many were held back since, so a
+        failure on every page view does not flood the host's log (an error is never held
+        back by a warning of the same kind)."""
         self.failures[kind] += 1
-        held = self._warnings.allow((kind, subject))
+        held = self._warnings.allow((kind, subject, level))
         if held is not None:
             logger.log(level, message + "%s", *args, held_back(held))
 

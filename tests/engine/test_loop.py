@@ -1874,6 +1874,28 @@ def test_actions_with_numpy_or_decimal_values_are_logged(engine: Engine) -> None
                                          "stock": int(chosen.features["stock"])}
 
 
+def test_a_per_call_action_that_json_would_change_is_learned_as_ranked(engine: Engine) -> None:
+    """A per-call action is rebuilt from its JSON key when learned, unless JSON would not give
+    its values back (a review of the twenty-seventh stop: a tuple came back as a list, which
+    made the learner drop the whole chunk; a Decimal as a string, a new text to learn)."""
+    from decimal import Decimal
+
+    from ef_middleware.features import Action
+
+    hero = engine.loop("hero", actions=HERO)
+    odd = Action("cheap", {"price": Decimal("9.99"), "sizes": ("S", "M")})  # type: ignore[dict-item]
+    plain = {"id": "plain", "features": {"price": "1.00"}}
+    decisions = [hero.rank({"device": "mobile"}, actions=[odd]),
+                 hero.rank({"device": "mobile"}, actions=[plain])]
+    assert hero._action_of(hero._pending[decisions[0].event_id][4]) is odd
+    rebuilt = hero._action_of(hero._pending[decisions[1].event_id][4])
+    assert (rebuilt.id, dict(rebuilt.features)) == ("plain", {"price": "1.00"})
+    for d in decisions:
+        hero.reward(d.event_id, 1.0)
+    hero.flush()
+    assert (hero.stats()["learned"], hero.dropped) == (2, 0)
+
+
 def test_a_bad_record_is_not_put_back_when_the_store_then_refuses_its_chunk(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,17 @@ def test_a_clock_set_back_lets_the_warning_through() -> None:
     assert gate.allow() == 0
 
 
+def test_a_clock_read_late_by_another_thread_still_holds_the_warning_back() -> None:
+    """Two threads at once: the one that reads the clock first may take the lock second; its
+    slightly earlier time is within the window, not a clock set back (a review found both
+    let through when the clock was read before the lock)."""
+    now = [100.0]
+    gate = Throttle(60, clock=lambda: now[0])
+    assert gate.allow() == 0
+    now[0] = 99.999
+    assert gate.allow() is None
+
+
 def test_keys_are_bounded() -> None:
     gate = Throttle(60, clock=lambda: 0.0)
     for key in range(throttle.KEYS_KEPT):

@@ -311,6 +311,20 @@ def test_a_failure_on_every_page_is_one_line_a_minute(
     assert status["web"]["failures"] == {"variant": 42}
 
 
+def test_an_error_is_not_held_back_by_a_warning_of_the_same_kind(
+        engine: Engine, loop_name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The reward route logs a failing store as a warning (503) and a bug as an error (500),
+    both of kind "reward": a review found the error held back behind the warning."""
+    runtime = _middleware(make_app(engine, [loop_name])).runtime
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        runtime.warn("reward", loop_name, "store failed")
+        runtime.warn("reward", loop_name, "a bug", level=logging.ERROR)
+        runtime.warn("reward", loop_name, "store failed again")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "store failed"), ("ERROR", "a bug")]
+    assert runtime.failures == {"reward": 3}
+
+
 def test_unknown_loop_renders_empty_and_logs_one_line(engine: Engine, client_for: Client,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="ef_middleware"):
