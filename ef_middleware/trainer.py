@@ -149,7 +149,7 @@ class ActionTable:
                 return self._add(actions, out)
             out[i] = row
         if numbering.provisional:
-            self._refresh(numbering, [r for r in out.tolist() if r in numbering.provisional])
+            self._refresh(numbering, out.tolist())  # it skips the rows that are not stand-ins
         return out
 
     def refresh(self) -> None:
