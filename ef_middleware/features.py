@@ -22,6 +22,7 @@ import numpy as np
 from ._types import Context, FloatArray
 from .embedding import EmbeddingCache
 from .errors import InvalidInputError
+from .memo import Memo
 
 MAX_TEXT = 200  # characters of a value that reach the embedder
 # Action ids and event ids travel in the middleware's signed decision cookie, which a browser
@@ -269,8 +270,7 @@ class FeatureEncoder:
         self.cache = cache
         self.numeric = numeric
         self.dim = cache.dim
-        self._memo: dict[tuple[str, ...], FloatArray] = {}
-        self._memo_size = memo_size
+        self._memo: Memo[tuple[str, ...], FloatArray] = Memo(memo_size)
 
     def pool(self, texts: Sequence[str], *, block: bool | None = None
              ) -> tuple[FloatArray, bool]:
@@ -285,9 +285,7 @@ class FeatureEncoder:
         vectors, complete = self.cache.lookup(texts, block=block)
         pooled = vectors.mean(axis=0, dtype=np.float32)
         if complete:
-            if len(self._memo) >= self._memo_size:
-                self._memo.clear()  # simple and thread-safe; refills with what visitors bring
-            self._memo[key] = pooled
+            self._memo.put(key, pooled)
         return pooled, complete
 
     def context(self, context: Context, *, block: bool | None = None) -> EncodedContext:

@@ -41,6 +41,7 @@ from .features import (
     split_texts,
     to_actions,
 )
+from .memo import Memo
 from .model import sigmoid
 from .policies import Candidates, Policy, make_policy, resolve_choices
 from .priority import yield_to_requests
@@ -62,7 +63,7 @@ WRITE_GRACE = 300.0  # seconds a decision's expiry waits for its reward's write 
 UNLOGGED_LIMIT = 100_000  # decision records kept for the log while its writes fail
 LOG_FAILURE_WARN_EVERY = 60.0  # seconds between two warnings of failing decision-log writes
 LOG_RETRY = 1.0  # seconds before the decision log is written again after a failed write
-ACTIONS_KEPT = 20_000  # per-call actions remembered (by key; as projected rows), then cleared
+ACTIONS_KEPT = 20_000  # per-call actions remembered by key (the oldest go first)
 
 
 # A decision waiting for its reward is one plain tuple (index names below): the model's inputs
@@ -120,24 +121,24 @@ class _View:
         self.keys: dict[int, _Key] = {}  # action index -> its key (``Loop._key_of``)
 
 
-class _Views(dict[tuple[Any, ...], _View]):
+class _Views(Memo[tuple[Any, ...], _View]):
     """Views of one published serving state, by context (see ``Loop._cached_view``), at most
     ``VIEW_CACHE_SIZE`` of them and about ``VIEW_CACHE_BYTES`` (a view of K actions holds
-    K rows of the last hidden layer: 1.1 KB for K = 4, 280 KB for K = 1,000)."""
+    K rows of the last hidden layer: 1.1 KB for K = 4, 280 KB for K = 1,000); past that the
+    oldest goes (emptied whole, 4,096 views were freed by the request that found it full)."""
 
     def __init__(self, state: ServingState | None) -> None:
-        super().__init__()
+        super().__init__(VIEW_CACHE_SIZE)
         self.state = state
-        self.limit = 0
+        self.sized = False  # the limit is set by the first view's size
 
     def put(self, key: tuple[Any, ...], view: _View) -> None:
-        if not self.limit:
+        if not self.sized:
             c = view.candidates
             size = c.hidden.nbytes + 12 * c.mean.nbytes
             self.limit = max(1, min(VIEW_CACHE_SIZE, VIEW_CACHE_BYTES // size))
-        if len(self) >= self.limit:
-            self.clear()  # refills with the contexts that visitors bring now
-        self[key] = view
+            self.sized = True
+        super().put(key, view)
 
 
 class Loop:
@@ -178,9 +179,9 @@ class Loop:
         # strings, which JSON would not give back as they were): a per-call action is rebuilt
         # from its key when learned or logged (4 us), so the garbage collector tracks none of
         # them. (Kept as objects, 20,000 per-call actions added 7 ms to every full collection,
-        # one every ~13 s at 150 catalogue ranks a second.) A memory, not a table: cleared
-        # past ACTIONS_KEPT, so per-call action lists that change do not grow it.
-        self._actions_by_key: dict[_Key, tuple[_Key, Action | None]] = {}
+        # one every ~13 s at 150 catalogue ranks a second.) A memory, not a table: past
+        # ACTIONS_KEPT the oldest key goes, so per-call action lists that change do not grow it.
+        self._actions_by_key: Memo[_Key, tuple[_Key, Action | None]] = Memo(ACTIONS_KEPT)
         self._pending_lock = threading.Lock()
         self._landed_write = threading.Condition(self._pending_lock)  # an in-flight one ended
         self._to_persist: deque[LogEntry] = deque()
@@ -295,15 +296,13 @@ class Loop:
                                  *chain.from_iterable(sorted(action.features.items()))]))
             remembered = self._actions_by_key.get(key)
             if remembered is None:
-                if len(self._actions_by_key) >= ACTIONS_KEPT:
-                    self._actions_by_key.clear()
                 row = state.index.get(action.id)
                 own = row is not None and state.actions[row] is action
                 # An Action built directly may hold values JSON does not give back (a
                 # Decimal, a tuple, NaN): such an action is kept as it is, to be learned
                 # with the texts it was ranked with.
                 exact = all(type(v) is str for v in action.features.values())
-                self._actions_by_key[key] = (key, None if exact and not own else action)
+                self._actions_by_key.put(key, (key, None if exact and not own else action))
             else:  # one key object per action, shared by its decisions
                 key = remembered[0]
             found = view.keys[index] = key
@@ -395,9 +394,7 @@ class Loop:
                 projected, final = self.trainer.action_rows([a], state.model)
                 cached = projected[0]
                 if final:  # a stand-in is computed again until the real vectors are in
-                    if len(memo) >= ACTIONS_KEPT:  # a frozen loop's model lives on
-                        memo.clear()
-                    memo[key] = cached
+                    memo.put(key, cached)  # bounded: a frozen loop's model lives on
             stat = self.trainer.counts.get(a.id)
             rows[j], counts[j], successes[j] = cached, stat[0], stat[1]
         return chosen, rows, counts, successes

@@ -22,8 +22,10 @@ import numpy.typing as npt
 
 from . import fused
 from ._types import FloatArray
+from .memo import Memo
 
 Array = npt.NDArray[np.floating[Any]]
+ACTION_ROWS_KEPT = 20_000  # per-call actions' layer-1 rows one served model keeps (the oldest go)
 DENORMAL_EVERY = 32
 
 
@@ -399,7 +401,9 @@ class ServingModel:
         w_out, b_out = layers[-1]
         self.w_out = np.ascontiguousarray(w_out[:, 0], dtype=np.float32)
         self.b_out = np.float32(b_out[0])
-        self.action_rows: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray] = {}
+        # per-call actions' rows, filled by Loop (bounded: a frozen loop's model lives on)
+        self.action_rows: Memo[tuple[str, tuple[tuple[str, str], ...]], FloatArray] = Memo(
+            ACTION_ROWS_KEPT)
 
     def project_context(self, text: FloatArray, numeric: FloatArray) -> FloatArray:
         out: FloatArray = text @ self.w1_context + numeric @ self.w1_numeric + self.b1

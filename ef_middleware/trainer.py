@@ -32,6 +32,7 @@ from ._types import Context, FloatArray, IntArray
 from .correction import Correction
 from .counts import ActionCounts
 from .features import Action, EncodedContext, FeatureEncoder, RunningScaler
+from .memo import Memo
 from .model import FactoredInput, RewardNet, ServingModel, layer_views
 from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, with_bias
 from .priority import yield_to_requests
@@ -292,7 +293,8 @@ class Trainer:
         self.rng = np.random.default_rng(seed + 1)
         self.replay = Replay(settings.replay_size, cfg.text_dim, cfg.numeric_dim)
         self.actions = ActionTable(encoder, settings.embedding_scale, self._embedding_failed)
-        self._pooled: dict[ActionKey, FloatArray] = {}  # per-call actions' scaled vectors
+        # per-call actions' scaled vectors
+        self._pooled: Memo[ActionKey, FloatArray] = Memo(ACTION_TABLE_LIMIT)
         # Pooled context vectors share a large common part (every "device: ..." text is alike)
         # and differ by small amounts; standardising each dimension puts those differences at
         # unit scale, which made the network learn Mushroom's edibility several times faster
@@ -467,9 +469,7 @@ class Trainer:
                 vectors, complete = self.encoder.actions([action], block=None)
                 found = vectors[0] * self.actions.scale
                 if complete[0]:
-                    if len(memo) >= ACTION_TABLE_LIMIT:
-                        memo.clear()
-                    memo[key] = found
+                    memo.put(key, found)
                 else:
                     final = False
             out[i] = found

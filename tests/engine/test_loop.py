@@ -472,6 +472,7 @@ def test_a_catalogue_whose_features_change_keeps_bounded_action_state(
     still reads its own action's vector."""
     monkeypatch.setattr(ef_middleware.trainer, "ACTION_TABLE_LIMIT", 40)
     monkeypatch.setattr(loop_module, "ACTIONS_KEPT", 8)
+    monkeypatch.setattr(ef_middleware.model, "ACTION_ROWS_KEPT", 8)
     shop = engine.loop("shop", actions=HERO, replay_size=16, min_batch_size=4)
     table = shop.trainer.actions
     chosen: list[dict[str, Any]] = []
@@ -486,7 +487,7 @@ def test_a_catalogue_whose_features_change_keeps_bounded_action_state(
     assert shop.stats()["learned"] == 90
     assert max(sizes) <= 40 + 1 + 2  # compacted by the learner; was 2 + 270 rows
     assert min(sizes[40:]) <= 16 + 1 + 2  # the replay buffer's, a new sample's, the loop's
-    assert len(shop._actions_by_key) <= 8
+    assert len(shop._actions_by_key) == 8  # the newest (it was emptied whole when full)
     assert len(shop._serving.model.action_rows) <= 8
     assert len(shop.trainer._pooled) <= 40  # the request path's memo of pooled vectors
     replay = shop.trainer.replay
