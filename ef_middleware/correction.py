@@ -24,15 +24,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._types import FloatArray
 from .priority import yield_to_requests
 
+Float64Array = npt.NDArray[np.float64]
 ACTION_CELL = ""  # the text key of an action's own offset
 Cell = list[float]  # [offset, summed squared gradients, clock of the offset's last write]
 _NONE: Cell = [0.0, 0.0, 0.0]
 MEMO_ROWS = 512  # texts whose rows of offsets one published model keeps
 EVICT_SHARE = 0.1  # at the cap, this share of the offsets (the longest unwritten) makes room
+STRIDE = 5  # numbers per cell in a snapshot (state)
+STATE_CHUNK = 2048  # cells written into a snapshot between two chances for requests to run
 
 
 class Correction:
@@ -168,25 +172,33 @@ class Correction:
         return n
 
     def state(self) -> dict[str, Any]:
-        """Every offset, JSON-ready: ``texts``, ``actions``, ``clock`` and ``cells``, a flat
-        list of ``text index, action index, offset, AdaGrad sum, clock of its last write`` per
-        cell.
+        """Every offset: ``texts``, ``actions``, ``clock`` and ``cells``, a flat float64 array
+        of ``text index, action index, offset, AdaGrad sum, clock of its last write`` per cell
+        (``stride`` numbers each). Everything but ``cells`` is JSON-ready; a snapshot writes
+        ``cells`` as raw bytes (:meth:`~ef_middleware.trainer.Trainer.save`).
 
-        Called by the learner thread for each snapshot. Flat, because 200,000 small lists (the
-        cap, one per cell) took about 0.5 s to build in a process holding the model, most of
-        it garbage collections they triggered; it also lets requests take the interpreter
-        lock every 4,096 texts.
+        Called by the learner thread for each snapshot, which shares the interpreter lock with
+        requests. Flat, because 200,000 small lists (the cap, one per cell) took about 0.5 s to
+        build in a process holding the model, most of it garbage collections they triggered.
+        Filled :data:`STATE_CHUNK` cells at a time, letting requests take the lock between
+        chunks. (Written as one JSON list, 200,000 cells took orjson 35-40 ms in a single call,
+        and every request waited that long: docs/benchmarks.md, "Stalls inside `rank()`".)
         """
         texts = list(self.cells)
         actions: dict[str, int] = {}
-        flat: list[float] = []
+        cells: Float64Array = np.empty(STRIDE * self.size, dtype="<f8")
+        filled = 0
+        chunk: list[float] = []
         for i, text in enumerate(texts):
             for action, (offset, total, stamp) in self.cells[text].items():
-                flat += (i, actions.setdefault(action, len(actions)), offset, total, stamp)
-            if (i + 1) % 4096 == 0:
-                yield_to_requests()
-        return {"texts": texts, "actions": list(actions), "clock": self.clock, "stride": 5,
-                "cells": flat}
+                chunk += (i, actions.setdefault(action, len(actions)), offset, total, stamp)
+                if len(chunk) >= STRIDE * STATE_CHUNK:
+                    cells, filled = _filled(cells, filled, chunk)
+                    chunk = []
+                    yield_to_requests()
+        cells, filled = _filled(cells, filled, chunk)
+        return {"texts": texts, "actions": list(actions), "clock": self.clock,
+                "stride": STRIDE, "cells": cells[:filled]}
 
     def restore(self, state: Mapping[str, Any] | Sequence[Sequence[Any]]) -> None:
         """Load :meth:`state`, or an older snapshot's: four numbers per cell and no clock, or
@@ -196,6 +208,8 @@ class Correction:
         if isinstance(state, Mapping):
             self.clock = int(state.get("clock", 0))
             texts, actions, flat = state["texts"], state["actions"], state["cells"]
+            if isinstance(flat, np.ndarray):
+                flat = flat.tolist()
             n = int(state.get("stride", 4))
             rows: Any = ((texts[int(flat[j])], actions[int(flat[j + 1])], *flat[j + 2:j + n])
                          for j in range(0, len(flat), n))
@@ -208,3 +222,13 @@ class Correction:
                                                                  when]
             size += 1
         self.size = size
+
+
+def _filled(cells: Float64Array, filled: int, chunk: list[float]) -> tuple[Float64Array, int]:
+    """``cells`` with ``chunk`` written from ``filled`` on (grown if it must be), and the new
+    fill mark."""
+    end = filled + len(chunk)
+    if end > len(cells):  # not expected: ``size`` counts the cells
+        cells = np.concatenate([cells[:filled], np.empty(end - filled, dtype=cells.dtype)])
+    cells[filled:end] = chunk
+    return cells, end

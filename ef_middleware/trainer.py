@@ -477,21 +477,33 @@ class Trainer:
 
     # -- snapshots ------------------------------------------------------------------------
     def save(self) -> None:
-        """Write a versioned snapshot and the ``latest`` pointer; keep the last few versions."""
+        """Write a versioned snapshot and the ``latest`` pointer; keep the last few versions.
+
+        A snapshot is ``<meta length (4 bytes)> <meta JSON> <network (npz)> <correction's
+        cells (float64)>``; the meta gives the network's length (``net_size``) and the number
+        of cells' values (``correction.cells_f64``). Older snapshots end with the network and
+        hold the cells in their JSON. The learner shares the interpreter lock with requests:
+        the cells, up to a million numbers, go in as raw bytes, and the parts are joined in one
+        copy (the JSON list took orjson 35-40 ms in one call at the 200,000-cell cap, and two
+        concatenations another 10: docs/benchmarks.md, "Stalls inside `rank()`").
+        """
         self._steps_since_snapshot = 0
-        # orjson: with 200,000 correction cells (the cap) the standard library took 238 ms to
-        # write this, holding the interpreter lock, and orjson 26 ms.
+        net = self.net.to_bytes()
+        correction = None if self.correction is None else self.correction.state()
+        cells = np.empty(0, dtype="<f8")
+        if correction is not None:
+            cells = correction.pop("cells")
+            correction["cells_f64"] = len(cells)
         meta = orjson.dumps({
-            "version": self.net.step, "learned": self.learned,
+            "version": self.net.step, "learned": self.learned, "net_size": len(net),
             "numeric": self.encoder.numeric.state(), "text": self.text_scaler.state(),
-            "stats": self.counts.state(),
-            "correction": None if self.correction is None else self.correction.state(),
+            "stats": self.counts.state(), "correction": correction,
             "posterior": None if self.posterior is None else {
                 # orjson writes C-contiguous arrays only
                 "precision": np.ascontiguousarray(self.posterior.precision),
                 "b": np.ascontiguousarray(self.posterior.b)},
         }, option=orjson.OPT_SERIALIZE_NUMPY)
-        blob = struct.pack("<I", len(meta)) + meta + self.net.to_bytes()
+        blob = b"".join((struct.pack("<I", len(meta)), meta, net, cells.data))
         version = self.net.step
         # ``latest`` names the version instead of holding a second copy of the ~4 MB blob: the
         # write is half as long for a reward waiting behind it.
@@ -525,10 +537,8 @@ class Trainer:
         if blob is None:
             return False
         try:
-            (size,) = struct.unpack_from("<I", blob)
-            meta = _loads(blob[4 : 4 + size])
-            net = RewardNet.from_bytes(blob[4 + size :])
-        except (ValueError, KeyError, struct.error) as exc:
+            meta, net, cells = _snapshot_parts(blob)
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
             log.warning("ef_middleware: loop %r: unreadable snapshot ignored (%s)", self.name, exc)
             return False
         if net.config.layer_sizes() != self.net.config.layer_sizes():
@@ -544,7 +554,8 @@ class Trainer:
             self.text_scaler.restore(meta["text"])
         self.counts.restore(meta["stats"])
         if self.correction is not None and meta.get("correction"):
-            self.correction.restore(meta["correction"])
+            offsets = meta["correction"]
+            self.correction.restore(offsets if cells is None else {**offsets, "cells": cells})
         saved = meta.get("posterior")
         if self.posterior is not None and saved is not None:
             precision = np.asarray(saved["precision"], dtype=np.float64)
@@ -552,6 +563,26 @@ class Trainer:
                 self.posterior.precision = precision
                 self.posterior.b = np.asarray(saved["b"], dtype=np.float64)
         return True
+
+
+def _snapshot_parts(blob: bytes) -> tuple[Any, RewardNet, Any]:
+    """A snapshot's meta, network and correction's cells (``None`` where the meta holds them,
+    as older snapshots do): see :meth:`Trainer.save`."""
+    (size,) = struct.unpack_from("<I", blob)
+    meta = _loads(blob[4 : 4 + size])
+    net_size = meta.get("net_size")
+    if net_size is None:  # older: the network is the rest
+        return meta, RewardNet.from_bytes(blob[4 + size :]), None
+    end = 4 + size + int(net_size)
+    net = RewardNet.from_bytes(blob[4 + size : end])
+    saved = meta.get("correction")
+    if not saved or "cells_f64" not in saved:
+        return meta, net, None
+    count = int(saved["cells_f64"])
+    if len(blob) - end != 8 * count:
+        raise ValueError(f"the snapshot ends {len(blob) - end} bytes after its network, "
+                         f"not {8 * count}")
+    return meta, net, np.frombuffer(blob, dtype="<f8", count=count, offset=end)
 
 
 def _loads(text: bytes) -> Any:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
+from ef_middleware import correction as correction_module
 from ef_middleware.correction import ACTION_CELL, Correction
+from ef_middleware.store import DiskcacheStore
 
 
 def logit(p: float) -> float:
@@ -78,6 +83,57 @@ def test_the_correction_is_saved_and_restored(tmp_path: Path,
     second.close()
 
 
+def _rewrite_latest(folder: Path, loop: str, rewrite: Any) -> None:
+    """Replace ``loop``'s latest snapshot in the store at ``folder`` by ``rewrite(blob)``."""
+    store = DiskcacheStore(folder)
+    try:
+        key = f"model:{loop}:{store.get(f'model:{loop}:latest').decode()}"  # type: ignore[union-attr]
+        store.set(key, rewrite(store.get(key)))
+    finally:
+        store.close()
+
+
+def test_the_offsets_are_saved_as_raw_numbers_and_older_snapshots_still_load(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot ends with the cells as float64 bytes after the network (one copy, no JSON
+    list for the learner to write while requests wait); one written before, with the cells
+    in its JSON and the network to its end, restores the same offsets; a cut one is
+    ignored."""
+    folder = tmp_path / "ef"
+    first = Engine(folder, embedder=embedder, seed=5)
+    hero = first.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
+    for _ in range(30):
+        d = hero.rank({"device": "tablet", "utm_campaign": "summer"})
+        hero.reward(d.event_id, 1.0 if d.action_id == "video" else 0.0)
+    hero.flush()
+    cells = {t: dict(per) for t, per in hero.trainer.correction.cells.items()}  # type: ignore[union-attr]
+    first.close()
+
+    def as_before(blob: bytes) -> bytes:
+        (size,) = struct.unpack_from("<I", blob)
+        meta = orjson.loads(blob[4:4 + size])
+        end = 4 + size + meta.pop("net_size")
+        saved = meta["correction"]
+        n = saved.pop("cells_f64")
+        assert len(blob) - end == 8 * n == 8 * 5 * sum(len(per) for per in cells.values())
+        saved["cells"] = np.frombuffer(blob, dtype="<f8", offset=end).tolist()
+        text = orjson.dumps(meta)
+        return struct.pack("<I", len(text)) + text + blob[4 + size:end]
+
+    _rewrite_latest(folder, "hero", as_before)
+    second = Engine(folder, embedder=embedder, seed=6)
+    again = second.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
+    assert again.restored and again.trainer.correction.cells == cells  # type: ignore[union-attr]
+    second.close()  # saves in the new form again
+    _rewrite_latest(folder, "hero", lambda blob: blob[:-8])
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        third = Engine(folder, embedder=embedder, seed=7)
+        cut = third.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
+    assert not cut.restored and "unreadable snapshot" in caplog.text
+    third.close()
+
+
 def test_a_sample_moves_its_prediction_as_far_with_many_texts_as_with_one() -> None:
     """The step is shared among a sample's cells: unshared, a Mushroom context (22 texts)
     moved its logit 22 times as far and locked the loop onto one action."""
@@ -116,11 +172,14 @@ def test_state_is_flat_and_older_rows_still_restore() -> None:
     c.update(["device: mobile"], "minimal", 0.0, 0.0)
     state = c.state()
     assert state["texts"] == list(c.cells)
-    assert len(state["cells"]) == 5 * c.size and state["clock"] == 2
-    assert all(isinstance(v, (int, float)) for v in state["cells"])
+    assert state["cells"].dtype == np.float64 and state["clock"] == 2
+    assert len(state["cells"]) == 5 * c.size
     again = Correction(4.0)
-    again.restore(orjson.loads(orjson.dumps(state)))
+    again.restore(state)
     assert again.cells == c.cells and again.size == c.size and again.clock == 2
+    as_json = Correction(4.0)  # snapshots before 2026-12-05 hold the cells in their JSON
+    as_json.restore(orjson.loads(orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)))
+    assert as_json.cells == c.cells and as_json.size == c.size and as_json.clock == 2
     rows = [[t, a, cell[0], cell[1]] for t, per in c.cells.items() for a, cell in per.items()]
     older = Correction(4.0)
     older.restore(rows)  # no clock: every offset counts as written at restore
@@ -214,6 +273,23 @@ def test_a_table_of_action_cells_only_stays_full_without_evicting_them() -> None
     c.update(["campaign: x"], "a", 0.0, 1.0)  # no room, and nothing that may go
     assert set(c.cells) == {ACTION_CELL} and c.size == _count(c) == 2
     assert c.evict() == 0
+
+
+def test_a_snapshot_of_the_offsets_lets_requests_run_every_few_thousand_cells(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The learner builds the snapshot's cells while requests wait for the interpreter lock:
+    it hands the lock over every STATE_CHUNK cells, however the cells fall among texts (it
+    did every 4,096 texts, so one text with 200,000 cells held the lock throughout)."""
+    c = Correction(rate=1.0, max_cells=20_000)
+    for i in range(10_000):  # 10,000 actions, each with one text's cell and its own
+        c.update(["device: mobile"], f"item {i}", 0.0, float(i % 2))
+    yields: list[int] = []
+    monkeypatch.setattr(correction_module, "yield_to_requests", lambda: yields.append(1))
+    state = c.state()
+    assert len(yields) >= c.size // correction_module.STATE_CHUNK - 1 >= 3
+    back = Correction(rate=1.0, max_cells=20_000)
+    back.restore(state)
+    assert back.cells == c.cells and back.size == c.size == 20_000
 
 
 def test_eviction_survives_a_snapshot_round_trip() -> None:
