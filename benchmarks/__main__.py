@@ -1,5 +1,6 @@
 """Command line: ``python -m benchmarks speed|mushroom|magic|web|all [--quick] ...``, and
-``python -m benchmarks web-throughput [...]`` (its own options: ``web-throughput --help``)."""
+``python -m benchmarks web-throughput [...]`` and ``python -m benchmarks stalls [...]`` (their own
+options: ``web-throughput --help``, ``stalls --help``)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _loop_settings(text: str) -> dict[str, int | float | str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("benchmark", choices=(*BENCHMARKS, "all"),
-                   help="or web-throughput (requests/s and latency of the example site)")
+                   help="or web-throughput (requests/s and latency of the example site), or "
+                        "stalls (rank() stalls while the engine's threads work)")
     p.add_argument("--quick", action="store_true", help="small horizons and 2-3 seeds")
     p.add_argument("--seeds", type=int, default=0, help="number of seeds (default per benchmark)")
     p.add_argument("--first-seed", type=int, default=10,
@@ -129,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.web_throughput import main as web_throughput
 
         return web_throughput(rest[1:], prog="python -m benchmarks web-throughput")
+    if rest[:1] == ["stalls"]:  # so has the stalls benchmark
+        from benchmarks.stalls import main as stalls
+
+        return stalls(rest[1:], prog="python -m benchmarks stalls")
     args = parser().parse_args(argv)
     import benchmarks.report  # noqa: F401  (records the engine's source digest at start)
 
