@@ -31,8 +31,12 @@ from .priority import yield_to_requests
 
 Float64Array = npt.NDArray[np.float64]
 ACTION_CELL = ""  # the text key of an action's own offset
-Cell = list[float]  # [offset, summed squared gradients, clock of the offset's last write]
-_NONE: Cell = [0.0, 0.0, 0.0]
+# (offset, summed squared gradients, clock of the offset's last write): a tuple of numbers,
+# replaced on each step, which the garbage collector stops tracking (with its text's table of
+# them) after its next pass. As lists changed in place, 200,000 of them, with their tables, were
+# walked by every full collection: 45 ms each under the catalogue load of docs/benchmarks.md.
+Cell = tuple[float, float, float]
+_NONE: Cell = (0.0, 0.0, 0.0)
 MEMO_ROWS = 512  # texts whose rows of offsets one published model keeps
 EVICT_SHARE = 0.1  # at the cap, this share of the offsets (the longest unwritten) makes room
 STRIDE = 5  # numbers per cell in a snapshot (state)
@@ -47,8 +51,10 @@ class Correction:
     far per sample as one with 6 (the web simulator). Unshared, 0.6 per cell locked 2 of 5
     Mushroom runs onto one action from the first visitors (docs/benchmarks.md).
 
-    ``cells[text][action_id]`` is one offset with its AdaGrad sum. Only the learner thread
-    writes; rankings read (single dict and list operations, atomic under the interpreter lock).
+    ``cells[text][action_id]`` is one offset with its AdaGrad sum and clock (a :data:`Cell`
+    tuple, replaced on each step). Only the learner thread writes; rankings read (single dict
+    operations, atomic under the interpreter lock, and a ranking sees a cell's old tuple or
+    its new one, never half of a step).
     At most ``max_cells`` offsets are kept: a new one at the cap first drops the tenth of the
     offsets whose last step is oldest (:meth:`evict`; the actions' own cells stay), so a flood
     of values seen once cannot close the table to the values that come later. A new cell starts
@@ -106,37 +112,46 @@ class Correction:
         """One AdaGrad step of the logistic loss of ``logit`` + offsets on ``reward``."""
         self.clock += 1
         clock = self.clock
-        cells: list[Cell] = []
+        work: dict[str, list[float]] = {}  # text -> [offset, summed squared gradients]
+        order: list[str] = []  # the texts stepped, a text listed twice twice
         evicted = False
         for text in (ACTION_CELL, *texts):
-            per = self.cells.get(text)
-            cell = None if per is None else per.get(action)
-            if cell is None:
-                if self.size >= self.max_cells:
-                    if evicted:
-                        continue
-                    self.evict()
-                    evicted = True
+            if text not in work:
+                per = self.cells.get(text)
+                cell = None if per is None else per.get(action)
+                if cell is None:
                     if self.size >= self.max_cells:
-                        continue
-                per = self.cells.get(text)  # an eviction may have emptied it
-                if per is None:
-                    per = self.cells[text] = {}
-                cell = per[action] = [0.0, self.initial, clock]
-                self.size += 1
-            elif self.keep is not None and cell[2] < clock:  # not a text listed twice
-                cell[0] *= self.keep ** (clock - cell[2])
-            cell[2] = clock
-            cells.append(cell)
-        z = logit + sum(c[0] for c in cells)
+                        if evicted:
+                            continue
+                        self.evict()
+                        evicted = True
+                        if self.size >= self.max_cells:
+                            continue
+                    per = self.cells.get(text)  # an eviction may have emptied it
+                    if per is None:
+                        per = self.cells[text] = {}
+                    offset, total = 0.0, self.initial
+                    self.size += 1
+                else:
+                    offset, total, stamp = cell
+                    if self.keep is not None and stamp < clock:
+                        offset *= self.keep ** (clock - stamp)
+                # written now with this step's clock: an eviction later in this loop keeps it
+                self.cells[text][action] = (offset, total, clock)
+                work[text] = [offset, total]
+            order.append(text)
+        z = logit + sum(work[text][0] for text in order)
         p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
         g = p - reward
-        step = self.rate / max(1, len(cells))
-        for cell in cells:
-            grad = g + self.l2 * cell[0]
-            cell[1] += grad * grad
-            if cell[1] > 0:
-                cell[0] -= step * grad / math.sqrt(cell[1])
+        step = self.rate / max(1, len(order))
+        for text in order:
+            w = work[text]
+            grad = g + self.l2 * w[0]
+            w[1] += grad * grad
+            if w[1] > 0:
+                w[0] -= step * grad / math.sqrt(w[1])
+        for text, (offset, total) in work.items():
+            self.cells[text][action] = (offset, total, clock)
 
     def evict(self) -> int:
         """Drop the :data:`EVICT_SHARE` of the texts' offsets whose last step is oldest (of
@@ -218,8 +233,8 @@ class Correction:
         size = 0
         for text, action, offset, total, *stamp in rows:
             when = float(stamp[0]) if stamp else float(self.clock)
-            self.cells.setdefault(str(text), {})[str(action)] = [float(offset), float(total),
-                                                                 when]
+            self.cells.setdefault(str(text), {})[str(action)] = (float(offset), float(total),
+                                                                 when)
             size += 1
         self.size = size
 
