@@ -14,7 +14,6 @@ import hmac
 import math
 import secrets
 import struct
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from itsdangerous.encoding import (
 
 from .. import features
 from .._json import kept_json
+from ..memo import Memo
 
 __all__ = [
     "DECISIONS_SALT",
@@ -127,18 +127,13 @@ class _CookieSerializer(URLSafeTimedSerializer):
         super().__init__(*args, **kwargs)
         self._signers: dict[str | bytes | None, Signer] = {}
         self._keys: dict[str | bytes | None, _SaltKeys] = {}
-        # An OrderedDict: popping its oldest entry takes constant time (a dict's first entry
-        # is found by skipping the slots of those deleted before it).
-        self._known: OrderedDict[tuple[str | bytes | None, bytes], tuple[bytes, int]] = (
-            OrderedDict())
+        # A Memo (an OrderedDict): forgetting its oldest entry takes constant time (a dict's
+        # first entry is found by skipping the slots of those deleted before it).
+        self._known: Memo[tuple[str | bytes | None, bytes], tuple[bytes, int]] = Memo(
+            KNOWN_VALUES)
 
     def _remember(self, key: tuple[str | bytes | None, bytes], text: bytes, stamp: int) -> None:
-        if len(self._known) >= KNOWN_VALUES:
-            try:  # noqa: SIM105 - contextlib.suppress costs three calls, on every signing
-                self._known.popitem(last=False)  # the oldest
-            except KeyError:  # another thread evicted at the same time: nothing left to do
-                pass
-        self._known[key] = (text, stamp)
+        self._known.put(key, (text, stamp))
 
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
         # Serializer.dumps and TimestampSigner.sign in one step (see _SaltKeys), keeping the
