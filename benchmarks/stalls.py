@@ -285,6 +285,9 @@ def revision(rev: str) -> str | None:
 def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.stalls") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = settle(parser(prog).parse_args(argv))
+    path = output_path(args)
+    if path.suffix != ".json":  # checked before the runs, not after them
+        raise SystemExit(f"stalls: --json must name a .json file, not {path.name}")
     from benchmarks.report import write_json  # records the engine's source digest now
 
     started = time.perf_counter()
@@ -306,8 +309,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.st
     per_side = medians(runs)
     print(report(runs, per_side, args))
     path = output_path(args)
-    if path.suffix != ".json":
-        raise SystemExit(f"stalls: --json must name a .json file, not {path.name}")
     written = write_json(path.stem, {
         "command": command_line(argv),
         "args": {k: (portable(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -109,49 +109,60 @@ class Correction:
         return out
 
     def update(self, texts: Sequence[str], action: str, logit: float, reward: float) -> None:
-        """One AdaGrad step of the logistic loss of ``logit`` + offsets on ``reward``."""
+        """One AdaGrad step of the logistic loss of ``logit`` + offsets on ``reward``.
+
+        Each cell stepped is written at once with this step's clock (so an eviction later in
+        the step keeps it), then with its new values; a text listed twice is stepped twice,
+        and a cell that an eviction of this step took anyway loses its step.
+        """
         self.clock += 1
         clock = self.clock
-        work: dict[str, list[float]] = {}  # text -> [offset, summed squared gradients]
-        order: list[str] = []  # the texts stepped, a text listed twice twice
+        steps: list[list[float]] = []  # [offset, summed squared gradients], one per text listed
+        written: dict[str, tuple[Cell, list[float]]] = {}  # text -> (cell written now, values)
         evicted = False
         for text in (ACTION_CELL, *texts):
-            if text not in work:
-                per = self.cells.get(text)
-                cell = None if per is None else per.get(action)
-                if cell is None:
+            per = self.cells.get(text)
+            cell = None if per is None else per.get(action)
+            held = written.get(text)
+            if held is not None and cell is held[0]:  # listed twice: the same cell again
+                steps.append(held[1])
+                continue
+            if cell is None:
+                if self.size >= self.max_cells:
+                    if evicted:
+                        continue
+                    self.evict()
+                    evicted = True
                     if self.size >= self.max_cells:
-                        if evicted:
-                            continue
-                        self.evict()
-                        evicted = True
-                        if self.size >= self.max_cells:
-                            continue
-                    per = self.cells.get(text)  # an eviction may have emptied it
-                    if per is None:
-                        per = self.cells[text] = {}
-                    offset, total = 0.0, self.initial
-                    self.size += 1
-                else:
-                    offset, total, stamp = cell
-                    if self.keep is not None and stamp < clock:
-                        offset *= self.keep ** (clock - stamp)
-                # written now with this step's clock: an eviction later in this loop keeps it
-                self.cells[text][action] = (offset, total, clock)
-                work[text] = [offset, total]
-            order.append(text)
-        z = logit + sum(work[text][0] for text in order)
+                        continue
+                per = self.cells.get(text)  # an eviction may have emptied it
+                if per is None:
+                    per = self.cells[text] = {}
+                values = [0.0, self.initial]
+                self.size += 1
+            else:
+                offset, total, stamp = cell
+                if self.keep is not None and stamp < clock:
+                    offset *= self.keep ** (clock - stamp)
+                values = [offset, total]
+            assert per is not None  # found in it, or made above
+            now: Cell = (values[0], values[1], clock)
+            per[action] = now
+            written[text] = (now, values)
+            steps.append(values)
+        z = logit + sum(values[0] for values in steps)
         p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
         g = p - reward
-        step = self.rate / max(1, len(order))
-        for text in order:
-            w = work[text]
-            grad = g + self.l2 * w[0]
-            w[1] += grad * grad
-            if w[1] > 0:
-                w[0] -= step * grad / math.sqrt(w[1])
-        for text, (offset, total) in work.items():
-            self.cells[text][action] = (offset, total, clock)
+        step = self.rate / max(1, len(steps))
+        for values in steps:
+            grad = g + self.l2 * values[0]
+            values[1] += grad * grad
+            if values[1] > 0:
+                values[0] -= step * grad / math.sqrt(values[1])
+        for text, (now, values) in written.items():
+            per = self.cells.get(text)
+            if per is not None and per.get(action) is now:  # not taken by an eviction
+                per[action] = (values[0], values[1], clock)
 
     def evict(self) -> int:
         """Drop the :data:`EVICT_SHARE` of the texts' offsets whose last step is oldest (of
@@ -217,26 +228,44 @@ class Correction:
 
     def restore(self, state: Mapping[str, Any] | Sequence[Sequence[Any]]) -> None:
         """Load :meth:`state`, or an older snapshot's: four numbers per cell and no clock, or
-        ``[text, action, offset, sum]`` rows (their offsets count as written at restore)."""
-        self.cells = {}
-        self.clock = 0
+        ``[text, action, offset, sum]`` rows (their offsets count as written at restore).
+
+        Raises ``ValueError`` (or ``TypeError``, ``KeyError``) for a state it cannot read (a
+        cell's numbers cut short, an index that names no text or action, a number that is not
+        finite), and then changes nothing.
+        """
+        clock = 0
         if isinstance(state, Mapping):
-            self.clock = int(state.get("clock", 0))
+            clock = int(state.get("clock", 0))
             texts, actions, flat = state["texts"], state["actions"], state["cells"]
-            if isinstance(flat, np.ndarray):
-                flat = flat.tolist()
             n = int(state.get("stride", 4))
+            flat = _checked(np.asarray(flat, dtype=np.float64), n, len(texts), len(actions))
             rows: Any = ((texts[int(flat[j])], actions[int(flat[j + 1])], *flat[j + 2:j + n])
                          for j in range(0, len(flat), n))
         else:
             rows = state
+        cells: dict[str, dict[str, Cell]] = {}
         size = 0
         for text, action, offset, total, *stamp in rows:
-            when = float(stamp[0]) if stamp else float(self.clock)
-            self.cells.setdefault(str(text), {})[str(action)] = (float(offset), float(total),
-                                                                 when)
+            when = float(stamp[0]) if stamp else float(clock)
+            cells.setdefault(str(text), {})[str(action)] = (float(offset), float(total), when)
             size += 1
-        self.size = size
+        self.cells, self.size, self.clock = cells, size, clock
+
+
+def _checked(flat: Float64Array, stride: int, texts: int, actions: int) -> list[float]:
+    """A snapshot's flat cells as a list, once checked: whole cells of ``stride`` finite
+    numbers whose first two are indices of a text and an action (raw bytes that were damaged
+    would otherwise name another text, or fail half-way through the restore)."""
+    if flat.ndim != 1 or stride < 4 or len(flat) % stride:
+        raise ValueError(f"{len(flat)} numbers are not cells of {stride}")
+    if not np.isfinite(flat).all():
+        raise ValueError("a cell holds a number that is not finite")
+    index = flat.reshape(-1, stride)[:, :2]
+    if (index != np.floor(index)).any() or (index < 0).any() or (
+            len(index) and (index[:, 0].max() >= texts or index[:, 1].max() >= actions)):
+        raise ValueError("a cell names no text or action of the snapshot")
+    return flat.tolist()  # type: ignore[no-any-return]
 
 
 def _filled(cells: Float64Array, filled: int, chunk: list[float]) -> tuple[Float64Array, int]:

@@ -132,13 +132,13 @@ class _Views(Memo[tuple[Any, ...], _View]):
         self.state = state
         self.sized = False  # the limit is set by the first view's size
 
-    def put(self, key: tuple[Any, ...], view: _View) -> None:
+    def put(self, key: tuple[Any, ...], value: _View) -> None:
         if not self.sized:
-            c = view.candidates
+            c = value.candidates
             size = c.hidden.nbytes + 12 * c.mean.nbytes
             self.limit = max(1, min(VIEW_CACHE_SIZE, VIEW_CACHE_BYTES // size))
             self.sized = True
-        super().put(key, view)
+        super().put(key, value)
 
 
 class Loop:

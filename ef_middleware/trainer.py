@@ -479,23 +479,25 @@ class Trainer:
     def save(self) -> None:
         """Write a versioned snapshot and the ``latest`` pointer; keep the last few versions.
 
-        A snapshot is ``<meta length (4 bytes)> <meta JSON> <network (npz)> <correction's
-        cells (float64)>``; the meta gives the network's length (``net_size``) and the number
-        of cells' values (``correction.cells_f64``). Older snapshots end with the network and
-        hold the cells in their JSON. The learner shares the interpreter lock with requests:
-        the cells, up to a million numbers, go in as raw bytes, and the parts are joined in one
-        copy (the JSON list took orjson 35-40 ms in one call at the 200,000-cell cap, and two
-        concatenations another 10: docs/benchmarks.md, "Stalls inside `rank()`").
+        A snapshot is ``<meta length (4 bytes)> <meta JSON> <correction's offsets> <network
+        (npz)>``. The offsets, up to a million numbers (``cells_f64`` in the meta's
+        ``correction``), are raw little-endian float64, not a list in the JSON: orjson wrote
+        that list in one call of 35-40 ms at the 200,000-offset cap, holding the interpreter
+        lock while requests waited, and the parts are joined in one copy (docs/benchmarks.md,
+        "Stalls inside `rank()`"). The JSON keeps an empty list in their place. A version
+        before this one finds no archive where it reads the network, and starts fresh with a
+        warning; snapshots of those versions, with the offsets in the JSON, still restore.
         """
         self._steps_since_snapshot = 0
-        net = self.net.to_bytes()
         correction = None if self.correction is None else self.correction.state()
         cells = np.empty(0, dtype="<f8")
         if correction is not None:
             cells = correction.pop("cells")
+            correction["cells"] = []
             correction["cells_f64"] = len(cells)
+        net = self.net.to_bytes()
         meta = orjson.dumps({
-            "version": self.net.step, "learned": self.learned, "net_size": len(net),
+            "version": self.net.step, "learned": self.learned,
             "numeric": self.encoder.numeric.state(), "text": self.text_scaler.state(),
             "stats": self.counts.state(), "correction": correction,
             "posterior": None if self.posterior is None else {
@@ -503,7 +505,7 @@ class Trainer:
                 "precision": np.ascontiguousarray(self.posterior.precision),
                 "b": np.ascontiguousarray(self.posterior.b)},
         }, option=orjson.OPT_SERIALIZE_NUMPY)
-        blob = b"".join((struct.pack("<I", len(meta)), meta, net, cells.data))
+        blob = b"".join((struct.pack("<I", len(meta)), meta, cells.data, net))
         version = self.net.step
         # ``latest`` names the version instead of holding a second copy of the ~4 MB blob: the
         # write is half as long for a reward waiting behind it.
@@ -514,6 +516,22 @@ class Trainer:
                              f"model:{self.name}:versions": orjson.dumps(self._versions)})
         for old in stale:
             self.store.delete(f"model:{self.name}:v{old}")
+
+    def _restore_correction(self, saved: dict[str, Any], blob: bytes, at: int) -> None:
+        """The correction's offsets from a snapshot (raw numbers from ``at`` on, or an older
+        snapshot's JSON); offsets that cannot be read are left out with a warning, and the
+        rest of the snapshot is kept."""
+        assert self.correction is not None
+        try:
+            count = _cells_count({"correction": saved})
+            if "cells_f64" in saved:
+                saved = {**saved, "cells": np.frombuffer(blob, dtype="<f8", count=count,
+                                                         offset=at)}
+            self.correction.restore(saved)
+        except Exception as exc:
+            log.warning("ef_middleware: loop %r: the snapshot's correction offsets are "
+                        "unreadable, starting without them (%s: %s)", self.name,
+                        type(exc).__name__, exc)
 
     def _saved_versions(self) -> list[int]:
         """The versions of this loop's snapshots in the store, oldest first, from their index
@@ -537,9 +555,15 @@ class Trainer:
         if blob is None:
             return False
         try:
-            meta, net, cells = _snapshot_parts(blob)
-        except (ValueError, KeyError, TypeError, struct.error) as exc:
-            log.warning("ef_middleware: loop %r: unreadable snapshot ignored (%s)", self.name, exc)
+            (size,) = struct.unpack_from("<I", blob)
+            meta = _loads(blob[4 : 4 + size])
+            if not isinstance(meta, dict):
+                raise TypeError(f"its meta is a {type(meta).__name__}, not an object")
+            start = 4 + size + 8 * _cells_count(meta)
+            net = RewardNet.from_bytes(blob[start:])
+        except Exception as exc:  # whatever a damaged snapshot raises: the loop starts fresh
+            log.warning("ef_middleware: loop %r: unreadable snapshot ignored (%s: %s)",
+                        self.name, type(exc).__name__, exc)
             return False
         if net.config.layer_sizes() != self.net.config.layer_sizes():
             log.warning("ef_middleware: loop %r: snapshot has another architecture; starting "
@@ -554,8 +578,7 @@ class Trainer:
             self.text_scaler.restore(meta["text"])
         self.counts.restore(meta["stats"])
         if self.correction is not None and meta.get("correction"):
-            offsets = meta["correction"]
-            self.correction.restore(offsets if cells is None else {**offsets, "cells": cells})
+            self._restore_correction(meta["correction"], blob, 4 + size)
         saved = meta.get("posterior")
         if self.posterior is not None and saved is not None:
             precision = np.asarray(saved["precision"], dtype=np.float64)
@@ -565,24 +588,13 @@ class Trainer:
         return True
 
 
-def _snapshot_parts(blob: bytes) -> tuple[Any, RewardNet, Any]:
-    """A snapshot's meta, network and correction's cells (``None`` where the meta holds them,
-    as older snapshots do): see :meth:`Trainer.save`."""
-    (size,) = struct.unpack_from("<I", blob)
-    meta = _loads(blob[4 : 4 + size])
-    net_size = meta.get("net_size")
-    if net_size is None:  # older: the network is the rest
-        return meta, RewardNet.from_bytes(blob[4 + size :]), None
-    end = 4 + size + int(net_size)
-    net = RewardNet.from_bytes(blob[4 + size : end])
+def _cells_count(meta: dict[str, Any]) -> int:
+    """How many raw numbers of the correction's offsets follow a snapshot's meta."""
     saved = meta.get("correction")
-    if not saved or "cells_f64" not in saved:
-        return meta, net, None
-    count = int(saved["cells_f64"])
-    if len(blob) - end != 8 * count:
-        raise ValueError(f"the snapshot ends {len(blob) - end} bytes after its network, "
-                         f"not {8 * count}")
-    return meta, net, np.frombuffer(blob, dtype="<f8", count=count, offset=end)
+    count = saved.get("cells_f64", 0) if isinstance(saved, dict) else 0
+    if not isinstance(count, int) or count < 0:
+        raise ValueError(f"the correction's offsets are counted as {count!r}")
+    return count
 
 
 def _loads(text: bytes) -> Any:

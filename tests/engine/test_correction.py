@@ -16,6 +16,7 @@ import pytest
 from ef_middleware import Engine, SentenceTransformerEmbedder
 from ef_middleware import correction as correction_module
 from ef_middleware.correction import ACTION_CELL, Correction
+from ef_middleware.model import RewardNet
 from ef_middleware.store import DiskcacheStore
 
 
@@ -97,10 +98,10 @@ def _rewrite_latest(folder: Path, loop: str, rewrite: Any) -> None:
 def test_the_offsets_are_saved_as_raw_numbers_and_older_snapshots_still_load(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         caplog: pytest.LogCaptureFixture) -> None:
-    """A snapshot ends with the cells as float64 bytes after the network (one copy, no JSON
-    list for the learner to write while requests wait); one written before, with the cells
-    in its JSON and the network to its end, restores the same offsets; a cut one is
-    ignored."""
+    """A snapshot holds the offsets as float64 bytes between its meta and its network (no JSON
+    list for the learner to write while requests wait); one written before, with the offsets
+    in its JSON, restores the same offsets; damaged offsets are left out with a warning and the
+    network kept; a snapshot cut short is ignored."""
     folder = tmp_path / "ef"
     first = Engine(folder, embedder=embedder, seed=5)
     hero = first.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
@@ -109,30 +110,72 @@ def test_the_offsets_are_saved_as_raw_numbers_and_older_snapshots_still_load(
         hero.reward(d.event_id, 1.0 if d.action_id == "video" else 0.0)
     hero.flush()
     cells = {t: dict(per) for t, per in hero.trainer.correction.cells.items()}  # type: ignore[union-attr]
+    version = hero.trainer.net.step
     first.close()
 
-    def as_before(blob: bytes) -> bytes:
+    def parts(blob: bytes) -> tuple[dict[str, Any], int, int]:
         (size,) = struct.unpack_from("<I", blob)
         meta = orjson.loads(blob[4:4 + size])
-        end = 4 + size + meta.pop("net_size")
+        return meta, 4 + size, meta["correction"]["cells_f64"]
+
+    def as_before(blob: bytes) -> bytes:
+        meta, at, n = parts(blob)
         saved = meta["correction"]
-        n = saved.pop("cells_f64")
-        assert len(blob) - end == 8 * n == 8 * 5 * sum(len(per) for per in cells.values())
-        saved["cells"] = np.frombuffer(blob, dtype="<f8", offset=end).tolist()
+        assert saved.pop("cells_f64") == n == 5 * sum(len(per) for per in cells.values())
+        assert saved["cells"] == []  # what a version before reads: no offsets
+        with pytest.raises(ValueError):  # ...and no archive where it reads the network
+            RewardNet.from_bytes(blob[at:])
+        saved["cells"] = np.frombuffer(blob, dtype="<f8", count=n, offset=at).tolist()
         text = orjson.dumps(meta)
-        return struct.pack("<I", len(text)) + text + blob[4 + size:end]
+        return struct.pack("<I", len(text)) + text + blob[at + 8 * n:]
+
+    def damaged(blob: bytes) -> bytes:
+        _, at, _ = parts(blob)
+        return blob[:at] + struct.pack("<d", math.nan) + blob[at + 8:]  # a text's index
 
     _rewrite_latest(folder, "hero", as_before)
     second = Engine(folder, embedder=embedder, seed=6)
     again = second.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
     assert again.restored and again.trainer.correction.cells == cells  # type: ignore[union-attr]
     second.close()  # saves in the new form again
-    _rewrite_latest(folder, "hero", lambda blob: blob[:-8])
+    _rewrite_latest(folder, "hero", damaged)
     with caplog.at_level(logging.WARNING, logger="ef_middleware"):
         third = Engine(folder, embedder=embedder, seed=7)
-        cut = third.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
-    assert not cut.restored and "unreadable snapshot" in caplog.text
+        kept = third.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
+    assert kept.restored and kept.trainer.net.step == version
+    assert kept.trainer.correction.cells == {}  # type: ignore[union-attr]
+    assert "correction offsets are unreadable" in caplog.text
     third.close()
+    _rewrite_latest(folder, "hero", lambda blob: blob[:-8])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        fourth = Engine(folder, embedder=embedder, seed=8)
+        cut = fourth.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
+    assert not cut.restored and "unreadable snapshot" in caplog.text
+    fourth.close()
+
+
+def test_a_cell_evicted_by_its_own_step_loses_that_step_only() -> None:
+    """An eviction drops a tenth of the offsets, ties included, so in a small table it can
+    take a cell its own step has written: that cell's step is lost (as it always was), and the
+    step does not fail (it raised KeyError for a first version of the tuples)."""
+    c = Correction(rate=0.5, max_cells=3)
+    c.update(["a", "b", "c", "d"], "x", 0.0, 1.0)
+    assert c.size == _count(c) <= 3
+
+
+def test_offsets_that_do_not_read_as_cells_are_refused_and_change_nothing() -> None:
+    c = Correction(rate=1.0)
+    c.update(["device: mobile"], "a", 0.0, 1.0)
+    before = dict(c.cells)
+    good = c.state()
+    for cells in (good["cells"][:-1],  # cut inside a cell
+                  np.concatenate([[math.nan], good["cells"][1:]]),  # not finite
+                  np.concatenate([[7.0], good["cells"][1:]]),  # no such text
+                  np.concatenate([[-1.0], good["cells"][1:]])):  # nor such
+        with pytest.raises(ValueError):
+            c.restore({**good, "cells": cells})
+        assert c.cells == before and c.size == 2
 
 
 def test_a_sample_moves_its_prediction_as_far_with_many_texts_as_with_one() -> None:

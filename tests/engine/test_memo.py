@@ -21,8 +21,11 @@ def test_past_its_limit_a_memo_forgets_its_oldest_entry_only() -> None:
     assert list(memo.items()) == [("k2", 2), ("k3", 3), ("k4", 4)]
     memo.put("k3", 30)  # a key it holds: nothing goes
     assert list(memo) == ["k2", "k3", "k4"] and memo["k3"] == 30
-    with pytest.raises(ValueError, match="at least one"):
-        Memo(0)
+    nothing: Memo[str, int] = Memo(0)
+    nothing.put("k", 1)
+    assert not nothing
+    with pytest.raises(ValueError, match="number of entries"):
+        Memo(-1)
 
 
 def test_threads_that_fill_one_memo_keep_it_within_its_limit() -> None:
