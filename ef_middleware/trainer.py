@@ -25,6 +25,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from ._json import kept_json
@@ -517,17 +518,15 @@ class Trainer:
         for old in stale:
             self.store.delete(f"model:{self.name}:v{old}")
 
-    def _restore_correction(self, saved: dict[str, Any], blob: bytes, at: int) -> None:
-        """The correction's offsets from a snapshot (raw numbers from ``at`` on, or an older
-        snapshot's JSON); offsets that cannot be read are left out with a warning, and the
-        rest of the snapshot is kept."""
+    def _restore_correction(self, saved: dict[str, Any], cells: npt.NDArray[np.float64]
+                            ) -> None:
+        """The correction's offsets from a snapshot: ``cells``, the raw numbers after its
+        meta, or an older snapshot's JSON list (``saved`` has no ``cells_f64``). Offsets that
+        cannot be read are left out with a warning, and the rest of the snapshot is kept."""
         assert self.correction is not None
         try:
-            count = _cells_count({"correction": saved})
-            if "cells_f64" in saved:
-                saved = {**saved, "cells": np.frombuffer(blob, dtype="<f8", count=count,
-                                                         offset=at)}
-            self.correction.restore(saved)
+            self.correction.restore({**saved, "cells": cells} if "cells_f64" in saved
+                                    else saved)
         except Exception as exc:
             log.warning("ef_middleware: loop %r: the snapshot's correction offsets are "
                         "unreadable, starting without them (%s: %s)", self.name,
@@ -559,8 +558,9 @@ class Trainer:
             meta = _loads(blob[4 : 4 + size])
             if not isinstance(meta, dict):
                 raise TypeError(f"its meta is a {type(meta).__name__}, not an object")
-            start = 4 + size + 8 * _cells_count(meta)
-            net = RewardNet.from_bytes(blob[start:])
+            count = _cells_count(meta)
+            cells = np.frombuffer(blob, dtype="<f8", count=count, offset=4 + size)
+            net = RewardNet.from_bytes(blob[4 + size + 8 * count :])
         except Exception as exc:  # whatever a damaged snapshot raises: the loop starts fresh
             log.warning("ef_middleware: loop %r: unreadable snapshot ignored (%s: %s)",
                         self.name, type(exc).__name__, exc)
@@ -578,7 +578,7 @@ class Trainer:
             self.text_scaler.restore(meta["text"])
         self.counts.restore(meta["stats"])
         if self.correction is not None and meta.get("correction"):
-            self._restore_correction(meta["correction"], blob, 4 + size)
+            self._restore_correction(meta["correction"], cells)
         saved = meta.get("posterior")
         if self.posterior is not None and saved is not None:
             precision = np.asarray(saved["precision"], dtype=np.float64)

@@ -132,15 +132,12 @@ class _CookieSerializer(URLSafeTimedSerializer):
         self._known: Memo[tuple[str | bytes | None, bytes], tuple[bytes, int]] = Memo(
             KNOWN_VALUES)
 
-    def _remember(self, key: tuple[str | bytes | None, bytes], text: bytes, stamp: int) -> None:
-        self._known.put(key, (text, stamp))
-
     def dumps(self, obj: Any, salt: str | bytes | None = None) -> str:
         # Serializer.dumps and TimestampSigner.sign in one step (see _SaltKeys), keeping the
         # JSON text and the signing time to remember.
         text = kept_json(obj)  # remembered below: right-sized (ef_middleware._json)
         signed, stamp = self._salt_keys(salt).sign(_urlsafe_b64(text))
-        self._remember((salt, signed), text, stamp)
+        self._known.put((salt, signed), (text, stamp))
         return signed.decode("ascii")
 
     def loads(self, s: str | bytes, max_age: int | None = None,  # type: ignore[override]
@@ -155,7 +152,7 @@ class _CookieSerializer(URLSafeTimedSerializer):
                 text = kept_json(payload)
             else:
                 payload, text, stamp = verified
-            self._remember(key, text, stamp)
+            self._known.put(key, (text, stamp))
         else:
             text, stamp = known
             payload = orjson.loads(text)
