@@ -338,7 +338,9 @@ def signed_age(serializer: URLSafeTimedSerializer, raw: str | None, now: float) 
     if stamp is None:
         try:
             stamp = bytes_to_int(base64_decode(raw.rsplit(".", 2)[-2]))
-        except (IndexError, ValueError, TypeError, struct.error):  # struct: over 8 bytes
+        # struct: over 8 bytes; BadData: base64 that does not decode (a review of
+        # 2026-12-05: it reached the page's variant() and cost the visitor their variant)
+        except (IndexError, ValueError, TypeError, struct.error, BadData):
             return None
     return now - stamp
 

@@ -54,6 +54,10 @@ class Personalization:
 
     def __init__(self, scope: Scope, runtime: Runtime) -> None:
         self._scope = scope
+        # The root path the middleware was called under: a Mount inside the app changes the
+        # scope's own before a template asks for ef.script(), and the middleware serves its
+        # prefix under this one (a review of 2026-12-05: a mounted page's tag gave 404s).
+        self._root: str = scope.get("root_path", "")
         self._rt = runtime
         self._now = runtime.now()
         self._headers: dict[str, str] | None = None
@@ -278,7 +282,7 @@ class Personalization:
         a ``nonce`` both tags carry it; ``stub=False`` gives the ``src`` tag alone, for a
         Content-Security-Policy that allows no inline script.
         """
-        root = self._scope.get("root_path", "").rstrip("/")
+        root = self._root.rstrip("/")
         if not nonce:
             key = (root, stub)
             tags = self._rt.script_tags

@@ -124,6 +124,25 @@ def test_sticky_within_the_window_then_a_new_decision(
     assert stats(engine, loop_name)["decisions"] == 2
 
 
+@pytest.mark.parametrize("bad", ["abc.A.def", "x.%%%.y", "..", "a.b"])
+def test_a_malformed_visitor_cookie_keeps_the_sticky_variant(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client, bad: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A visitor cookie whose timestamp is not base64 (itsdangerous raises BadData there)
+    reads as no visitor data: the sticky variant stays, nothing is logged as a failure, and a
+    fresh visitor cookie replaces it."""
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    first = shown(client.get("/"))[loop_name]
+    clock.advance(120)  # past a minute: the visit is kept alive from the visitor cookie
+    put_cookie(client, "ef_v", bad)
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        response = client.get("/")
+    assert shown(response)[loop_name] == first
+    assert caplog.records == []
+    assert "ef_v" in set_cookies(response) and "ef_d" not in set_cookies(response)
+    assert stats(engine, loop_name)["decisions"] == 1
+
+
 def test_sticky_window_is_configurable(engine: Engine, loop_name: str, clock: Clock,
                                        client_for: Client) -> None:
     client = client_for(make_app(engine, [loop_name], clock=clock, sticky_seconds=0))

@@ -381,6 +381,25 @@ def test_routes_and_script_under_a_root_path(engine: Engine, loop_name: str) -> 
     assert client.get("/_ef/ef.js").status_code == 200  # one that strips it
 
 
+def test_script_of_a_page_in_a_mounted_sub_app_points_at_the_middlewares_prefix(
+        engine: Engine, loop_name: str) -> None:
+    """The middleware on the outer app, the page in a ``Mount("/blog", ...)``: the tag and
+    the endpoint are the middleware's (``/_ef/``), not the mount's (``/blog/_ef/``, 404)."""
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def tag(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(request.scope["ef"].script()))
+
+    app = make_app(engine, [loop_name])
+    app.router.routes.append(Mount("/blog", routes=[Route("/tag", tag)]))
+    client = TestClient(app)
+    text = client.get("/blog/tag").text
+    assert '<script src="/_ef/ef.js?v=' in text and 'data-endpoint="/_ef/"' in text
+    assert client.get(text.split('src="')[1].split('"')[0]).status_code == 200
+
+
 def test_script_tags_kept_for_root_paths_stay_bounded(engine: Engine, loop_name: str) -> None:
     """An app mounted under a path parameter (``Mount("/{tenant}", app)``) has a root path
     per tenant: the tags kept per root path grew without bound (security audit, 2026-12-05)."""
