@@ -48,7 +48,7 @@ from .priority import yield_to_requests
 from .settings import LoopSettings
 from .store import Store
 from .throttle import Throttle
-from .trainer import Sample, ServingState, Trainer, action_key
+from .trainer import ActionKey, Sample, ServingState, Trainer, action_key
 
 log = logging.getLogger("ef_middleware")
 LEARN_CHUNK = 256  # samples learned between two publications of the serving state
@@ -382,21 +382,27 @@ class Loop:
         rows = np.empty((len(chosen), state.rows.shape[1]), dtype=np.float32)
         counts = np.empty(len(chosen), dtype=np.float32)
         successes = np.empty(len(chosen), dtype=np.float32)
+        memo = state.model.action_rows
+        new: list[tuple[int, ActionKey, Action]] = []
         for j, (a, i, ok) in enumerate(zip(chosen, index, known, strict=True)):
             if ok:
                 rows[j], counts[j] = state.rows[i], state.counts[i]
                 successes[j] = state.successes[i]
                 continue
             key = action_key(a)
-            memo = state.model.action_rows
             cached = memo.get(key)
             if cached is None:
-                projected, final = self.trainer.action_rows([a], state.model)
-                cached = projected[0]
-                if final:  # a stand-in is computed again until the real vectors are in
-                    memo.put(key, cached)  # bounded: a frozen loop's model lives on
-            stat = self.trainer.counts.get(a.id)
-            rows[j], counts[j], successes[j] = cached, stat[0], stat[1]
+                new.append((j, key, a))
+            else:
+                rows[j] = cached
+            counts[j], successes[j] = self.trainer.counts.get(a.id)
+        if new:  # pooled together: their new texts reach the embedder in one call
+            projected, final = self.trainer.action_rows([a for _, _, a in new], state.model)
+            for (j, key, _), row, done in zip(new, projected, final, strict=True):
+                rows[j] = row
+                if done:  # a stand-in is computed again until the real vectors are in
+                    memo.put(key, row.copy())  # bounded: a frozen loop's model lives on; a
+                    # copy, not a view that would keep the whole batch alive
         return chosen, rows, counts, successes
 
     def default_decision(self) -> Decision:

@@ -450,10 +450,12 @@ class Trainer:
                             self.text_scaler.scale, self.learned, self.correction)
 
     def action_rows(self, actions: Sequence[Action], model: ServingModel
-                    ) -> tuple[FloatArray, bool]:
+                    ) -> tuple[FloatArray, list[bool]]:
         """Layer-1 action rows of ``actions`` under ``model`` (for per-call action lists),
-        and whether they are final: a new action's texts are not embedded on the request
+        and whether each is final: a new action's texts are not embedded on the request
         path (a stand-in of their keys' means), and its row is not final until they are.
+        The actions not in the memo are pooled in one call (their new texts go to the
+        embedder together).
 
         The request path reads the actions' pooled vectors from a memo of its own, not from
         the learner's table: a per-call list offers many pairs of id and features that are
@@ -462,18 +464,23 @@ class Trainer:
         new action would wait for the table's lock behind another's encode."""
         memo = self._pooled
         out = np.empty((len(actions), self.encoder.dim), dtype=np.float32)
-        final = True
+        final = [True] * len(actions)
+        missing: list[tuple[int, ActionKey, Action]] = []
         for i, action in enumerate(actions):
             key = action_key(action)
             found = memo.get(key)
             if found is None:
-                vectors, complete = self.encoder.actions([action], block=None)
-                found = vectors[0] * self.actions.scale
-                if complete[0]:
+                missing.append((i, key, action))
+            else:
+                out[i] = found
+        if missing:
+            vectors, complete = self.encoder.actions([a for _, _, a in missing], block=None)
+            for (i, key, _), vector, done in zip(missing, vectors, complete, strict=True):
+                out[i] = found = vector * self.actions.scale
+                if done:
                     memo.put(key, found)
                 else:
-                    final = False
-            out[i] = found
+                    final[i] = False
         return model.project_actions(out), final
 
     # -- snapshots ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
 from ef_middleware.features import NumericSpace, RunningScaler
+from tests.engine.embedders import RecordingEmbedder
 
 
 @pytest.mark.parametrize(("name", "value", "sin", "cos"), [
@@ -83,3 +84,33 @@ def test_standardisation_is_clipped_masked_and_floored() -> None:
     masked = scaler.standardise(np.array([[3.0, 5.0, 7.0]]), np.array([[1.0, 0.0, 1.0]]))
     np.testing.assert_allclose(masked, [[0.5, 0.0, 0.0]], atol=1e-6)
     assert math.isfinite(float(scaler.scale[1][2])) and scaler.scale[1][2] == pytest.approx(100)
+
+
+def test_a_loops_new_actions_are_embedded_in_one_call_with_the_same_vectors(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Creating a loop (and a rank with per-call actions) embeds every new action's texts in
+    one encode, in the embedder's batches, not one encode per action; each action's row is
+    still the mean of its own texts' vectors."""
+    recording = RecordingEmbedder(embedder)
+    eng = Engine(tmp_path / "ef", embedder=recording, seed=1, embed_in_background=False)
+    try:
+        catalogue = [{"id": f"p{i}", "features": {"title": f"Garden chair model {i}",
+                                                  "colour": ("green", "grey")[i % 2]}}
+                     for i in range(12)]
+        shop = eng.loop("shop", actions=catalogue)
+        texts = {t for action in shop.actions for t in action.texts()}
+        assert len(recording.calls) == 1
+        assert sorted(recording.calls[0][1]) == sorted(texts)  # 26 texts, each once
+
+        fresh = [{"id": f"n{i}", "features": {"title": f"Parasol {i}"}} for i in range(5)]
+        shop.rank({"device": "mobile"}, actions=fresh)
+        per_call = [call for call in recording.calls[1:] if "variant: n0" in call[1]]
+        assert len(per_call) == 1
+        assert {f"variant: n{i}" for i in range(5)} <= set(per_call[0][1])
+
+        vectors, complete = shop.encoder.actions([shop.actions[3]], block=True)
+        assert complete == [True]
+        expected = np.asarray(embedder.encode(shop.actions[3].texts())).mean(axis=0)
+        np.testing.assert_allclose(vectors[0], expected, rtol=1e-5, atol=1e-6)
+    finally:
+        eng.close()

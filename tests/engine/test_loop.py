@@ -262,7 +262,7 @@ def test_a_new_per_call_action_never_runs_the_transformer_on_the_request_path(
         state = hero._serving
         assert key not in state.model.action_rows  # a stand-in is not kept...
         assert key not in hero.trainer._pooled  # ...nor its pooled vector
-        assert hero.trainer.action_rows([action], state.model)[1] is False
+        assert hero.trainer.action_rows([action], state.model)[1] == [False]
 
         recording.gate.set()
         assert eng.embeddings.wait()  # the background thread embeds the item's texts
