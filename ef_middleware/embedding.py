@@ -240,9 +240,14 @@ class EmbeddingCache:
                  max_queued: int = MAX_QUEUED, nice: int = BACKGROUND_NICE) -> None:
         if max_queued < 1:
             raise ConfigurationError("max_queued is a number of texts and must be at least 1")
+        dim = getattr(embedder, "dim", None)
+        if (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1
+                or not callable(getattr(embedder, "encode", None))):
+            raise ConfigurationError("an embedder has a positive int dim and an "
+                                     "encode(texts) method (see ef_middleware.Embedder)")
         self.embedder = embedder
         self.nice = nice
-        self.dim = embedder.dim
+        self.dim = dim
         self.background = background
         self.max_queued = max_queued
         self.overflowed = 0  # texts not queued because the queue was full

@@ -75,15 +75,23 @@ class Engine:
             # The model's matrices are small: threads cost more than they bring, and a web
             # worker already runs requests concurrently (docs/design.md, "Threads").
             limit_threads(blas_threads)
+        own_store = store is None
         if store is None:
             if path is None:
                 raise ConfigurationError("Engine needs a folder for its store, e.g. "
                                          "Engine('var/ef'), or store=...")
             store = DiskcacheStore(path)
         self.store = store
-        self.embeddings = EmbeddingCache(embedder or SentenceTransformerEmbedder(), store,
-                                         background=embed_in_background,
-                                         nice=background_nice)
+        try:
+            self.embeddings = EmbeddingCache(embedder or SentenceTransformerEmbedder(), store,
+                                             background=embed_in_background,
+                                             nice=background_nice)
+        except BaseException:
+            # A store this engine opened is closed again: each failed start left its files
+            # and the journal's lock open (a review of 2026-12-05).
+            if own_store:
+                store.close()
+            raise
         self.seed = seed
         self.clock = clock
         self._loops: dict[str, Loop] = {}
@@ -183,9 +191,20 @@ class Engine:
                 "embedding_error": cache.last_error}
 
     def start(self) -> None:
-        """Start the learner thread (idempotent; creating a loop starts it too)."""
-        if self._learner is not None:
-            self._learner.start()
+        """Start the learner thread (idempotent; creating a loop starts it too).
+
+        Raises
+        ------
+        EngineClosedError
+            The engine is closed (a learner started then wrote into the closed store and
+            ran for good; a review of 2026-12-05).
+        """
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("the engine is closed: make a new Engine to start "
+                                        "learning again")
+            if self._learner is not None:
+                self._learner.start()
 
     def close(self) -> None:
         """Stop the learner after a last pass, save every loop's model, close the store."""

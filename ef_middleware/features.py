@@ -33,6 +33,7 @@ MAX_ID = 128
 # stalled one rank for minutes.
 MAX_FEATURES = 128
 MAX_TEXTS = 256
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a context number past it is refused
 # Numbers: numpy's scalars and Fraction too (numbers.Real), with int and float first: the
 # ABC's own check takes about 1.5 us here, a tuple's first hit 0.1 us.
 _NUMBERS = (int, float, numbers.Real)
@@ -197,15 +198,27 @@ class NumericSpace:
                 self.put(str(key).strip().lower(), value, values, mask)
         return values, mask
 
-    def put(self, name: str, value: float | numbers.Real, values: FloatArray,
-            mask: FloatArray) -> None:
-        """Write number ``value`` of feature ``name`` into its slot(s) (booleans are 0/1)."""
+    @staticmethod
+    def checked(name: str, value: float | numbers.Real) -> float:
+        """``value`` as a float, or ``InvalidInputError``: not finite, or past float32's range
+        (the model's inputs are float32: 1e39 became inf there, and one such rank turned the
+        running statistics, then every prediction of the loop, into NaN for good; a review
+        of 2026-12-05)."""
         try:
             number = float(value)
         except OverflowError:  # an int past float's range
             number = math.inf
         if not math.isfinite(number):
             raise InvalidInputError(f"context feature {name!r} is not finite: {value!r}")
+        if abs(number) > FLOAT32_MAX:
+            raise InvalidInputError(f"context feature {name!r} is out of range (at most "
+                                    f"{FLOAT32_MAX:.3g} in magnitude): {value!r}")
+        return number
+
+    def put(self, name: str, value: float | numbers.Real, values: FloatArray,
+            mask: FloatArray) -> None:
+        """Write number ``value`` of feature ``name`` into its slot(s) (booleans are 0/1)."""
+        number = self.checked(name, value)
         period = CYCLES.get(name)
         if period is None:
             i = self.slot(name)
@@ -299,10 +312,8 @@ class FeatureEncoder:
             raise InvalidInputError(f"a context has at most {MAX_FEATURES} features, not "
                                     f"{len(context)}")
         numeric = self.numeric
-        values = np.zeros(numeric.dim, dtype=np.float32)
-        mask = np.zeros(numeric.dim, dtype=np.float32)
         texts: list[str] = []
-        numbers_seen: set[str] = set()
+        numbers: dict[str, float] = {}  # slotted only once the whole context is accepted
         for key, value in context.items():
             if not isinstance(key, str):
                 raise InvalidInputError(f"context keys must be strings, got {key!r}")
@@ -312,11 +323,10 @@ class FeatureEncoder:
                 texts.append(f"{key.strip().lower()}: {_clean(value)}")
             elif isinstance(value, _NUMBERS):  # bool too
                 name = key.strip().lower()
-                if name in numbers_seen:  # "Hour" and "hour": one slot, a value would be lost
+                if name in numbers:  # "Hour" and "hour": one slot, a value would be lost
                     raise InvalidInputError(f"context feature {key!r} is {name!r} again: "
                                             "names are compared lower-cased and stripped")
-                numbers_seen.add(name)
-                numeric.put(name, value, values, mask)
+                numbers[name] = numeric.checked(name, value)
             elif (isinstance(value, list | tuple | set | frozenset)
                   and all(isinstance(v, str) for v in value)):
                 name = key.strip().lower()
@@ -329,6 +339,12 @@ class FeatureEncoder:
         if len(texts) > MAX_TEXTS:
             raise InvalidInputError(f"a context has at most {MAX_TEXTS} text values (lists "
                                     f"count each item), not {len(texts)}")
+        # A refused context takes no slot (a review of 2026-12-05: a rank refused for its
+        # last feature had given its numbers slots, and a later real feature shared one).
+        values = np.zeros(numeric.dim, dtype=np.float32)
+        mask = np.zeros(numeric.dim, dtype=np.float32)
+        for name, number in numbers.items():
+            numeric.put(name, number, values, mask)
         pooled, complete = self.pool(texts, block=block)
         return EncodedContext(pooled, values, mask, provisional=not complete,
                               texts=tuple(texts))

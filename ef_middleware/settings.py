@@ -168,6 +168,9 @@ class LoopSettings:
             raise ConfigurationError(f"reward_range is a pair of numbers (low, high), e.g. "
                                      f"(0, 1), not {pair!r}")
         object.__setattr__(self, "reward_range", (float(pair[0]), float(pair[1])))
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigurationError("model is an ef_middleware.model.ModelConfig, e.g. "
+                                     f"ModelConfig(hidden=(256, 128, 64)), not {self.model!r}")
 
     def _check_values(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -180,11 +183,16 @@ class LoopSettings:
             object.__setattr__(self, "model", replace(self.model, dropout=rate))
             object.__setattr__(self, "strategy_options", {**self.strategy_options, "rate": rate})
         low, high = self.reward_range
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        # high - low finite too: (-1e308, 1e308) overflowed, and every reward scaled to 0
+        # (a review of 2026-12-05)
+        if not (math.isfinite(low) and math.isfinite(high) and low < high
+                and math.isfinite(high - low)):
             raise ConfigurationError(
                 f"reward_range must be two finite numbers (low, high) with low < high, "
                 f"got {self.reward_range!r}"
             )
+        if not (math.isfinite(self.embedding_scale) and self.embedding_scale > 0):
+            raise ConfigurationError("embedding_scale must be a finite number > 0, e.g. 20")
         if self.default_reward is None:
             object.__setattr__(self, "default_reward", float(low))
         elif not low <= self.default_reward <= high:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import json
@@ -973,10 +974,34 @@ def test_a_closed_engine_refuses_everything_and_changes_nothing(
     engine.close()
     counts = hero.stats()
     for call in (lambda: hero.rank({"device": "mobile"}), lambda: hero.reward(d.event_id),
-                 hero.flush, hero.save, lambda: engine.loop("late", actions=HERO)):
-        with pytest.raises(EngineClosedError, match="closed"):
+                 hero.flush, hero.save, lambda: engine.loop("late", actions=HERO),
+                 engine.start):  # start: a review of 2026-12-05 found a learner writing into
+        with pytest.raises(EngineClosedError, match="closed"):  # the closed store
             call()
     assert hero.stats() == counts and "late" not in engine.loops
+    assert engine.health()["learner"] != "running"
+
+
+def test_an_engine_that_fails_to_start_closes_the_store_it_opened(tmp_path: Path) -> None:
+    """An embedder that is not one: a clear error, and the store the engine had opened is
+    closed again (each failed start left the journal's file and lock open; a review of
+    2026-12-05), so the folder opens at once afterwards."""
+    import os
+
+    def open_files() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [f for f in found if f.startswith(str(tmp_path))]
+
+    class NotAnEmbedder:
+        name = "nothing"
+
+    for _ in range(3):
+        with pytest.raises(ConfigurationError, match="embedder"):
+            Engine(tmp_path / "ef", embedder=NotAnEmbedder())  # type: ignore[arg-type]
+    assert open_files() == []
 
 
 def test_threads_asking_for_one_new_loop_get_the_same_loop(engine: Engine) -> None:
@@ -1214,13 +1239,24 @@ def test_flush_learns_the_decisions_whose_wait_is_over(
      {"tags": ["a", 3]}, pytest.param({"visits": 10**400}, id="int-past-float"),
      pytest.param({f"k{i}": "v" for i in range(129)}, id="129-features"),
      pytest.param({"tags": [f"t{i}" for i in range(257)]}, id="257-texts"),
-     pytest.param({"Hour": 3, "hour ": 5}, id="one-number-twice")],
+     pytest.param({"Hour": 3, "hour ": 5}, id="one-number-twice"),
+     pytest.param({"price": 1e39}, id="past-float32"),
+     pytest.param({"price": -(10**39)}, id="int-past-float32"),
+     pytest.param({"n1": 1, "n2": 2.5, "oops": b"bytes"}, id="numbers-then-bad-type"),
+     pytest.param({"n1": 1, "tags": [f"t{i}" for i in range(257)]}, id="numbers-then-257")],
 )
 def test_bad_contexts_raise_and_log_nothing(engine: Engine, context: Any) -> None:
+    """Nothing of a refused context stays: no decision, and its numbers take no slot of the
+    model's input (a review of 2026-12-05 found both a slot taken and, from 1e39, which
+    float32 holds as inf, every later prediction NaN)."""
     hero = engine.loop("hero", actions=HERO)
+    slots = dict(hero.encoder.numeric.slots)
     with pytest.raises(InvalidInputError):
         hero.rank(context)
     assert hero.stats()["decisions"] == 0
+    assert hero.encoder.numeric.slots == slots
+    d = hero.rank({"device": "mobile", "price": 3.4e38})  # float32's range: accepted
+    assert all(math.isfinite(r.predicted_reward) for r in d.ranking)
 
 
 @pytest.mark.parametrize(
@@ -1229,7 +1265,12 @@ def test_bad_contexts_raise_and_log_nothing(engine: Engine, context: Any) -> Non
      ({"reward_wait": "600"}, "reward_wait must be a number"),
      ({"strategy_options": None}, "strategy_options is a mapping"),
      ({"batch_size": 3.5}, "batch_size must be a whole number"),
-     ({"default_reward": True}, "default_reward must be a number")],
+     ({"default_reward": True}, "default_reward must be a number"),
+     # a review of 2026-12-05: these three were accepted, and every prediction was NaN
+     # (the first two) or the loop failed with an AttributeError (the third)
+     ({"embedding_scale": math.nan}, "embedding_scale"),
+     ({"reward_range": (-1e308, 1e308)}, "low < high"),
+     ({"model": {"hidden": [8]}}, "ModelConfig")],
 )
 def test_settings_of_the_wrong_type_say_so(engine: Engine, setting: dict[str, Any],
                                            match: str) -> None:
