@@ -742,6 +742,12 @@ class RewardWrite:
         loop = self.loop
         key = loop._reward_key(self.event_id)
         expire = loop._kept_for()
+        # Accepted before the engine closed, written after it (the reward route's writer
+        # thread during a shutdown): EngineClosedError, as for any call after close, not the
+        # closed journal's OSError (a review of 2026-12-05).
+        if loop.closed:
+            loop._unwritten(self)
+            raise loop._closed_error()
         # Durable before the caller answers; outside the loop's lock, so that ranking never
         # waits on the disk.
         try:
@@ -749,8 +755,10 @@ class RewardWrite:
                 loop.store.set(key, self.payload, expire=expire)
             elif not loop.store.try_set(key, self.payload, expire=expire):
                 return False
-        except BaseException:
+        except BaseException as exc:
             loop._unwritten(self)
+            if loop.closed and isinstance(exc, OSError):  # it closed during the write
+                raise loop._closed_error() from exc
             raise
         loop._written(self)
         return True

@@ -32,7 +32,7 @@ from ._json import kept_json
 from ._types import Context, FloatArray, IntArray
 from .correction import Correction
 from .counts import ActionCounts
-from .features import Action, EncodedContext, FeatureEncoder, RunningScaler
+from .features import Action, EncodedContext, FeatureEncoder, NumericSpace, RunningScaler
 from .memo import Memo
 from .model import FactoredInput, RewardNet, ServingModel, layer_views
 from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, with_bias
@@ -310,6 +310,7 @@ class Trainer:
         self.learned = 0
         self.stand_ins_learned = 0  # samples learned from stand-ins (a flood, a failing embedder)
         self._embedding_warnings = Throttle(EMBEDDING_WARN_EVERY)
+        self._snapshot_warnings = Throttle(EMBEDDING_WARN_EVERY)
         self._credit = 0.0
         self._fresh: list[int] = []  # replay slots not yet in a gradient step
         self._since_rebuild = 0
@@ -385,7 +386,17 @@ class Trainer:
         self.learned += n
         self._update_posterior(slots)
         if self._steps_since_snapshot >= self.settings.snapshot_every:
-            self.save()
+            try:
+                self.save()
+            except Exception as exc:
+                # The chunk is learned and is served: a snapshot that cannot be written (a
+                # full disk) is the next one's job. It used to fail the chunk, which was
+                # counted as dropped and not published (a review of 2026-12-05).
+                if self._snapshot_warnings.allow() is not None:
+                    log.warning("loop %r: the model snapshot could not be written, the next "
+                                "is tried %d updates later (%s: %s; one warning a minute)",
+                                self.name, self.settings.snapshot_every, type(exc).__name__,
+                                " ".join(str(exc).split()))
         return steps
 
     def _embedding_failed(self, exc: Exception) -> None:
@@ -511,17 +522,22 @@ class Trainer:
             "posterior": None if self.posterior is None else {
                 # orjson writes C-contiguous arrays only
                 "precision": np.ascontiguousarray(self.posterior.precision),
-                "b": np.ascontiguousarray(self.posterior.b)},
+                "b": np.ascontiguousarray(self.posterior.b),
+                # which posterior, and neural-linear's noise (restored without it, the noise
+                # went back to 0.25; a review of 2026-12-05)
+                "kind": type(self.posterior).__name__,
+                "noise": getattr(self.posterior, "noise", None)},
         }, option=orjson.OPT_SERIALIZE_NUMPY)
         blob = b"".join((struct.pack("<I", len(meta)), meta, cells.data, net))
         version = self.net.step
         # ``latest`` names the version instead of holding a second copy of the ~4 MB blob: the
         # write is half as long for a reward waiting behind it.
         versions = [v for v in self._saved_versions() if v != version] + [version]
-        stale, self._versions = versions[:-KEEP_VERSIONS], versions[-KEEP_VERSIONS:]
+        stale, kept = versions[:-KEEP_VERSIONS], versions[-KEEP_VERSIONS:]
         self.store.set_many({f"model:{self.name}:v{version}": blob,
                              f"model:{self.name}:latest": f"v{version}".encode(),
-                             f"model:{self.name}:versions": orjson.dumps(self._versions)})
+                             f"model:{self.name}:versions": orjson.dumps(kept)})
+        self._versions = kept  # once written: a failed write names no missing version
         for old in stale:
             self.store.delete(f"model:{self.name}:v{old}")
 
@@ -553,6 +569,27 @@ class Trainer:
                 self._versions = []
         return self._versions
 
+    def _check_meta(self, meta: dict[str, Any]) -> None:
+        """Raise unless every part of a snapshot's meta restores into this loop's shapes: each
+        is read into a throwaway copy first, so that a damaged part leaves the loop as it
+        was (a review of 2026-12-05: a missing field raised out of ``engine.loop()``, and
+        statistics of the wrong length were restored, then failed every rank)."""
+        int(meta.get("learned", 0))
+        numeric = NumericSpace(self.encoder.numeric.dim)
+        numeric.restore(meta["numeric"])
+        if any(not 0 <= slot < numeric.dim for slot in numeric.slots.values()):
+            raise ValueError("a numeric slot lies outside the model's input")
+        _check_scaler(numeric.scaler, numeric.dim, "numeric")
+        if "text" in meta:
+            text = RunningScaler(self.text_scaler.mean.shape[0])
+            text.restore(meta["text"])
+            _check_scaler(text, text.mean.shape[0], "text")
+        ActionCounts().restore(meta["stats"])
+        saved = meta.get("posterior")
+        if saved is not None:
+            np.asarray(saved["precision"], dtype=np.float64)
+            np.asarray(saved["b"], dtype=np.float64)
+
     def restore(self) -> bool:
         """Load the latest snapshot if one exists and fits this loop's model; report success."""
         latest = self.store.get(f"model:{self.name}:latest")
@@ -568,6 +605,7 @@ class Trainer:
             count = _cells_count(meta)
             cells = np.frombuffer(blob, dtype="<f8", count=count, offset=4 + size)
             net = RewardNet.from_bytes(blob[4 + size + 8 * count :])
+            self._check_meta(meta)
         except Exception as exc:  # whatever a damaged snapshot raises: the loop starts fresh
             log.warning("ef_middleware: loop %r: unreadable snapshot ignored (%s: %s)",
                         self.name, type(exc).__name__, exc)
@@ -589,10 +627,26 @@ class Trainer:
         saved = meta.get("posterior")
         if self.posterior is not None and saved is not None:
             precision = np.asarray(saved["precision"], dtype=np.float64)
-            if precision.shape == self.posterior.precision.shape:
+            b = np.asarray(saved["b"], dtype=np.float64)
+            kind = saved.get("kind", type(self.posterior).__name__)  # older: not said
+            # Not another strategy's (laplace's precision is in logits, neural-linear's in
+            # rewards): this one then starts from its prior until its next rebuild.
+            if (kind == type(self.posterior).__name__
+                    and precision.shape == self.posterior.precision.shape
+                    and b.shape == self.posterior.b.shape):
                 self.posterior.precision = precision
-                self.posterior.b = np.asarray(saved["b"], dtype=np.float64)
+                self.posterior.b = b
+                noise = saved.get("noise")
+                if isinstance(self.posterior, LinearPosterior) and isinstance(noise, float):
+                    self.posterior.noise = float(np.clip(noise, 1e-3, 0.25))
         return True
+
+
+def _check_scaler(scaler: RunningScaler, dim: int, what: str) -> None:
+    for name in ("count", "mean", "m2"):
+        array = getattr(scaler, name)
+        if array.shape != (dim,) or not np.isfinite(array).all():
+            raise ValueError(f"the {what} statistics' {name} is not {dim} finite numbers")
 
 
 def _cells_count(meta: dict[str, Any]) -> int:

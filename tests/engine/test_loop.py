@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -401,6 +401,92 @@ def test_a_restored_loop_has_the_saved_counts_posterior_and_served_weights(
             assert new.probability == pytest.approx(old.probability, abs=1e-6)
     finally:
         second.close()
+
+
+def _rewrite_meta(folder: Path, loop: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``change`` to the meta JSON of ``loop``'s latest snapshot in ``folder``."""
+    import struct
+
+    from ef_middleware.store import DiskcacheStore
+
+    store = DiskcacheStore(folder)
+    try:
+        key = f"model:{loop}:{store.get(f'model:{loop}:latest').decode()}"  # type: ignore[union-attr]
+        blob = store.get(key)
+        assert blob is not None
+        (size,) = struct.unpack_from("<I", blob)
+        meta = json.loads(blob[4:4 + size])
+        change(meta)
+        text = json.dumps(meta).encode()
+        store.set(key, struct.pack("<I", len(text)) + text + blob[4 + size:])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda meta: meta.pop("stats"), id="stats-missing"),
+    pytest.param(lambda meta: meta["numeric"].update(mean=meta["numeric"]["mean"][:8]),
+                 id="numeric-mean-short"),
+    pytest.param(lambda meta: meta["text"].update(m2=[math.nan] * len(meta["text"]["m2"])),
+                 id="text-m2-nan"),
+    pytest.param(lambda meta: meta["numeric"]["slots"].update(price=999), id="slot-outside"),
+])
+def test_a_snapshot_with_a_damaged_part_is_ignored_whole(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder, change: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged part of a snapshot's meta: the loop starts fresh with a warning and ranks;
+    before (a review of 2026-12-05), a missing part raised out of ``engine.loop()`` and
+    statistics of the wrong length were restored, then failed every rank."""
+    first = Engine(tmp_path / "ef", embedder=embedder, seed=5, learner=False)
+    hero = first.loop("hero", actions=HERO)
+    for i in range(20):
+        d = hero.rank({"device": "mobile", "visits": i % 4})
+        hero.reward(d.event_id, float(i % 2))
+    hero.flush()
+    first.close()
+    _rewrite_meta(tmp_path / "ef", "hero", change)
+    second = Engine(tmp_path / "ef", embedder=embedder, seed=6, learner=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+            again = second.loop("hero", actions=HERO)
+        assert not again.restored and again.trainer.learned == 0
+        assert any("unreadable snapshot ignored" in r.message for r in caplog.records)
+        d = again.rank({"device": "mobile", "visits": 2})
+        assert all(math.isfinite(r.predicted_reward) for r in d.ranking)
+    finally:
+        second.close()
+
+
+def test_a_posterior_restores_into_its_own_strategy_only_with_its_noise(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """neural-linear's noise estimate comes back with its snapshot, and a loop restarted with
+    another strategy does not take laplace's precision (in logits) for its own (in rewards)
+    (a review of 2026-12-05 found both)."""
+    def train(strategy: str) -> Any:
+        eng = Engine(tmp_path / strategy, embedder=embedder, seed=5, learner=False)
+        hero = eng.loop("hero", actions=HERO, strategy=strategy, posterior_every=16)
+        for i in range(120):
+            d = hero.rank({"device": ("mobile", "desktop")[i % 2]})
+            hero.reward(d.event_id, float(d.action_id == "video"))
+        hero.flush()
+        posterior = hero.trainer.posterior
+        kept = posterior.precision.copy(), getattr(posterior, "noise", None)
+        eng.close()
+        return kept
+
+    _, noise = train("neural-linear")
+    assert noise is not None and noise != 0.25  # re-estimated from the residuals
+    eng = Engine(tmp_path / "neural-linear", embedder=embedder, learner=False)
+    assert eng.loop("hero", actions=HERO, strategy="neural-linear").trainer.posterior.noise \
+        == pytest.approx(noise)
+    eng.close()
+
+    laplace, _ = train("laplace")
+    eng = Engine(tmp_path / "laplace", embedder=embedder, learner=False)
+    switched = eng.loop("hero", actions=HERO, strategy="neural-linear")
+    assert switched.restored
+    assert not np.allclose(switched.trainer.posterior.precision, laplace)
+    eng.close()
 
 
 def test_embeddings_persist_in_the_store(tmp_path: Path,
@@ -835,6 +921,22 @@ def test_an_accepted_reward_is_learned_once_written(engine: Engine) -> None:
     assert json.loads(engine.store.get(key) or b"")["value"] == 1.0
     hero.flush()
     assert hero.stats()["learned"] == 1 and hero.stats()["rewards"] == 1
+
+
+def test_a_reward_accepted_before_close_and_written_after_says_the_engine_closed(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """The reward route accepts on its event loop and may write on its writer thread while
+    the app shuts down: the write raises EngineClosedError (the route answers 503) and stores
+    nothing, not the closed journal's bare OSError (a review of 2026-12-05)."""
+    eng = Engine(tmp_path / "ef", embedder=embedder)
+    hero = eng.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"})
+    write = hero.accept_reward(d.event_id, 1.0)
+    eng.close()
+    with pytest.raises(EngineClosedError):
+        write.commit()
+    with pytest.raises(EngineClosedError):
+        write.commit(wait=False)
 
 
 def test_a_reward_whose_write_fails_can_be_sent_again(
@@ -1955,3 +2057,39 @@ def test_a_bad_record_is_not_put_back_when_the_store_then_refuses_its_chunk(
         assert sorted(_logged_lines(engine, "hero")) == sorted(events[:1] + events[2:])
     finally:
         engine.close()
+
+
+def test_a_snapshot_that_cannot_be_written_leaves_the_learned_chunk_served(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk under the snapshots: the chunk is still learned and published, nothing
+    is counted as dropped, one warning says so, and a later snapshot is written once the
+    store takes it again (a review of 2026-12-05: the chunk was counted as dropped, the new
+    model was not served, and flush() raised the OSError)."""
+    from ef_middleware.store import DiskcacheStore
+
+    class FullDiskForModels(DiskcacheStore):
+        full = True
+
+        def set_many(self, items: Any, *, expire: float | None = None) -> None:
+            if self.full and any(key.startswith("model:") for key in items):
+                raise OSError(28, "No space left on device")
+            super().set_many(items, expire=expire)
+
+    store = FullDiskForModels(tmp_path / "ef")
+    eng = Engine(store=store, embedder=embedder, learner=False, seed=3)
+    hero = eng.loop("hero", actions=HERO, snapshot_every=5)
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        for i in range(150):
+            d = hero.rank({"device": ("mobile", "desktop")[i % 2]})
+            hero.reward(d.event_id, float(i % 2))
+        hero.flush()
+    stats = hero.stats()
+    assert stats["dropped"] == 0 and stats["learned"] == 150
+    assert stats["model_version"] == hero.trainer.net.step > 0
+    assert len([r for r in caplog.records if "snapshot could not be written" in r.message]) == 1
+    assert store.get("model:hero:latest") is None and store.get("model:hero:versions") is None
+    store.full = False
+    hero.save()
+    assert store.get("model:hero:latest") == f"v{hero.trainer.net.step}".encode()
+    eng.close()
