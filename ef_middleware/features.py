@@ -36,7 +36,7 @@ MAX_TEXTS = 256
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a context number past it is refused
 # Numbers: numpy's scalars and Fraction too (numbers.Real), with int and float first: the
 # ABC's own check takes about 1.5 us here, a tuple's first hit 0.1 us.
-_NUMBERS = (int, float, numbers.Real)
+_NUMBERS = (int, float, numbers.Real, np.bool_)  # numpy's bool is no numbers.Real
 CYCLES = {"hour": 24.0, "weekday": 7.0}  # numeric keys encoded on a circle
 
 
@@ -55,8 +55,24 @@ class Action:
 
 
 def to_action(value: Any) -> Action:
-    """Accept an :class:`Action`, ``{"id": ..., "features": {...}}`` or a bare id string."""
+    """Accept an :class:`Action`, ``{"id": ..., "features": {...}}`` or a bare id string.
+
+    An :class:`Action` built directly is checked as a mapping is (a review of 2026-12-05
+    found ``Action(5)`` and features keyed by numbers raising a bare ``TypeError`` deep in
+    ranking, and ``Action("")`` chosen); a feature whose value is ``None`` is left out, as in a
+    context, not embedded as the text "None"."""
     if isinstance(value, Action):
+        if not (isinstance(value.id, str) and value.id):
+            raise InvalidInputError(f"an action's id is a non-empty string, not {value.id!r}")
+        if not isinstance(value.features, Mapping) or not all(
+                isinstance(k, str) for k in value.features):
+            raise InvalidInputError(f"action {value.id!r}: 'features' must be a mapping with "
+                                    "string keys")
+        try:  # an action's key holds its features (a list there failed every rank)
+            hash(tuple(value.features.values()))
+        except TypeError:
+            raise InvalidInputError(f"action {value.id!r}: feature values are strings, numbers "
+                                    "or tuples of them, not lists or mappings") from None
         return value
     if isinstance(value, str) and value:
         return Action(value)
@@ -64,7 +80,7 @@ def to_action(value: Any) -> Action:
         feats = value.get("features") or {}
         if not isinstance(feats, Mapping):
             raise InvalidInputError(f"action {value['id']!r}: 'features' must be a mapping")
-        return Action(value["id"], {str(k): str(v) for k, v in feats.items()})
+        return Action(value["id"], {str(k): str(v) for k, v in feats.items() if v is not None})
     raise InvalidInputError(
         f"an action is an id string or {{'id': str, 'features': {{...}}}}, not {value!r}"
     )

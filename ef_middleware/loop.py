@@ -367,7 +367,13 @@ class Loop:
     ) -> tuple[list[Action], FloatArray, FloatArray, FloatArray]:
         if isinstance(exclude, str):
             raise InvalidInputError("exclude takes a list of action ids, not one string")
-        excluded = set(exclude)
+        try:
+            excluded: set[object] = set(exclude)
+        except TypeError:  # not iterable, or an item that cannot be hashed (a list)
+            excluded = {None}
+        if not all(isinstance(e, str) for e in excluded):
+            raise InvalidInputError(f"exclude takes a list of action ids (strings), not "
+                                    f"{exclude!r}")
         if actions is None and not excluded:
             return list(state.actions), state.rows, state.counts, state.successes
         pool = list(state.actions) if actions is None else to_actions(actions)

@@ -24,6 +24,7 @@ import pytest
 
 import ef_middleware
 from ef_middleware import (
+    Action,
     ConfigurationError,
     DuplicateRewardError,
     Engine,
@@ -1244,6 +1245,36 @@ def test_any_real_number_is_a_reward(engine: Engine, value: Any) -> None:
     d = hero.rank({"device": "mobile"})
     hero.reward(d.event_id, value)
     assert hero.stats()["rewards"] == 1
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda hero: hero.rank({}, actions=[Action(5)]), id="per-call-id-int"),  # type: ignore[arg-type]
+    pytest.param(lambda hero: hero.rank({}, actions=[Action("")]), id="per-call-id-empty"),
+    pytest.param(lambda hero: hero.rank({}, actions=[Action("p", {1: "x"})]),  # type: ignore[dict-item]
+                 id="per-call-key-int"),
+    pytest.param(lambda hero: hero.rank({}, actions=[Action("p", {"tags": ["x"]})]),  # type: ignore[dict-item]
+                 id="per-call-list-value"),
+    pytest.param(lambda hero: hero.rank({}, exclude=[["minimal"]]), id="exclude-list-item"),
+    pytest.param(lambda hero: hero.rank({}, exclude=5), id="exclude-int"),
+])
+def test_bad_actions_and_exclusions_raise_a_clear_error_and_log_nothing(
+        engine: Engine, call: Callable[[Loop], object]) -> None:
+    """Each of these raised a bare TypeError from deep inside ranking, or (an empty id) was
+    chosen (a review of 2026-12-05)."""
+    hero = engine.loop("hero", actions=HERO)
+    with pytest.raises(InvalidInputError):
+        call(hero)
+    with pytest.raises(InvalidInputError):
+        engine.loop("other", actions=[Action(None)])  # type: ignore[arg-type]
+    assert hero.stats()["decisions"] == 0 and "other" not in engine.loops
+
+
+def test_a_none_feature_of_an_action_is_left_out_and_numpy_bools_are_numbers(
+        engine: Engine) -> None:
+    hero = engine.loop("hero", actions=HERO)
+    d = hero.rank({"returning": np.bool_(True)},
+                  actions=[{"id": "q", "features": {"price": None, "layout": "quiz"}}])
+    assert d.action.features == {"layout": "quiz"}  # not the text "price: None"
 
 
 @pytest.mark.parametrize(
