@@ -25,7 +25,7 @@ from cachetools import LRUCache
 from ._types import FloatArray
 from .errors import ConfigurationError, EmbedderError
 from .priority import BACKGROUND_NICE, lower_priority
-from .store import Store
+from .store import Store, release_thread
 from .throttle import Throttle
 
 log = logging.getLogger("ef_middleware")
@@ -517,6 +517,12 @@ class EmbeddingCache:
 
     def _run(self) -> None:
         lower_priority(self.nice)
+        try:
+            self._serve_queue()
+        finally:
+            release_thread(self._store)
+
+    def _serve_queue(self) -> None:
         while True:
             batch = [self._queue.get()]
             wait = self._failing_until - time.monotonic()

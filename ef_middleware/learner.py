@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .priority import BACKGROUND_NICE, lower_priority
+from .store import release_thread
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -147,6 +148,12 @@ class Learner:
 
     def _run(self) -> None:
         lower_priority(self.nice)
+        try:
+            self._learn_until_stopped()
+        finally:
+            release_thread(self.engine.store)
+
+    def _learn_until_stopped(self) -> None:
         behind = False
         while not self._stop.is_set():
             self.lease.renew()
