@@ -267,6 +267,12 @@ def _clean(value: str) -> str:
     return value.strip()[:MAX_TEXT].replace(TEXT_SEPARATOR, " ")
 
 
+def _clean_key(key: str) -> str:
+    # The separator in a key split its text in two when the learner read the joined texts
+    # back (a review of 2026-12-05).
+    return key.strip().lower().replace(TEXT_SEPARATOR, " ")
+
+
 def join_texts(texts: tuple[str, ...]) -> str:
     return TEXT_SEPARATOR.join(texts)
 
@@ -336,7 +342,7 @@ class FeatureEncoder:
             if value is None:
                 continue
             if isinstance(value, str):
-                texts.append(f"{key.strip().lower()}: {_clean(value)}")
+                texts.append(f"{_clean_key(key)}: {_clean(value)}")
             elif isinstance(value, _NUMBERS):  # bool too
                 name = key.strip().lower()
                 if name in numbers:  # "Hour" and "hour": one slot, a value would be lost
@@ -345,7 +351,7 @@ class FeatureEncoder:
                 numbers[name] = numeric.checked(name, value)
             elif (isinstance(value, list | tuple | set | frozenset)
                   and all(isinstance(v, str) for v in value)):
-                name = key.strip().lower()
+                name = _clean_key(key)
                 texts.extend(f"{name}: {_clean(v)}" for v in value)
             else:
                 raise InvalidInputError(

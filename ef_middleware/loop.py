@@ -64,6 +64,7 @@ UNLOGGED_LIMIT = 100_000  # decision records kept for the log while its writes f
 LOG_FAILURE_WARN_EVERY = 60.0  # seconds between two warnings of failing decision-log writes
 LOG_RETRY = 1.0  # seconds before the decision log is written again after a failed write
 ACTIONS_KEPT = 20_000  # per-call actions remembered by key (the oldest go first)
+ARRIVALS_SLACK = 4096  # ids of finalised decisions the arrival queue may hold before a sweep
 
 
 # A decision waiting for its reward is one plain tuple (index names below): the model's inputs
@@ -577,6 +578,11 @@ class Loop:
                 self._enqueue(pending)
                 count += 1
                 self.finalised_early += early
+            if len(arrivals) > 2 * len(waiting) + ARRIVALS_SLACK:
+                # Rewarded ('earliest') decisions leave their ids here until the oldest
+                # waiting one ahead of them is due: one decision never rewarded kept a reward
+                # wait's worth of ids (200,001 ids, 17.8 MB, in a review of 2026-12-05).
+                self._arrivals = deque(e for e in arrivals if e in waiting)
         return count
 
     # -- learning (learner thread) ---------------------------------------------------------

@@ -394,3 +394,21 @@ def test_a_text_whose_last_offset_an_eviction_took_gets_its_new_one() -> None:
     c.update(["campaign: x"], "b", 0.0, 1.0)  # same text, another action, at the cap
     assert "a" not in c.cells["campaign: x"] and "b" in c.cells["campaign: x"]
     assert c.size == _count(c)
+
+
+def test_a_context_key_holding_the_text_separator_is_learned_as_it_was_ranked(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """A context's texts wait joined by a separator; a key that held it was split in two
+    when the learner read them back, so the correction learned cells 'a' and 'b: x' instead
+    of the text ranked (a review of 2026-12-05). Keys are cleaned as values are."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False, embed_in_background=False)
+    try:
+        hero = eng.loop("hero", actions=["minimal", "video"])
+        d = hero.rank({"a\x1fb": "x", "device": "mobile"})
+        hero.reward(d.event_id, 1.0)
+        hero.flush()
+        assert hero.trainer.correction is not None
+        texts = {text for text in hero.trainer.correction.cells if text}
+        assert texts == {"a b: x", "device: mobile"}
+    finally:
+        eng.close()

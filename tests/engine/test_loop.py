@@ -2156,3 +2156,20 @@ def test_an_engine_closed_leaves_no_connection_of_its_threads_open(
         assert open_files() == 0
     finally:
         gc.enable()
+
+
+def test_rewarded_decisions_behind_one_that_waits_leave_the_arrival_queue(
+        engine: Engine) -> None:
+    """Under 'earliest' a rewarded decision is finalised at once, but its id stayed in the
+    queue that orders expiry until every decision ahead of it was due: behind one decision
+    never rewarded, a reward wait's worth of ids (a review of 2026-12-05). The queue is now
+    swept once it holds many more ids than decisions wait."""
+    hero = engine.loop("hero", actions=HERO, reward_wait=3600)
+    first = hero.rank({"device": "mobile"})  # never rewarded: due in an hour
+    for _ in range(3 * loop_module.ARRIVALS_SLACK):
+        hero.reward(hero.rank({"device": "mobile"}).event_id, 1.0)
+        if _ % 500 == 0:
+            hero.expire()
+    hero.expire()
+    assert len(hero._arrivals) <= 2 * len(hero._pending) + loop_module.ARRIVALS_SLACK
+    assert hero._arrivals[0] == first.event_id  # the waiting one keeps its place
