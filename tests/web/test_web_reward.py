@@ -152,6 +152,40 @@ def test_a_content_length_that_only_str_isdigit_takes_is_a_bad_request(
     assert stats(engine, loop_name)["rewards"] == 0
 
 
+def test_a_client_that_disconnects_mid_body_gets_no_reward(engine: Engine, loop_name: str,
+                                                           visitor: TestClient) -> None:
+    """The first chunk is a whole JSON reward announced with ``more_body``, then the client
+    disconnects: an early end of the body, not the body (a review of 2026-12-05 found the
+    reward stored and a 204 sent). Raw ASGI: the test client cannot disconnect mid-body."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": json.dumps({"loop": loop_name}).encode(),
+         "more_body": True},
+        {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    cookie = f"ef_d={visitor.cookies.get('ef_d')}".encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/_ef/reward",
+             "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
+                         (b"content-type", b"application/json"), (b"cookie", cookie),
+                         (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    asyncio.run(visitor.app(scope, receive, send))
+    assert stats(engine, loop_name)["rewards"] == 0
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert (start["status"], json.loads(body)["error"]["code"]) == (400, "bad_request")
+    engine.get_loop(loop_name).flush()
+    assert stats(engine, loop_name)["learned"] == 0
+
+
 @pytest.mark.parametrize("content_type", [
     "application/json", "Application/JSON", "application/json; charset=utf-8",
     "application/json;charset=UTF-8"])
