@@ -78,8 +78,9 @@ def parse_device(user_agent: str) -> DeviceInfo:
     characters of each agent, all that is parsed.
 
     A crawler (ua-parser's ``Spider`` device), a client whose ua-parser family is one of the
-    HTTP libraries, tools and headless browsers of :data:`AUTOMATED`, or an empty user agent
-    is a bot.
+    HTTP libraries, tools and headless browsers of :data:`AUTOMATED`, one in which ua-parser
+    finds neither a browser nor an OS (``python-httpx``, ``node-fetch``), one whose user agent
+    holds a token of :data:`SELF_DECLARED`, or an empty user agent is a bot.
     Tablets are iPads, Kindles, ua-parser's generic Android tablets and Android browsers
     without a mobile family.
     """
@@ -94,6 +95,10 @@ AUTOMATED = frozenset({
     "libwww-perl", "okhttp", "PhantomJS", "PostmanRuntime", "Python aiohttp",
     "Python Requests", "Python-urllib", "Wget",
 })
+# Lower-cased tokens by which automated clients that ua-parser misses name themselves
+# (Bytespider, Chrome-Lighthouse, "+https://..." crawlers): a browser never puts a URL in its
+# user agent. Not "bot" alone: it is in the phone brand Cubot's user agents.
+SELF_DECLARED = ("spider", "crawler", "lighthouse", "http://", "https://")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -106,7 +111,9 @@ def _classify(user_agent: str) -> DeviceInfo:
     device = result.device
     family = device.family if device else "Other"
     brand = (device.brand or "") if device else ""
-    if family == "Spider" or browser in AUTOMATED:
+    lowered_agent = user_agent.lower()
+    if (family == "Spider" or browser in AUTOMATED or browser == os_family == "Other"
+            or any(token in lowered_agent for token in SELF_DECLARED)):
         return DeviceInfo("bot", browser, os_family, True)
     lowered = f"{family} {brand}".lower()
     if family == "iPad" or "tablet" in lowered or "kindle" in lowered:

@@ -44,6 +44,22 @@ MAC_FIREFOX = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.1; rv:121.0) Gecko/2010
 SAMSUNG_PHONE = ("Mozilla/5.0 (Linux; Android 13; SM-S918B) AppleWebKit/537.36 (KHTML, like "
                  "Gecko) SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36")
 SAMSUNG_TABLET = SAMSUNG_PHONE.replace("SM-S918B", "SM-X700").replace("Mobile Safari", "Safari")
+MAC_SAFARI = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, "
+              "like Gecko) Version/18.1 Safari/605.1.15")
+WINDOWS_FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
+FACEBOOK_IOS = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+                "(KHTML, like Gecko) Mobile/15E148 [FBAN/FBIOS;FBAV/470.0.0.39.108;FBBV/612345678;"
+                "FBDV/iPhone14,5;FBMD/iPhone;FBSN/iOS;FBSV/17.5;FBSS/3;FBID/phone;FBLC/en_US;FBOP/5]")
+INSTAGRAM_ANDROID = ("Mozilla/5.0 (Linux; Android 14; SM-S911B Build/UP1A.231005.007; wv) "
+                     "AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/129.0.6668.81 "
+                     "Mobile Safari/537.36 Instagram 352.0.0.38.100 Android (34/14; 420dpi; "
+                     "1080x2340; samsung; SM-S911B; dm1q; qcom; en_US; 650248234)")
+CUBOT = ("Mozilla/5.0 (Linux; Android 12; CUBOT KINGKONG 7) AppleWebKit/537.36 (KHTML, like "
+         "Gecko) Chrome/120.0.0.0 Mobile Safari/537.36")  # a brand with "bot" in it
+BYTESPIDER = ("Mozilla/5.0 (Linux; Android 5.0) AppleWebKit/537.36 (KHTML, like Gecko) Mobile "
+              "Safari/537.36 (compatible; Bytespider; spider-feedback@bytedance.com)")
+LIGHTHOUSE = ("Mozilla/5.0 (Linux; Android 11; moto g power (2022)) AppleWebKit/537.36 (KHTML, "
+              "like Gecko) Chrome/119.0.0.0 Mobile Safari/537.36 Chrome-Lighthouse")
 Client = Callable[..., TestClient]
 
 
@@ -71,6 +87,32 @@ Client = Callable[..., TestClient]
 def test_parse_device(user_agent: str, device: str, browser: str, os: str, bot: bool) -> None:
     info = parse_device(user_agent)
     assert (info.device, info.browser, info.os, info.bot) == (device, browser, os, bot)
+
+
+@pytest.mark.parametrize("user_agent", [
+    # ua-parser finds neither a browser nor an OS
+    "python-httpx/0.27.0",
+    "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)",
+    "undici",
+    "testclient",  # Starlette's TestClient's own
+    # a token of SELF_DECLARED in an agent that ua-parser takes for a browser
+    BYTESPIDER,
+    LIGHTHOUSE,
+    "Mozilla/5.0 (Windows NT 10.0) Chrome/120.0 (+https://example.test/about)",
+])
+def test_automated_clients_that_ua_parser_misses_are_bots(user_agent: str) -> None:
+    """A review of 2026-12-05 found python-httpx, node-fetch, undici, Bytespider and
+    Chrome-Lighthouse ranked and logged as visitors."""
+    assert parse_device(user_agent).bot
+
+
+@pytest.mark.parametrize("user_agent", [
+    DESKTOP, MAC_FIREFOX, WINDOWS_FIREFOX, MAC_SAFARI, IPHONE, IPAD, ANDROID_PHONE,
+    ANDROID_TABLET, SAMSUNG_PHONE, SAMSUNG_TABLET, FACEBOOK_IOS, INSTAGRAM_ANDROID, CUBOT])
+def test_browsers_stay_visitors(user_agent: str) -> None:
+    """The bot checks above leave browsers alone, in-app ones and a phone brand with "bot" in
+    its name too."""
+    assert not parse_device(user_agent).bot
 
 
 @pytest.mark.parametrize(

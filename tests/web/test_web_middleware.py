@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 from web_helpers import (
     ACTIONS,
+    DESKTOP,
     GOOGLEBOT,
     SECRET,
     Clock,
@@ -213,6 +214,19 @@ def test_bots_get_the_default_and_are_never_logged(engine: Engine, loop_name: st
     assert stats(engine, loop_name)["decisions"] == 0
 
 
+@pytest.mark.parametrize("user_agent", [
+    "python-httpx/0.27.0", "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)",
+    "Mozilla/5.0 (Linux; Android 5.0) AppleWebKit/537.36 (KHTML, like Gecko) Mobile "
+    "Safari/537.36 (compatible; Bytespider; spider-feedback@bytedance.com)"])
+def test_automated_clients_that_ua_parser_misses_are_not_logged(
+        engine: Engine, loop_name: str, client_for: Client, user_agent: str) -> None:
+    """A review of 2026-12-05 found these ranked, given a decision cookie and logged."""
+    response = client_for(make_app(engine, [loop_name]), user_agent=user_agent).get("/")
+    assert shown(response)[loop_name] == "minimal"
+    assert "ef_d" not in set_cookies(response)
+    assert stats(engine, loop_name)["decisions"] == 0
+
+
 def test_global_privacy_control_when_honoured(engine: Engine, loop_name: str,
                                               client_for: Client) -> None:
     client = client_for(make_app(engine, [loop_name], honor_gpc=True))
@@ -386,7 +400,7 @@ def test_lifespan_starts_and_closes_the_engine(new_engine: Callable[..., Engine]
     monkeypatch.setattr(engine, "start", spy_start)
     monkeypatch.setattr(engine, "close", spy_close)
     app = make_app(engine, ["hero"])
-    with TestClient(app) as client:
+    with TestClient(app, headers={"user-agent": DESKTOP}) as client:
         assert calls == ["start"]
         client.get("/")
         assert stats(engine, "hero")["decisions"] == 1
@@ -419,7 +433,7 @@ def test_an_engine_that_fails_to_start_leaves_the_host_startup_alone(
     app = Starlette(routes=[Route("/", home)], lifespan=lifespan)
     app.add_middleware(PersonalizationMiddleware, engine=engine, secret_key=SECRET)
     with caplog.at_level(logging.WARNING, logger="ef_middleware"):
-        with TestClient(app) as client:
+        with TestClient(app, headers={"user-agent": DESKTOP}) as client:
             assert host == ["up"]
             response = client.get("/")
         assert host == ["up", "down"]
