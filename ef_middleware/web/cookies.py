@@ -28,6 +28,7 @@ from itsdangerous.encoding import (
     int_to_bytes,
     want_bytes,
 )
+from starlette.requests import cookie_parser
 
 from .. import features
 from .._json import kept_json
@@ -41,9 +42,11 @@ __all__ = [
     "ExpiredDecisionCookie",
     "VisitorState",
     "cookie_attributes",
+    "cookie_values",
     "dump_decisions",
     "dump_visitor",
     "entry_expired",
+    "first_verified",
     "load_decisions",
     "load_decisions_strict",
     "load_visitor",
@@ -386,6 +389,36 @@ def load_decisions_strict(
     except BadData as exc:
         raise BadDecisionCookie("decision cookie signature does not verify") from exc
     return _entries(payload)
+
+
+def cookie_values(header: str, name: str) -> list[str]:
+    """Every value of the cookie ``name`` in a ``Cookie`` header, in header order.
+
+    A browser sends two cookies of one name when both match the request (a host-only one and
+    a ``Domain=`` one, say), and starlette's ``cookie_parser`` keeps the last. Each part is
+    read by ``cookie_parser`` itself, so the splitting and unquoting are its own.
+    """
+    values: list[str] = []
+    for part in header.split(";"):
+        if name in part:
+            value = cookie_parser(part).get(name)
+            if value is not None:
+                values.append(value)
+    return values
+
+
+def first_verified(
+    serializer: URLSafeTimedSerializer, values: Sequence[str], *, max_age: int
+) -> str | None:
+    """The first of a decision cookie's ``values`` that verifies, else the last (``None``
+    for none), which the caller then refuses as it would refuse a single cookie."""
+    for value in values[:-1]:
+        try:
+            load_decisions_strict(serializer, value, max_age=max_age)
+        except BadDecisionCookie:
+            continue
+        return value
+    return values[-1] if values else None
 
 
 def _fresh(entry: DecisionEntry, max_age: int, now: float) -> bool:

@@ -200,9 +200,17 @@ class Personalization:
     def _incoming_entries(self) -> dict[str, ck.DecisionEntry]:
         if self._incoming is None:
             s = self._rt.settings
-            self._incoming = ck.load_decisions(
-                self._rt.decisions, self.cookies.get(s.decision_cookie),
-                max_age=s.decision_max_age, now=self._now)
+            raw = self.cookies.get(s.decision_cookie)
+            header = self.headers.get("cookie", "")
+            if raw is not None and header.count(s.decision_cookie) > 1:
+                # Perhaps two cookies of that name (a host-only and a Domain= one): self.cookies
+                # kept the last, and ours may be the other (a review of 2026-12-05). Only then
+                # is the header parsed again.
+                raw = ck.first_verified(self._rt.decisions,
+                                        ck.cookie_values(header, s.decision_cookie),
+                                        max_age=s.decision_max_age)
+            self._incoming = ck.load_decisions(self._rt.decisions, raw,
+                                               max_age=s.decision_max_age, now=self._now)
         return self._incoming
 
     def variant(self, loop: str) -> Variant:

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -179,7 +178,9 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     low, high = loop.settings.reward_range
     if value is not None and not low <= value <= high:
         return error(400, "bad_value", f"value must lie within {low}..{high}")
-    raw = cookie_parser(headers.get("cookie", "")).get(s.decision_cookie)
+    raw = ck.first_verified(rt.decisions,
+                            ck.cookie_values(headers.get("cookie", ""), s.decision_cookie),
+                            max_age=s.decision_max_age)
     if not raw:
         return error(404, "no_decision", f"this visitor has no decision for loop {name!r}")
     now = rt.now()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
+from starlette.requests import cookie_parser
 from web_helpers import Clock, tamper
 
 from ef_middleware.web import cookies as ck
@@ -164,6 +165,34 @@ def test_malformed_payload_signed_with_our_key_is_refused(clock: Clock, payload:
     s = serializer(clock)
     with pytest.raises(ck.BadDecisionCookie):
         ck.load_decisions_strict(s, s.dumps(payload), max_age=60)
+
+
+@pytest.mark.parametrize("header", [
+    "ef_d=one", ' ef_d = "a\\"b" ;ef_v=x', "xef_d=1; ef_d_old=2; ef_d=3; =ef_d; ef_d",
+    "ef_v=ef_d; ef_d=", ""])
+def test_cookie_values_splits_and_unquotes_as_starlette_does(header: str) -> None:
+    """With one cookie of the name (or none), the same value as starlette's cookie_parser."""
+    expected = cookie_parser(header).get("ef_d")
+    assert ck.cookie_values(header, "ef_d") == ([] if expected is None else [expected])
+
+
+def test_cookie_values_keeps_every_value_of_a_name_in_header_order() -> None:
+    """A browser sends a host-only and a ``Domain=`` cookie of one name both, and
+    cookie_parser keeps the last (a review of 2026-12-05)."""
+    header = 'ef_d=first; ef_v=v; ef_d="second"; ef_d=third'
+    assert ck.cookie_values(header, "ef_d") == ["first", "second", "third"]
+    assert ck.cookie_values(header, "ef_v") == ["v"]
+
+
+def test_first_verified_takes_the_first_value_that_verifies(clock: Clock) -> None:
+    ours = ck.dump_decisions(serializer(clock), {"hero": ENTRY})
+    theirs = ck.dump_decisions(serializer(clock, ("another app",)), {"hero": ENTRY})
+    for values in ([ours, theirs], [theirs, ours], ["", theirs, ours]):
+        assert ck.first_verified(serializer(clock), values, max_age=60) == ours
+    # none verifies: the last, refused by the caller as a single cookie would be
+    assert ck.first_verified(serializer(clock), [tamper(ours), theirs], max_age=60) == theirs
+    assert ck.first_verified(serializer(clock), [ours + "x", ""], max_age=60) == ""
+    assert ck.first_verified(serializer(clock), [], max_age=60) is None
 
 
 def test_visitor_cookie(clock: Clock) -> None:

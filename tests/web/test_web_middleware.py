@@ -125,6 +125,28 @@ def test_sticky_within_the_window_then_a_new_decision(
     assert stats(engine, loop_name)["decisions"] == 2
 
 
+def test_a_decision_cookie_of_another_app_beside_ours_keeps_the_sticky_variant(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """Two ``ef_d`` cookies (a host-only one and a sibling app's ``Domain=`` one): ours is
+    read in either order; a review of 2026-12-05 found a new decision on every view when
+    ours came first."""
+    app = make_app(engine, [loop_name], clock=clock)
+    ours = client_for(app)
+    first = shown(ours.get("/"))[loop_name]
+    sibling = client_for(make_app(engine, [loop_name], clock=clock,
+                                  secret_key="sibling-app-key"))
+    sibling.get("/")
+    mine, theirs = ours.cookies["ef_d"], sibling.cookies["ef_d"]
+    decisions = stats(engine, loop_name)["decisions"]
+    bare = client_for(app)
+    for header in (f"ef_d={mine}; ef_d={theirs}", f"ef_d={theirs}; ef_d={mine}"):
+        clock.advance(60)
+        response = bare.get("/", headers={"cookie": header})
+        assert shown(response)[loop_name] == first
+        assert "ef_d" not in set_cookies(response)
+    assert stats(engine, loop_name)["decisions"] == decisions
+
+
 @pytest.mark.parametrize("bad", ["abc.A.def", "x.%%%.y", "..", "a.b"])
 def test_a_malformed_visitor_cookie_keeps_the_sticky_variant(
         engine: Engine, loop_name: str, clock: Clock, client_for: Client, bad: str,

@@ -186,6 +186,31 @@ def test_a_client_that_disconnects_mid_body_gets_no_reward(engine: Engine, loop_
     assert stats(engine, loop_name)["learned"] == 0
 
 
+def test_a_decision_cookie_of_another_app_beside_ours_in_either_order(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """A browser sends two ``ef_d`` cookies when a host-only one and a ``Domain=`` one (a
+    sibling app's, here) both match: ours verifies in either order (a review of 2026-12-05
+    found a 403 bad_signature when ours came first). When neither verifies, the last one's
+    error stands, as with one cookie."""
+    other = f"{loop_name}-b"
+    engine.loop(other, actions=ACTIONS)
+    app = make_app(engine, [loop_name, other], clock=clock)
+    ours = client_for(app)
+    ours.get("/")
+    sibling = client_for(make_app(engine, [loop_name, other], clock=clock,
+                                  secret_key="sibling-app-key"))
+    sibling.get("/")
+    mine, theirs = ours.cookies["ef_d"], sibling.cookies["ef_d"]
+    bare = client_for(app)
+    assert post(bare, {"loop": loop_name}, {"cookie": f"ef_d={mine}; ef_d={theirs}"}
+                ).status_code == 204
+    assert post(bare, {"loop": other}, {"cookie": f"ef_d={theirs}; ef_d={mine}"}
+                ).status_code == 204
+    assert stats(engine, loop_name)["rewards"] == stats(engine, other)["rewards"] == 1
+    assert error_of(post(bare, {"loop": loop_name}, {"cookie": f"ef_d={mine}x; ef_d={theirs}"})
+                    ) == (403, "bad_signature")
+
+
 @pytest.mark.parametrize("content_type", [
     "application/json", "Application/JSON", "application/json; charset=utf-8",
     "application/json;charset=UTF-8"])
