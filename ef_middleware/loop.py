@@ -500,11 +500,15 @@ class Loop:
                 raise DuplicateRewardError(f"event {event_id!r} already has its reward "
                                            "(aggregation 'earliest')",
                                            loop=self.name, event_id=event_id)
-            total = min(high, max(low, before[_TOTAL] + value)) if rewarded else value
+            # The raw sum is kept and clipped where it is stored and learned: clipped at each
+            # reward, the total depended on the order the rewards came in (0.7, 0.7, -0.5 gave
+            # 0.5 in -1..1, and -0.5, 0.7, 0.7 gave 0.9; a review of 2026-12-05).
+            total = before[_TOTAL] + value if rewarded else value
             after = (*before[:_TOTAL], total, True)
             now = self.clock()
             write = RewardWrite(self, event_id, before, after, now,
-                                orjson.dumps({"value": total, "time": now}))
+                                orjson.dumps({"value": min(high, max(low, total)),
+                                              "time": now}))
             self._pending[event_id] = after  # kept until written: a second one is refused
             self._in_flight[event_id] = write  # and not finalised by ``expire`` meanwhile
             self.rewards += 1
@@ -536,7 +540,8 @@ class Loop:
                 self.rewards -= 1
 
     def _enqueue(self, pending: Waiting) -> None:
-        value = (pending[_TOTAL] if pending[_REWARDED]
+        low, high = self.settings.reward_range
+        value = (min(high, max(low, pending[_TOTAL])) if pending[_REWARDED]
                  else float(self.settings.default_reward or 0.0))
         context = pending[_CONTEXT]
         inputs = EncodedContext(pending[_TEXT], pending[_RAW], pending[_MASK],

@@ -1239,6 +1239,27 @@ def test_sum_aggregation_clips_at_both_ends_of_the_range(
     engine.close()
 
 
+@pytest.mark.parametrize("order", [(0.7, 0.7, -0.5), (-0.5, 0.7, 0.7), (0.7, -0.5, 0.7)])
+def test_a_sum_of_rewards_is_clipped_once_whatever_their_order(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        order: tuple[float, ...]) -> None:
+    """Under 'sum' the total is the rewards' sum clipped to the range: clipped after each
+    reward, it depended on their order (0.5 or 0.9 here; a review of 2026-12-05)."""
+    clock = Clock()
+    engine = Engine(tmp_path / "ef", embedder=embedder, clock=clock, learner=False)
+    hero = engine.loop("hero", actions=HERO, aggregation="sum", reward_range=(-1, 1),
+                       reward_wait=60)
+    d = hero.rank({"device": "mobile"})
+    for value in order:
+        hero.reward(d.event_id, value)
+    stored = engine.store.get(f"reward:hero:{d.event_id}")
+    assert stored is not None and json.loads(stored)["value"] == pytest.approx(0.9)
+    clock.now += 61
+    hero.expire()
+    assert [s.reward for s in hero._ready] == [pytest.approx(0.95)]  # 0.9 on (-1, 1)
+    engine.close()
+
+
 @pytest.mark.parametrize("value", [np.float32(0.5), np.int64(1), Fraction(1, 2), 1])
 def test_any_real_number_is_a_reward(engine: Engine, value: Any) -> None:
     hero = engine.loop("hero", actions=HERO)
