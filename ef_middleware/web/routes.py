@@ -230,7 +230,7 @@ def script(rt: Runtime, scope: Scope) -> Response:
     zipped = accepts_gzip(headers.get("accept-encoding", ""))
     cache = {"ETag": rt.script_gzip_etag if zipped else rt.script_etag,
              "Cache-Control": "public, max-age=3600", "Vary": "Accept-Encoding"}
-    if headers.get("if-none-match", "") == cache["ETag"]:
+    if _matches(headers.get("if-none-match", ""), cache["ETag"]):
         return Response(status_code=304, headers=cache)
     if zipped:
         cache["Content-Encoding"] = "gzip"
@@ -239,16 +239,35 @@ def script(rt: Runtime, scope: Scope) -> Response:
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an ``Accept-Encoding`` header admits gzip (``gzip`` or ``*``, not at q=0)."""
+    """Whether an ``Accept-Encoding`` header admits gzip: a ``gzip`` (or ``x-gzip``) entry
+    decides by its ``q``, wherever it stands among the parameters; without one, ``*`` does
+    (RFC 9110, 12.5.3). The first entry of either kind decided, and ``q`` was read as the
+    first parameter only: ``*;q=0, gzip`` and ``gzip;level=9;q=1`` were refused (a review of
+    2026-12-05)."""
+    star = False
     for item in accept_encoding.lower().split(","):
-        coding, _, params = item.partition(";")
-        if coding.strip() in ("gzip", "x-gzip", "*"):
-            quality = params.strip().removeprefix("q=").strip() if params else "1"
-            try:
-                return float(quality) > 0
-            except ValueError:
-                return False
-    return False
+        coding, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if coding in ("gzip", "x-gzip"):
+            return quality > 0
+        if coding == "*":
+            star = quality > 0
+    return star
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110's weak comparison over an ``If-None-Match`` list (``W/`` tags, ``*``): a
+    proxy that weakens the ETag, or a list, got the whole script again (a review of
+    2026-12-05)."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return etag in tags or "*" in tags
 
 
 async def status(rt: Runtime) -> Response:

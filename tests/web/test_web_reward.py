@@ -417,11 +417,27 @@ def test_script_route(engine: Engine, loop_name: str, client_for: Client) -> Non
 @pytest.mark.parametrize(("header", "gzip"), [
     ("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8", True), ("*", True),
     ("gzip;q=0", False), ("identity", False), ("", False), ("gzip;q=x", False),
-    ("x-gzip", True), ("deflate, X-GZIP;q=0.5", True), ("x-gzip;q=0", False)])
+    ("x-gzip", True), ("deflate, X-GZIP;q=0.5", True), ("x-gzip;q=0", False),
+    # a review of 2026-12-05: an explicit gzip decides over '*', and q may come later
+    ("*;q=0, gzip", True), ("identity, *;q=0, gzip;q=1", True), ("gzip;level=9;q=1", True),
+    ("gzip;level=9;q=0", False), ("br, *;q=0", False), ("br, *;q=0.1", True)])
 def test_accept_encoding(header: str, gzip: bool) -> None:
     from ef_middleware.web.routes import accepts_gzip
 
     assert accepts_gzip(header) is gzip
+
+
+@pytest.mark.parametrize(("if_none_match", "status"), [
+    ("{etag}", 304), ("W/{etag}", 304), ('"other", {etag}', 304), ("*", 304),
+    ('"other"', 200), ("", 200)])
+def test_the_script_is_not_sent_again_to_a_cache_that_holds_it(
+        engine: Engine, loop_name: str, visitor: TestClient, if_none_match: str,
+        status: int) -> None:
+    """If-None-Match by RFC 9110's weak comparison over a list: a proxy that weakens the
+    ETag, a list of tags or '*' got the whole script again (a review of 2026-12-05)."""
+    etag = visitor.get("/_ef/ef.js").headers["etag"]
+    header = if_none_match.format(etag=etag)
+    assert visitor.get("/_ef/ef.js", headers={"if-none-match": header}).status_code == status
 
 
 def test_routes_and_script_under_a_root_path(engine: Engine, loop_name: str) -> None:
