@@ -118,6 +118,22 @@ def _text_items(features: Mapping[str, Any], *, numbers_as_text: bool) -> list[s
     return items
 
 
+def is_feature_value(value: object) -> bool:
+    """Whether a context takes ``value`` as a feature: ``None``, a string, a number (bool and
+    numpy's too) that is finite and within float32's range, or a list of strings (what
+    :meth:`FeatureEncoder.context` accepts)."""
+    if value is None or isinstance(value, str):
+        return True
+    if isinstance(value, _NUMBERS):
+        try:
+            number = float(value)
+        except (OverflowError, TypeError, ValueError):
+            return False
+        return math.isfinite(number) and abs(number) <= FLOAT32_MAX
+    return (isinstance(value, list | tuple | set | frozenset)
+            and all(isinstance(v, str) for v in value))
+
+
 class RunningScaler:
     """Per-dimension running mean and variance (Chan et al.'s parallel Welford) and the
     standardisation they give: ``(x - mean) / std``.

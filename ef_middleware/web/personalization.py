@@ -9,6 +9,7 @@ from markupsafe import Markup, escape
 from starlette.requests import cookie_parser
 from starlette.types import Scope
 
+from ..features import is_feature_value
 from . import cookies as ck
 from .context import (
     DeviceInfo,
@@ -190,10 +191,19 @@ class Personalization:
         if s.context_hook is not None:
             try:
                 extra = s.context_hook(self._scope)
-                ctx.update({str(k): v for k, v in extra.items()})
+                ctx.update({str(k): v for k, v in extra.items() if is_feature_value(v)})
             except Exception as exc:  # the host's code: its features are left out this time
                 self._rt.warn("context_hook", None, "ef_middleware: the context hook failed, "
                               "its features are left out: %s", one_line(exc))
+            else:
+                # A value the engine refuses (a dict, NaN) made every rank fail, and every
+                # visitor got the default variant (a review of 2026-12-05): that feature is
+                # left out instead.
+                refused = [str(k) for k, v in extra.items() if not is_feature_value(v)]
+                if refused:
+                    self._rt.warn("context_hook", None, "ef_middleware: the context hook gave "
+                                  "values a context cannot hold, left out: %s",
+                                  ", ".join(refused)[:200])
         return ctx
 
     # -- decisions -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -299,7 +300,12 @@ def test_failure_serves_the_default_and_logs_one_line(
     assert loop_name in message
 
 
-@pytest.mark.parametrize("outcome", [KeyError("user_id"), None, ["plan", "pro"]])
+@pytest.mark.parametrize("outcome", [
+    KeyError("user_id"), None, ["plan", "pro"],
+    # values a context cannot hold: each made every rank fail, so every visitor got the
+    # default variant (a review of 2026-12-05); the hook's other features stay
+    {"plan": {"nested": 1}, "tier": "pro"}, {"score": math.nan, "tier": "pro"},
+    {"visits_ever": 10**400, "tier": "pro"}])
 def test_a_failing_context_hook_leaves_its_features_out(
     engine: Engine, loop_name: str, client_for: Client, caplog: pytest.LogCaptureFixture,
     outcome: object
@@ -325,6 +331,8 @@ def test_a_failing_context_hook_leaves_its_features_out(
     assert {name: stats(engine, name)["decisions"] for name in before} == {
         name: count + 1 for name, count in before.items()}
     assert context.status_code == 200 and context.json()["device"] == "desktop"
+    if isinstance(outcome, dict):
+        assert context.json()["tier"] == "pro" and len(set(outcome) & set(context.json())) == 1
     records = [r for r in caplog.records if r.name == "ef_middleware"]
     assert len(records) == 1 and "context hook" in records[0].getMessage()
     assert client_for(app).get("/_ef/status").json()["web"]["failures"] == {"context_hook": 2}
