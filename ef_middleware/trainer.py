@@ -591,12 +591,39 @@ class Trainer:
             np.asarray(saved["b"], dtype=np.float64)
 
     def restore(self) -> bool:
-        """Load the latest snapshot if one exists and fits this loop's model; report success."""
+        """Load the newest snapshot that reads and fits this loop's model; report success.
+
+        The latest first, then the older versions the index keeps, newest first: a latest
+        that was missing or damaged (a write torn by a crash, a size limit's eviction)
+        started the loop fresh while an older snapshot was whole."""
+        names = self._snapshot_names()
+        for tried, name in enumerate(names):
+            blob = self.store.get(f"model:{self.name}:{name}")
+            read = None if blob is None else self._read(blob)
+            if read is None:
+                continue
+            if tried:
+                log.warning("ef_middleware: loop %r: restored the older snapshot %s (the "
+                            "newer could not be used)", self.name, name)
+            self._apply(*read)
+            return True
+        return False
+
+    def _snapshot_names(self) -> list[str]:
+        """``v{n}`` of the snapshots to try: the latest, then the index's, newest first."""
+        names: list[str] = []
         latest = self.store.get(f"model:{self.name}:latest")
-        blob = None if latest is None else self.store.get(
-            f"model:{self.name}:{latest.decode('ascii', 'replace')}")
-        if blob is None:
-            return False
+        if latest is not None:
+            names.append(latest.decode("ascii", "replace"))
+        for version in reversed(self._saved_versions()):
+            if f"v{version}" not in names:
+                names.append(f"v{version}")
+        return names
+
+    def _read(self, blob: bytes) -> tuple[dict[str, Any], npt.NDArray[np.float64], RewardNet
+                                          ] | None:
+        """A snapshot's meta, correction offsets and network, checked; ``None`` (and a
+        warning) for one that is damaged or of another architecture."""
         try:
             (size,) = struct.unpack_from("<I", blob)
             meta = _loads(blob[4 : 4 + size])
@@ -606,14 +633,19 @@ class Trainer:
             cells = np.frombuffer(blob, dtype="<f8", count=count, offset=4 + size)
             net = RewardNet.from_bytes(blob[4 + size + 8 * count :])
             self._check_meta(meta)
-        except Exception as exc:  # whatever a damaged snapshot raises: the loop starts fresh
+        except Exception as exc:  # whatever a damaged snapshot raises: it is not used
             log.warning("ef_middleware: loop %r: unreadable snapshot ignored (%s: %s)",
                         self.name, type(exc).__name__, exc)
-            return False
+            return None
         if net.config.layer_sizes() != self.net.config.layer_sizes():
-            log.warning("ef_middleware: loop %r: snapshot has another architecture; starting "
-                        "fresh", self.name)
-            return False
+            log.warning("ef_middleware: loop %r: snapshot has another architecture; not "
+                        "restored", self.name)
+            return None
+        return meta, cells, net
+
+    def _apply(self, meta: dict[str, Any], cells: npt.NDArray[np.float64],
+               net: RewardNet) -> None:
+        """Make a checked snapshot (:meth:`_read`) this loop's state."""
         net.config = self.settings.model  # optimiser settings follow the code, shapes the data
         net.rng = self.net.rng
         self.net = net
@@ -639,7 +671,6 @@ class Trainer:
                 noise = saved.get("noise")
                 if isinstance(self.posterior, LinearPosterior) and isinstance(noise, float):
                     self.posterior.noise = float(np.clip(noise, 1e-3, 0.25))
-        return True
 
 
 def _check_scaler(scaler: RunningScaler, dim: int, what: str) -> None:

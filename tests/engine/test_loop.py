@@ -458,6 +458,48 @@ def test_a_snapshot_with_a_damaged_part_is_ignored_whole(
         second.close()
 
 
+@pytest.mark.parametrize("damage", ["cut", "missing"])
+def test_a_damaged_latest_snapshot_falls_back_to_the_one_before(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder, damage: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The latest snapshot cut short (a torn write) or gone (evicted): the one before it is
+    restored, with a warning, instead of a fresh loop that forgot everything."""
+    from ef_middleware.store import DiskcacheStore
+
+    first = Engine(tmp_path / "ef", embedder=embedder, seed=5, learner=False)
+    hero = first.loop("hero", actions=HERO)
+    for i in range(20):
+        d = hero.rank({"device": "mobile", "visits": i % 4})
+        hero.reward(d.event_id, float(i % 2))
+    hero.flush()
+    hero.save()
+    older = hero.trainer.net.step
+    for _ in range(20):
+        d = hero.rank({"device": "desktop"})
+        hero.reward(d.event_id, 1.0)
+    hero.flush()
+    first.close()  # the latest: 40 learned
+    store = DiskcacheStore(tmp_path / "ef")
+    try:
+        latest = f"model:hero:{store.get('model:hero:latest').decode()}"  # type: ignore[union-attr]
+        assert latest != f"model:hero:v{older}"
+        if damage == "cut":
+            store.set(latest, (store.get(latest) or b"")[:-1000])
+        else:
+            store.delete(latest)
+    finally:
+        store.close()
+    second = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+            again = second.loop("hero", actions=HERO)
+        assert again.restored and again.trainer.net.step == older
+        assert again.trainer.learned == 20
+        assert any("restored the older snapshot" in r.message for r in caplog.records)
+    finally:
+        second.close()
+
+
 def test_a_posterior_restores_into_its_own_strategy_only_with_its_noise(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """neural-linear's noise estimate comes back with its snapshot, and a loop restarted with
