@@ -98,6 +98,7 @@ class Engine:
         self._learner: Learner | None = (Learner(self, nice=background_nice) if learner
                                          else None)
         self._closed = False
+        self._closed_done = threading.Event()  # set once close() has closed the store
         # Making a loop and closing take it: two threads asking for one new loop get the same
         # one, and a loop made while the engine closes is either closed with it or refused.
         self._lock = threading.RLock()
@@ -212,9 +213,17 @@ class Engine:
         """Stop the learner after a last pass, save every loop's model, close the store."""
         with self._lock:
             if self._closed:
-                return
-            self._closed = True
-            loops = list(self._loops.values())
+                closing = True
+            else:
+                closing, self._closed = False, True
+                loops = list(self._loops.values())
+        if closing:
+            # Closed or closing: a second caller (a shutdown hook beside atexit) returned
+            # while the first was still saving, and took the model for saved (a review of
+            # 2026-12-05). It waits, except on the learner thread, which the first joins.
+            if threading.current_thread().name != "ef-learner":
+                self._closed_done.wait()
+            return
         try:
             # Stand-ins from here on: the last passes must not wait for an encode (one that
             # hangs held close() for good; a review of 2026-12-05 measured 14.8 s).
@@ -241,7 +250,10 @@ class Engine:
             try:
                 self.embeddings.close()
             finally:
-                self.store.close()
+                try:
+                    self.store.close()
+                finally:
+                    self._closed_done.set()
 
     def __enter__(self) -> Engine:
         return self

@@ -2240,3 +2240,31 @@ def test_rewarded_decisions_behind_one_that_waits_leave_the_arrival_queue(
     hero.expire()
     assert len(hero._arrivals) <= 2 * len(hero._pending) + loop_module.ARRIVALS_SLACK
     assert hero._arrivals[0] == first.event_id  # the waiting one keeps its place
+
+
+def test_a_second_close_returns_once_the_first_has_saved(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two closes at once (a lifespan shutdown and an atexit hook): the second returned at
+    once, while the first was still saving the model (a review of 2026-12-05)."""
+    eng = Engine(tmp_path / "ef", embedder=embedder)
+    hero = eng.loop("hero", actions=HERO)
+    hero.rank({"device": "mobile"})
+    saving = threading.Event()
+    saved = threading.Event()
+    real_save = hero.save
+
+    def slow_save() -> None:
+        saving.set()
+        time.sleep(0.5)
+        real_save()
+        saved.set()
+
+    monkeypatch.setattr(hero, "save", slow_save)
+    first = threading.Thread(target=eng.close)
+    first.start()
+    assert saving.wait(10)
+    eng.close()  # the second
+    assert saved.is_set()
+    first.join(10)
+    assert not first.is_alive()
