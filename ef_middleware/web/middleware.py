@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import routes
-from .personalization import Personalization
+from .personalization import CURRENT, AfterResponse, Personalization
 from .settings import ContextHook, Runtime, WebSettings, logger, one_line, secret_keys_of
 
 if TYPE_CHECKING:
@@ -170,6 +170,7 @@ class PersonalizationMiddleware:
             **({"clock": clock} if clock is not None else {}),
         )
         self.runtime = Runtime(engine, settings)
+        self._after = AfterResponse(self.runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -203,12 +204,15 @@ class PersonalizationMiddleware:
                                           one_line(exc))
             await send(message)
 
+        token = CURRENT.set(ef)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            CURRENT.reset(token)
             # scope -> ef -> scope is a reference cycle: left alone, every page view would wait
-            # for the cyclic garbage collector (a full collection pauses the server).
-            scope.pop("ef", None)
+            # for the cyclic garbage collector (a full collection pauses the server). What
+            # stays holds no scope (an error page rendered outside gets default variants).
+            scope["ef"] = self._after
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime

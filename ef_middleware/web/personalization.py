@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,38 @@ SCRIPT_STUB = ("(function(w){var e=w.ef=w.ef||{q:[]};e.convert=e.convert||functi
                '(e.q=e.q||[]).push(["convert",l,v])}})(window)')
 MAX_VISITS = 50  # the visit count reaches the model capped (a regular is a regular)
 SCRIPT_TAGS = 64  # root paths whose script tags are kept (Mount("/{tenant}") makes one each)
+
+
+CURRENT: ContextVar[Personalization | None] = ContextVar("ef_personalization", default=None)
+"""This request's :class:`Personalization` while the middleware runs it: the template tag
+reads it where a template has no ``ef`` or ``request`` (a macro imported without context)."""
+
+
+class AfterResponse:
+    """What ``scope["ef"]`` holds once the middleware has answered: a page rendered after it
+    (an error page of Starlette's ``ServerErrorMiddleware``, outside every other middleware)
+    gets each loop's default variant and no script; nothing is decided or logged. Before
+    (a review of 2026-12-05), ``ef_context`` raised there and a custom 500 page came out
+    empty. It holds the runtime only, not the scope: no reference cycle."""
+
+    __slots__ = ("_rt",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    @property
+    def context(self) -> dict[str, Any]:
+        return {}
+
+    def variant(self, loop: str) -> Variant:
+        try:
+            decision = self._rt.engine.get_loop(loop).default_decision()
+        except Exception:  # an unknown loop, a closed engine: nothing to show
+            return Variant(loop, "", {}, default=True)
+        return Variant.from_decision(decision, default=True)
+
+    def script(self, *, nonce: str | None = None, stub: bool = True) -> Markup:
+        return Markup("")
 
 
 class Personalization:

@@ -22,7 +22,7 @@ from jinja2.runtime import Context
 
 from ef_middleware.errors import ConfigurationError
 
-from .personalization import Personalization
+from .personalization import CURRENT, AfterResponse, Personalization
 
 if TYPE_CHECKING:
     from jinja2.parser import Parser
@@ -43,7 +43,7 @@ def ef_context(request: Request) -> dict[str, Any]:
         The middleware is not installed, so there is nothing to personalize with.
     """
     ef = request.scope.get("ef")
-    if not isinstance(ef, Personalization):
+    if not isinstance(ef, Personalization | AfterResponse):
         raise ConfigurationError(_MISSING)
     return {"ef": ef}
 
@@ -129,6 +129,11 @@ class PersonalizeExtension(Extension):
             request = context.get("request")
             scope = getattr(request, "scope", None)
             ef = scope.get("ef") if isinstance(scope, dict) else None
+        if not isinstance(ef, Personalization):
+            # A macro imported without context sees neither: the request's own, from the
+            # middleware (a review of 2026-12-05: the first block showed while the cookie and
+            # the log held another variant, whose rewards then went to the wrong one).
+            ef = CURRENT.get()
         if not isinstance(ef, Personalization):
             return variant_id == ids[0]
         chosen = ef.variant(loop).id

@@ -38,6 +38,11 @@ TEMPLATES = {
                     "{% endpersonalize %}",
     "script.html": "{{ ef.script() }}\n{{ ef.script(nonce='abc\"') }}\n"
                    "{{ ef.script(stub=False) }}\n{{ ef.script(nonce='n1', stub=False) }}",
+    # a macro imported without context (Jinja's default) sees no ef: its block has no ef
+    "macros.html": "{% macro hero(loop) %}"
+                   + BLOCK.replace(" {{ ef.variant(loop).features.cta }}", "")
+                   + "{% endmacro %}",
+    "macro.html": '{% import "macros.html" as m %}{{ m.hero(loop) }}|{{ ef.variant(loop) }}',
 }
 LETTER = {"minimal": "M", "detailed": "D", "video": "V", "testimonial": "T"}
 
@@ -139,6 +144,48 @@ def test_block_syntax_errors(source: str) -> None:
     env = jinja2.Environment(extensions=[PersonalizeExtension])
     with pytest.raises(jinja2.TemplateSyntaxError):
         env.from_string(source)
+
+
+def test_a_block_in_a_macro_imported_without_context_shows_the_chosen_variant(
+        engine: Engine, loop_name: str, client_for: Client) -> None:
+    """A macro imported without context (Jinja's default for ``{% import %}``) sees neither
+    ``ef`` nor ``request``: its block showed the first variant while the cookie and the log
+    held the chosen one, whose rewards then went to a variant never shown (a review of
+    2026-12-05). It reads the request's personalization from the middleware."""
+    app = template_app(engine)
+    seen = set()
+    for _ in range(12):  # fresh visitors: the chosen variants differ
+        text = client_for(app).get(f"/macro.html?loop={loop_name}").text
+        block, chosen = text.rsplit("|", 1)
+        assert f"<h1>{LETTER[chosen]}" in block
+        assert sum(f"<h1>{letter}" in block for letter in LETTER.values()) == 1
+        seen.add(chosen)
+    assert len(seen) > 1
+
+
+def test_an_error_page_rendered_outside_the_middleware_shows_default_variants(
+        engine: Engine, loop_name: str) -> None:
+    """A 500 page is rendered by Starlette's ServerErrorMiddleware, outside every other
+    middleware: ``ef_context`` raised there and the page came out empty (a review of
+    2026-12-05). It now gets each loop's default variant and no script."""
+    templates = setup_templates(Jinja2Templates(env=jinja2.Environment(
+        loader=jinja2.DictLoader({"error.html": "Sorry|{{ ef.variant(loop) }}|"
+                                                "{{ ef.script() }}|" + BLOCK}),
+        autoescape=True)))
+
+    async def broken(request: Request) -> Response:
+        request.scope["ef"].variant(loop_name)
+        raise RuntimeError("the host's bug")
+
+    async def error_page(request: Request, exc: Exception) -> Response:
+        return templates.TemplateResponse(request, "error.html", {"loop": loop_name},
+                                          status_code=500)
+
+    app = Starlette(routes=[Route("/", broken)], exception_handlers={500: error_page})
+    app.add_middleware(PersonalizationMiddleware, engine=engine, secret_key=SECRET)
+    response = TestClient(app, raise_server_exceptions=False).get("/")
+    assert response.status_code == 500
+    assert response.text.startswith("Sorry|minimal||<main>") and "<h1>M " in response.text
 
 
 def test_setup_templates_is_idempotent_and_needs_the_middleware() -> None:
