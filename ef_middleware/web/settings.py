@@ -9,7 +9,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -90,10 +90,14 @@ def one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
 
 
-def secret_keys_of(secret_key: str | Sequence[str]) -> tuple[str, ...]:
-    """Accept one key or a list of keys (newest first)."""
+def secret_keys_of(secret_key: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Accept one key or a list of keys (newest first). ``None`` (an unset environment
+    variable) gives no key, which :class:`WebSettings` refuses with its own message instead
+    of a ``TypeError`` (a review of 2026-12-05)."""
     if isinstance(secret_key, str):
         return (secret_key,)
+    if secret_key is None or not isinstance(secret_key, Iterable):
+        return ()
     return tuple(secret_key)
 
 

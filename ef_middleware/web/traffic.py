@@ -135,8 +135,10 @@ def _view(client: httpx.Client, visitor: Visitor, path: str, query: str) -> str 
 
 
 def visit(client: httpx.Client, visitor: Visitor, rng: random.Random, *, path: str = "/",
-          loop: str = "homepage-hero", prefix: str = "/_ef/") -> tuple[str | None, bool]:
-    """Play one visitor; returns the variant shown and whether the visitor converted."""
+          loop: str = "homepage-hero", prefix: str = "/_ef/",
+          answers: Counter[int] | None = None) -> tuple[str | None, bool]:
+    """Play one visitor; returns the variant shown and whether the visitor converted (its
+    reward was accepted). ``answers`` counts the reward route's status codes."""
     client.cookies.clear()
     client.cookies.set("ef_tz", visitor.zone)  # what ef.js would have set
     if visitor.returning:
@@ -152,6 +154,8 @@ def visit(client: httpx.Client, visitor: Visitor, rng: random.Random, *, path: s
                            headers={"content-type": "application/json",
                                     "origin": _origin(client),
                                     "user-agent": USER_AGENTS[visitor.device]})
+    if answers is not None:
+        answers[response.status_code] += 1
     return variant, response.status_code == 204
 
 
@@ -163,19 +167,30 @@ def simulate(client: httpx.Client, visitors: int, *, seed: int = 0, path: str = 
     Returns
     -------
     dict
-        ``visitors``, ``conversions``, ``shown`` (variant counts) and per window the share of
-        visitors shown their segment's favourite variant (``windows``).
+        ``visitors`` (played: fewer if interrupted), ``conversions``, ``shown`` (variant
+        counts), ``reward_answers`` (the reward route's status codes: a refused reward, a
+        misspelt loop's 404 say, is no conversion), ``interrupted`` (Ctrl-C) and per window
+        the share of visitors shown their segment's favourite variant (``windows``).
     """
     rng = random.Random(seed)
     totals: Counter[str] = Counter()
+    answers: Counter[int] = Counter()
     conversions = 0
+    played = 0
     windows: list[dict[str, Any]] = []
     window_hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     window_conv = 0
     print(f"{'visitors':>10} {'conv. rate':>10} {'favourite shown':>16}   by segment", file=out)
+    interrupted = False
     for i in range(1, visitors + 1):
         visitor = make_visitor(rng)
-        variant, converted = visit(client, visitor, rng, path=path, loop=loop, prefix=prefix)
+        try:
+            variant, converted = visit(client, visitor, rng, path=path, loop=loop,
+                                       prefix=prefix, answers=answers)
+        except KeyboardInterrupt:  # Ctrl-C: the totals so far, not a traceback
+            interrupted = True
+            break
+        played = i
         totals[variant or "?"] += 1
         conversions += converted
         window_conv += converted
@@ -194,9 +209,13 @@ def simulate(client: httpx.Client, visitors: int, *, seed: int = 0, path: str = 
             window_hits.clear()
             window_conv = 0
         if delay:
-            time.sleep(delay)
-    return {"visitors": visitors, "conversions": conversions, "shown": dict(totals),
-            "windows": windows}
+            try:
+                time.sleep(delay)
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+    return {"visitors": played, "conversions": conversions, "shown": dict(totals),
+            "reward_answers": dict(answers), "interrupted": interrupted, "windows": windows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,12 +246,19 @@ def main(argv: list[str] | None = None) -> int:
         except httpx.HTTPError as exc:
             print(f"traffic: {exc}", file=sys.stderr)
             return 1
-        print(f"{result['conversions']} conversions from {args.visitors} visitors; shown: "
-              f"{json.dumps(result['shown'], sort_keys=True)}")
+        print(f"{result['conversions']} conversions from {result['visitors']} visitors; "
+              f"shown: {json.dumps(result['shown'], sort_keys=True)}")
+        refused = {code: n for code, n in result["reward_answers"].items() if code != 204}
+        if refused:
+            print(f"traffic: the reward route refused {sum(refused.values())} rewards "
+                  f"(status: count {json.dumps(refused, sort_keys=True)}): check --loop, "
+                  "--prefix and the server's log", file=sys.stderr)
+        if result["interrupted"]:
+            return 130
         status = client.get(f"{args.prefix}status")
         if status.status_code == 200:
             print("server:", json.dumps(status.json().get("loops", {}).get(args.loop, {})))
-    return 0
+    return 1 if refused and not result["conversions"] else 0
 
 
 if __name__ == "__main__":

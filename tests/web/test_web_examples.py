@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -78,6 +78,36 @@ def test_traffic_generator_converts_through_the_reward_route(site: TestClient) -
     status = site.get("/_ef/status").json()["loops"][LOOP]
     assert status["rewards"] == result["conversions"]
     assert status["decisions"] >= 60
+    assert result["reward_answers"] == {204: result["conversions"]}
+    assert result["interrupted"] is False
+
+
+def test_traffic_generator_counts_the_rewards_the_route_refuses(site: TestClient) -> None:
+    """A misspelt loop: every reward is answered 404, which the generator reported as plain
+    non-conversions (a review of 2026-12-05); it now counts the answers."""
+    result = traffic.simulate(cast("httpx.Client", site), 40, seed=3, loop="hero-typo",
+                              out=io.StringIO())
+    assert result["conversions"] == 0
+    assert set(result["reward_answers"]) == {404} and result["reward_answers"][404] > 0
+
+
+def test_traffic_generator_stops_on_ctrl_c_with_the_totals_so_far(
+        site: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C printed a traceback and no totals (a review of 2026-12-05)."""
+    real_visit = traffic.visit
+    calls = 0
+
+    def visit(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 15:
+            raise KeyboardInterrupt
+        return real_visit(*args, **kwargs)
+
+    monkeypatch.setattr(traffic, "visit", visit)
+    result = traffic.simulate(cast("httpx.Client", site), 40, seed=3, out=io.StringIO())
+    assert result["interrupted"] is True and result["visitors"] == 14
+    assert sum(result["shown"].values()) == 14
 
 
 def test_visitor_model() -> None:

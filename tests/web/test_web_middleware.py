@@ -683,3 +683,14 @@ def test_startup_freezes_the_heap_for_the_garbage_collector(
             assert (gc.get_freeze_count() > 0) is freeze
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("key", [None, "", [], ["ok", ""], 5])
+def test_a_missing_or_bad_secret_key_is_a_configuration_error(engine: Engine, key: Any) -> None:
+    """``secret_key=os.environ.get("EF_SECRET_KEY")`` with the variable unset gave a bare
+    TypeError (a review of 2026-12-05): every bad key says what to pass."""
+    from ef_middleware.errors import ConfigurationError
+
+    app = Starlette()
+    with pytest.raises(ConfigurationError, match="secret_key must be"):
+        PersonalizationMiddleware(app, engine=engine, secret_key=key)
