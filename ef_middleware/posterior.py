@@ -64,6 +64,12 @@ class _Gram:
         self.b: Float64Array = np.zeros(self.dim)
         self.count = 0
 
+    def empty(self) -> bool:
+        """Whether no sample is folded in: none counted since the last reset, and the
+        precision still the prior's (a restored one is not; its count is not saved)."""
+        return self.count == 0 and np.array_equal(self.precision,
+                                                  np.eye(self.dim) * self.prior_precision)
+
     def add(self, phi: FloatArray, weights: Float64Array, rewards: FloatArray) -> None:
         p = phi.astype(np.float64)
         pw = p * weights[:, None]
@@ -123,6 +129,11 @@ class LinearPosterior(_Gram):
 
     def snapshot(self) -> PosteriorSnapshot:
         factor = self.factor()
+        if self.empty():
+            # No sample folded in yet: no mean, and the policy falls back to the network's.
+            # The prior's mean, all zeros, was taken for a posterior: a new loop drew every
+            # score around 0 (a review of 2026-12-05).
+            return PosteriorSnapshot(np.ascontiguousarray(factor, np.float32), None)
         mean = factor @ (factor.T @ self.b)  # H^-1 b
         return PosteriorSnapshot(np.ascontiguousarray(factor, np.float32),
                                  mean.astype(np.float32))

@@ -2268,3 +2268,27 @@ def test_a_second_close_returns_once_the_first_has_saved(
     assert saved.is_set()
     first.join(10)
     assert not first.is_alive()
+
+
+def test_neural_linear_ranks_by_the_network_until_its_posterior_has_data(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Before any sample, the linear head's posterior is its prior: mean 0 for every action.
+    It was taken for a posterior, so a new loop drew every score around 0 instead of using
+    the network's mean, as documented (a review of 2026-12-05). Once samples are folded in,
+    the head scores; a restored head does too."""
+    eng = Engine(tmp_path / "ef", embedder=embedder, learner=False, seed=2)
+    hero = eng.loop("hero", actions=HERO, strategy="neural-linear", posterior_every=8)
+    assert hero._serving.posterior is not None and hero._serving.posterior.mean is None
+    d = hero.rank({"device": "mobile"})
+    assert sorted(d.choice.probabilities.tolist()) == [0.0, 1.0]  # greedy on the network
+    for _ in range(40):
+        d = hero.rank({"device": "mobile"})
+        hero.reward(d.event_id, 0.0)  # no conversion yet: still data
+    hero.flush()
+    assert hero._serving.posterior is not None and hero._serving.posterior.mean is not None
+    eng.close()
+    again = Engine(tmp_path / "ef", embedder=embedder, learner=False)
+    restored = again.loop("hero", actions=HERO, strategy="neural-linear", posterior_every=8)
+    assert restored.restored and restored._serving.posterior is not None
+    assert restored._serving.posterior.mean is not None
+    again.close()
