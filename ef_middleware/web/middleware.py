@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import routes
-from .personalization import CURRENT, AfterResponse, Personalization
+from .personalization import AfterResponse, Personalization
 from .settings import ContextHook, Runtime, WebSettings, logger, one_line, secret_keys_of
 
 if TYPE_CHECKING:
@@ -204,11 +204,9 @@ class PersonalizationMiddleware:
                                           one_line(exc))
             await send(message)
 
-        token = CURRENT.set(ef)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            CURRENT.reset(token)
             # scope -> ef -> scope is a reference cycle: left alone, every page view would wait
             # for the cyclic garbage collector (a full collection pauses the server). What
             # stays holds no scope (an error page rendered outside gets default variants).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +37,6 @@ SCRIPT_STUB = ("(function(w){var e=w.ef=w.ef||{q:[]};e.convert=e.convert||functi
                '(e.q=e.q||[]).push(["convert",l,v])}})(window)')
 MAX_VISITS = 50  # the visit count reaches the model capped (a regular is a regular)
 SCRIPT_TAGS = 64  # root paths whose script tags are kept (Mount("/{tenant}") makes one each)
-
-
-CURRENT: ContextVar[Personalization | None] = ContextVar("ef_personalization", default=None)
-"""This request's :class:`Personalization` while the middleware runs it: the template tag
-reads it where a template has no ``ef`` or ``request`` (a macro imported without context)."""
 
 
 class AfterResponse:

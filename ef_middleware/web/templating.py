@@ -22,7 +22,8 @@ from jinja2.runtime import Context
 
 from ef_middleware.errors import ConfigurationError
 
-from .personalization import CURRENT, AfterResponse, Personalization
+from .personalization import AfterResponse, Personalization
+from .settings import logger
 
 if TYPE_CHECKING:
     from jinja2.parser import Parser
@@ -32,6 +33,21 @@ if TYPE_CHECKING:
 __all__ = ["PersonalizeExtension", "ef_context", "setup_templates"]
 
 _MISSING = "PersonalizationMiddleware is not installed on this app (no scope['ef'])"
+_told: list[bool] = []  # whether the one line of _say_no_personalization was logged
+
+
+def _say_no_personalization() -> None:
+    """Log once per process that a block found no personalization. A macro imported without
+    context (Jinja's default for ``{% import %}``) sees neither ``ef`` nor ``request``: its
+    block showed the first variant, silently, while ``ef.variant`` elsewhere on the page
+    logged another, whose rewards then went to a variant never shown (a review of
+    2026-12-05). Finding the request another way (a ContextVar set per request) cost the
+    first view 2.5 points of the bare page's throughput (docs/benchmarks.md, "Run AD")."""
+    if not _told:
+        _told.append(True)
+        logger.warning("ef_middleware: a {%% personalize %%} block found no personalization "
+                       "(no middleware, or a macro imported without context: import it "
+                       "'with context'); it shows its first variant")
 
 
 def ef_context(request: Request) -> dict[str, Any]:
@@ -130,11 +146,8 @@ class PersonalizeExtension(Extension):
             scope = getattr(request, "scope", None)
             ef = scope.get("ef") if isinstance(scope, dict) else None
         if not isinstance(ef, Personalization):
-            # A macro imported without context sees neither: the request's own, from the
-            # middleware (a review of 2026-12-05: the first block showed while the cookie and
-            # the log held another variant, whose rewards then went to the wrong one).
-            ef = CURRENT.get()
-        if not isinstance(ef, Personalization):
+            if not isinstance(ef, AfterResponse):
+                _say_no_personalization()
             return variant_id == ids[0]
         chosen = ef.variant(loop).id
         if not chosen:  # an unknown loop (logged): the first block, as without the middleware

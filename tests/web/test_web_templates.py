@@ -43,6 +43,8 @@ TEMPLATES = {
                    + BLOCK.replace(" {{ ef.variant(loop).features.cta }}", "")
                    + "{% endmacro %}",
     "macro.html": '{% import "macros.html" as m %}{{ m.hero(loop) }}|{{ ef.variant(loop) }}',
+    "macro_ctx.html": '{% import "macros.html" as m with context %}{{ m.hero(loop) }}|'
+                      "{{ ef.variant(loop) }}",
 }
 LETTER = {"minimal": "M", "detailed": "D", "video": "V", "testimonial": "T"}
 
@@ -146,21 +148,31 @@ def test_block_syntax_errors(source: str) -> None:
         env.from_string(source)
 
 
-def test_a_block_in_a_macro_imported_without_context_shows_the_chosen_variant(
-        engine: Engine, loop_name: str, client_for: Client) -> None:
-    """A macro imported without context (Jinja's default for ``{% import %}``) sees neither
-    ``ef`` nor ``request``: its block showed the first variant while the cookie and the log
-    held the chosen one, whose rewards then went to a variant never shown (a review of
-    2026-12-05). It reads the request's personalization from the middleware."""
+def test_a_block_in_a_macro_imported_with_context_shows_the_chosen_variant(
+        engine: Engine, loop_name: str, client_for: Client,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``{% import ... with context %}``: the macro's block finds the request's
+    personalization. Without context (Jinja's default) it cannot: it shows its first variant
+    and says so once, in one line (a review of 2026-12-05 found it silent while the page's
+    own ``ef.variant`` logged another variant, whose rewards then went to one never shown)."""
+    from ef_middleware.web import templating
+
     app = template_app(engine)
     seen = set()
     for _ in range(12):  # fresh visitors: the chosen variants differ
-        text = client_for(app).get(f"/macro.html?loop={loop_name}").text
+        text = client_for(app).get(f"/macro_ctx.html?loop={loop_name}").text
         block, chosen = text.rsplit("|", 1)
         assert f"<h1>{LETTER[chosen]}" in block
         assert sum(f"<h1>{letter}" in block for letter in LETTER.values()) == 1
         seen.add(chosen)
     assert len(seen) > 1
+    templating._told.clear()
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        for _ in range(3):
+            block = client_for(app).get(f"/macro.html?loop={loop_name}").text.rsplit("|")[0]
+            assert "<h1>M" in block
+    told = [r for r in caplog.records if "found no personalization" in r.getMessage()]
+    assert len(told) == 1 and "with context" in told[0].getMessage()
 
 
 def test_an_error_page_rendered_outside_the_middleware_shows_default_variants(
