@@ -424,6 +424,14 @@ def _rewrite_meta(folder: Path, loop: str, change: Callable[[dict[str, Any]], No
         store.close()
 
 
+def _learn_twenty(hero: Loop) -> None:
+    """Rank twenty visitors, reward every second one, and learn them."""
+    for i in range(20):
+        d = hero.rank({"device": "mobile", "visits": i % 4})
+        hero.reward(d.event_id, float(i % 2))
+    hero.flush()
+
+
 @pytest.mark.parametrize("change", [
     pytest.param(lambda meta: meta.pop("stats"), id="stats-missing"),
     pytest.param(lambda meta: meta["numeric"].update(mean=meta["numeric"]["mean"][:8]),
@@ -440,10 +448,7 @@ def test_a_snapshot_with_a_damaged_part_is_ignored_whole(
     statistics of the wrong length were restored, then failed every rank."""
     first = Engine(tmp_path / "ef", embedder=embedder, seed=5, learner=False)
     hero = first.loop("hero", actions=HERO)
-    for i in range(20):
-        d = hero.rank({"device": "mobile", "visits": i % 4})
-        hero.reward(d.event_id, float(i % 2))
-    hero.flush()
+    _learn_twenty(hero)
     first.close()
     _rewrite_meta(tmp_path / "ef", "hero", change)
     second = Engine(tmp_path / "ef", embedder=embedder, seed=6, learner=False)
@@ -468,10 +473,7 @@ def test_a_damaged_latest_snapshot_falls_back_to_the_one_before(
 
     first = Engine(tmp_path / "ef", embedder=embedder, seed=5, learner=False)
     hero = first.loop("hero", actions=HERO)
-    for i in range(20):
-        d = hero.rank({"device": "mobile", "visits": i % 4})
-        hero.reward(d.event_id, float(i % 2))
-    hero.flush()
+    _learn_twenty(hero)
     hero.save()
     older = hero.trainer.net.step
     for _ in range(20):
