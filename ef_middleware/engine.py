@@ -123,11 +123,9 @@ class Engine:
         with self._lock:
             if self._closed:
                 raise EngineClosedError(f"the engine is closed: no loop {name!r} can be made")
-            # No ':': the store's keys are "reward:{loop}:{event}", and loop "shop:cart"'s
-            # event "42" was loop "shop"'s event "cart:42" (a review of 2026-12-05).
-            if not isinstance(name, str) or not name or len(name) > 100 or ":" in name:
+            if not isinstance(name, str) or not name or len(name) > 100:
                 raise ConfigurationError("a loop name is a non-empty string of at most 100 "
-                                         f"chars without ':', not {name!r}")
+                                         "chars")
             return self._loop(name, actions, settings)
 
     def _loop(self, name: str, actions: Iterable[Any] | None, settings: dict[str, Any]) -> Loop:

@@ -1508,10 +1508,6 @@ def test_configuration_is_checked_when_the_loop_is_made(engine: Engine) -> None:
         engine.loop("g", actions=HERO, correction_half_life=0)
     with pytest.raises(ConfigurationError, match="replay_backlog"):
         engine.loop("i", actions=HERO, replay_backlog=0)
-    # ':' would let two loops share a store key (loop "shop:cart"'s event "42" was loop
-    # "shop"'s event "cart:42"; a review of 2026-12-05)
-    with pytest.raises(ConfigurationError, match="without ':'"):
-        engine.loop("shop:cart", actions=HERO)
     fading = engine.loop("h", actions=HERO, correction_half_life=500)
     assert fading.trainer.correction is not None
     assert fading.trainer.correction.half_life == 500
