@@ -12,6 +12,7 @@ import gc
 import hashlib
 import logging
 import math
+import operator
 import os
 import queue
 import threading
@@ -240,8 +241,11 @@ class EmbeddingCache:
                  max_queued: int = MAX_QUEUED, nice: int = BACKGROUND_NICE) -> None:
         if max_queued < 1:
             raise ConfigurationError("max_queued is a number of texts and must be at least 1")
-        dim = getattr(embedder, "dim", None)
-        if (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1
+        try:  # any integer (numpy's too), not a bool
+            dim = operator.index(embedder.dim)
+        except (AttributeError, TypeError):
+            dim = 0
+        if (dim < 1 or isinstance(embedder.dim, bool)
                 or not callable(getattr(embedder, "encode", None))):
             raise ConfigurationError("an embedder has a positive int dim and an "
                                      "encode(texts) method (see ef_middleware.Embedder)")

@@ -99,6 +99,7 @@ class Engine:
                                          else None)
         self._closed = False
         self._closed_done = threading.Event()  # set once close() has closed the store
+        self._closer: int | None = None  # the thread that runs close()
         # Making a loop and closing take it: two threads asking for one new loop get the same
         # one, and a loop made while the engine closes is either closed with it or refused.
         self._lock = threading.RLock()
@@ -191,6 +192,10 @@ class Engine:
                 "embedding_store_failures": cache.store_failures,
                 "embedding_error": cache.last_error}
 
+    def _learner_ident(self) -> int | None:
+        thread = None if self._learner is None else self._learner._thread
+        return None if thread is None else thread.ident
+
     def start(self) -> None:
         """Start the learner thread (idempotent; creating a loop starts it too).
 
@@ -214,12 +219,13 @@ class Engine:
                 closing = True
             else:
                 closing, self._closed = False, True
+                self._closer = threading.get_ident()  # a signal handler on it must not wait
                 loops = list(self._loops.values())
         if closing:
             # Closed or closing: a second caller (a shutdown hook beside atexit) returned
             # while the first was still saving, and took the model for saved (a review of
             # 2026-12-05). It waits, except on the learner thread, which the first joins.
-            if threading.current_thread().name != "ef-learner":
+            if threading.get_ident() not in (self._closer, self._learner_ident()):
                 self._closed_done.wait()
             return
         try:

@@ -393,9 +393,10 @@ class FeatureEncoder:
         vectors (``block`` as in :meth:`EmbeddingCache.get_many`)."""
         out = np.empty((len(actions), self.dim), dtype=np.float32)
         texts = [action.texts() for action in actions]
-        if len(texts) > 1:
+        if len(texts) > 1 and (block or (block is None and not self.cache.background)):
             # The texts no action's pooled vector is memoised for, looked up (and the unseen
-            # ones encoded) in one call: the embedder takes them in batches of 64 instead of
+            # ones encoded) in one call, when this call encodes (else the store was read twice
+            # for each, a review of 2026-12-05): the embedder takes them in batches of 64 instead of
             # one call per action (a loop of 1,000 new actions: 9 s before, see
             # docs/benchmarks.md, "Creating a loop").
             unseen = {t: None for each in texts if tuple(each) not in self._memo for t in each}

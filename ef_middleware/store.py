@@ -396,6 +396,7 @@ class DiskcacheStore:
         opens new ones if the thread uses it again."""
         for cache in (self._cache, self._append, self._inline, self._models):
             cache.close()
+        self._tuned.__dict__.pop("done", None)  # a new connection is tuned again
 
     def close(self) -> None:
         self._journal.close()

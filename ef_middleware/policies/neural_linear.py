@@ -17,8 +17,8 @@ class NeuralLinear(Policy):
     (:class:`~ef_middleware.posterior.LinearPosterior`, rebuilt from recent samples) supplies
     both the mean and the width of each action's score. Scores are drawn from each action's
     marginal posterior independently, so the propensities are exact integrals; Riquelme et al.
-    draw one weight vector for all actions, which correlates the draws. Falls back to the
-    network's mean before the first posterior exists.
+    draw one weight vector for all actions, which correlates the draws. Before the posterior
+    has any sample, scores are drawn around the network's mean with the prior's width.
     """
 
     name = "neural-linear"
@@ -31,9 +31,17 @@ class NeuralLinear(Policy):
 
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
         post = c.posterior
-        if post is None or post.mean is None:
+        if post is None:
             return self.greedy(c.mean)
         mean = post.mean
+        if mean is None:
+            # No sample folded in yet: the network's mean with the prior's width, which
+            # explores (greedy there chose one action for every visitor; the prior's mean of
+            # 0 ignored the network; reviews of 2026-12-05).
+            def prior_scores() -> tuple[FloatArray, FloatArray]:
+                return c.mean, self.scale * post.sd(with_bias(c.hidden))
+
+            return self.gaussian_view(c, rng, prior_scores)
 
         def scores() -> tuple[FloatArray, FloatArray]:
             phi = with_bias(c.hidden)

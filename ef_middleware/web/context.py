@@ -112,7 +112,11 @@ def _classify(user_agent: str) -> DeviceInfo:
     family = device.family if device else "Other"
     brand = (device.brand or "") if device else ""
     lowered_agent = user_agent.lower()
-    if (family == "Spider" or browser in AUTOMATED or browser == os_family == "Other"
+    # Neither browser nor OS found marks a library only without the "Mozilla/" every
+    # browser sends: a Nintendo Switch's applets and a PS4 have neither for ua-parser
+    # (a review of 2026-12-05).
+    unknown = browser == os_family == "Other" and not user_agent.startswith("Mozilla/")
+    if (family == "Spider" or browser in AUTOMATED or unknown
             or any(token in lowered_agent for token in SELF_DECLARED)):
         return DeviceInfo("bot", browser, os_family, True)
     lowered = f"{family} {brand}".lower()

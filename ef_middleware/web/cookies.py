@@ -46,7 +46,7 @@ __all__ = [
     "dump_decisions",
     "dump_visitor",
     "entry_expired",
-    "first_verified",
+    "last_verified",
     "load_decisions",
     "load_decisions_strict",
     "load_visitor",
@@ -407,18 +407,22 @@ def cookie_values(header: str, name: str) -> list[str]:
     return values
 
 
-def first_verified(
+def last_verified(
     serializer: URLSafeTimedSerializer, values: Sequence[str], *, max_age: int
 ) -> str | None:
-    """The first of a decision cookie's ``values`` that verifies, else the last (``None``
-    for none), which the caller then refuses as it would refuse a single cookie."""
-    for value in values[:-1]:
+    """The last of a decision cookie's ``values`` that verifies, else the last (``None`` for
+    none), which the caller then refuses as it would refuse a single cookie. The last: of two
+    of ours (an app that moved to ``cookie_domain=``), the browser sends the older first, and
+    the first kept every view a new decision (a review of 2026-12-05)."""
+    if len(values) < 2:  # the usual case: the caller verifies it once
+        return values[0] if values else None
+    for value in reversed(values):
         try:
             load_decisions_strict(serializer, value, max_age=max_age)
         except BadDecisionCookie:
             continue
         return value
-    return values[-1] if values else None
+    return values[-1]
 
 
 def _fresh(entry: DecisionEntry, max_age: int, now: float) -> bool:

@@ -178,7 +178,7 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     low, high = loop.settings.reward_range
     if value is not None and not low <= value <= high:
         return error(400, "bad_value", f"value must lie within {low}..{high}")
-    raw = ck.first_verified(rt.decisions,
+    raw = ck.last_verified(rt.decisions,
                             ck.cookie_values(headers.get("cookie", ""), s.decision_cookie),
                             max_age=s.decision_max_age)
     if not raw:

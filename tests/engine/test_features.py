@@ -114,3 +114,33 @@ def test_a_loops_new_actions_are_embedded_in_one_call_with_the_same_vectors(
         np.testing.assert_allclose(vectors[0], expected, rtol=1e-5, atol=1e-6)
     finally:
         eng.close()
+
+
+def test_a_ranks_new_per_call_actions_read_the_store_once_each(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With background embedding (the default) the request path encodes nothing: looking
+    the new actions' texts up together first, then each action again, read the store twice
+    for every text (a review of 2026-12-05). It looks them up together only when it encodes."""
+    recording = RecordingEmbedder(embedder)
+    recording.gate.clear()  # the background thread waits: nothing is embedded meanwhile
+    eng = Engine(tmp_path / "ef", embedder=recording, learner=False)
+    try:
+        shop = eng.loop("shop", actions=[{"id": "a", "features": {"colour": "red"}},
+                                         {"id": "b", "features": {"colour": "blue"}}])
+        shop.rank({"device": "mobile"})
+        reads: list[str] = []
+        real_get = eng.store.get
+
+        def get(key: str) -> bytes | None:
+            reads.append(key)
+            return real_get(key)
+
+        monkeypatch.setattr(eng.store, "get", get)
+        items = [{"id": f"item{i}", "features": {"colour": f"shade {i}"}} for i in range(20)]
+        shop.rank({"device": "mobile"}, actions=items)
+        vectors = [key for key in reads if key.startswith("emb:")]
+        assert vectors and len(vectors) == len(set(vectors))
+    finally:
+        recording.gate.set()
+        eng.close()

@@ -2268,17 +2268,20 @@ def test_a_second_close_returns_once_the_first_has_saved(
     assert not first.is_alive()
 
 
-def test_neural_linear_ranks_by_the_network_until_its_posterior_has_data(
+def test_neural_linear_draws_around_the_network_until_its_posterior_has_data(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """Before any sample, the linear head's posterior is its prior: mean 0 for every action.
     It was taken for a posterior, so a new loop drew every score around 0 instead of using
-    the network's mean, as documented (a review of 2026-12-05). Once samples are folded in,
-    the head scores; a restored head does too."""
+    the network's mean (a review of 2026-12-05); scores are now drawn around the network's
+    mean with the prior's width, which still explores. Once samples are folded in, the head
+    scores; a restored head does too."""
     eng = Engine(tmp_path / "ef", embedder=embedder, learner=False, seed=2)
     hero = eng.loop("hero", actions=HERO, strategy="neural-linear", posterior_every=8)
     assert hero._serving.posterior is not None and hero._serving.posterior.mean is None
+    chosen = {hero.rank({"device": "mobile"}).action_id for _ in range(60)}
+    assert len(chosen) > 1  # it explores (greedy there chose one action for everyone)
     d = hero.rank({"device": "mobile"})
-    assert sorted(d.choice.probabilities.tolist()) == [0.0, 1.0]  # greedy on the network
+    assert max(d.choice.probabilities) < 0.9
     for _ in range(40):
         d = hero.rank({"device": "mobile"})
         hero.reward(d.event_id, 0.0)  # no conversion yet: still data
@@ -2290,3 +2293,41 @@ def test_neural_linear_ranks_by_the_network_until_its_posterior_has_data(
     assert restored.restored and restored._serving.posterior is not None
     assert restored._serving.posterior.mean is not None
     again.close()
+
+
+def test_close_called_again_on_its_own_thread_returns(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second close() on the thread that runs the first (a signal handler during it) must
+    not wait for the first: it waited for good (a review of 2026-12-05)."""
+    eng = Engine(tmp_path / "ef", embedder=embedder)
+    hero = eng.loop("hero", actions=HERO)
+    real_save = hero.save
+    inner: list[bool] = []
+
+    def save_then_close_again() -> None:
+        real_save()
+        eng.close()  # as a signal handler would, on this thread
+        inner.append(True)
+
+    monkeypatch.setattr(hero, "save", save_then_close_again)
+    closer = threading.Thread(target=eng.close)
+    closer.start()
+    closer.join(20)
+    assert not closer.is_alive() and inner == [True]
+
+
+def test_an_embedder_whose_dim_is_a_numpy_integer_is_taken(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    class NumpyDim:
+        name = embedder.name
+        dim = np.int64(embedder.dim)
+
+        def encode(self, texts: Any) -> Any:
+            return embedder.encode(texts)
+
+    eng = Engine(tmp_path / "ef", embedder=NumpyDim())  # type: ignore[arg-type]
+    try:
+        assert eng.loop("hero", actions=HERO).rank({"device": "mobile"}).action_id
+    finally:
+        eng.close()

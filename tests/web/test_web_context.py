@@ -106,12 +106,19 @@ def test_automated_clients_that_ua_parser_misses_are_bots(user_agent: str) -> No
     assert parse_device(user_agent).bot
 
 
+SWITCH = ("Mozilla/5.0 (Nintendo Switch; WebApplet) AppleWebKit/609.4 (KHTML, like Gecko) "
+          "NF/6.0.2.21.3 NintendoBrowser/5.1.0.22474")
+PS4 = "Mozilla/5.0 (PlayStation 4 5.55) AppleWebKit/601.2 (KHTML, like Gecko)"
+
+
 @pytest.mark.parametrize("user_agent", [
     DESKTOP, MAC_FIREFOX, WINDOWS_FIREFOX, MAC_SAFARI, IPHONE, IPAD, ANDROID_PHONE,
-    ANDROID_TABLET, SAMSUNG_PHONE, SAMSUNG_TABLET, FACEBOOK_IOS, INSTAGRAM_ANDROID, CUBOT])
+    ANDROID_TABLET, SAMSUNG_PHONE, SAMSUNG_TABLET, FACEBOOK_IOS, INSTAGRAM_ANDROID, CUBOT,
+    SWITCH, PS4])
 def test_browsers_stay_visitors(user_agent: str) -> None:
-    """The bot checks above leave browsers alone, in-app ones and a phone brand with "bot" in
-    its name too."""
+    """The bot checks above leave browsers alone, in-app ones, a phone brand with "bot" in
+    its name, and consoles whose browser and OS ua-parser does not name (a review of
+    2026-12-05 found a Switch and a PS4 counted as bots)."""
     assert not parse_device(user_agent).bot
 
 
