@@ -126,10 +126,15 @@ def is_feature_value(value: object) -> bool:
         return True
     if isinstance(value, _NUMBERS):
         try:
-            number = float(value)
-        except (OverflowError, TypeError, ValueError):
+            NumericSpace.checked("", value)
+        except (InvalidInputError, TypeError, ValueError):
             return False
-        return math.isfinite(number) and abs(number) <= FLOAT32_MAX
+        return True
+    return _text_list(value)
+
+
+def _text_list(value: object) -> bool:
+    """Whether ``value`` is a multi-valued text feature: a list (tuple, set) of strings."""
     return (isinstance(value, list | tuple | set | frozenset)
             and all(isinstance(v, str) for v in value))
 
@@ -231,7 +236,7 @@ class NumericSpace:
         return values, mask
 
     @staticmethod
-    def checked(name: str, value: float | numbers.Real) -> float:
+    def checked(name: str, value: float | numbers.Real | np.bool_) -> float:
         """``value`` as a float, or ``InvalidInputError``: not finite, or past float32's range
         (the model's inputs are float32: 1e39 became inf there, and one such rank turned the
         running statistics, then every prediction of the loop, into NaN for good; a review
@@ -250,7 +255,10 @@ class NumericSpace:
     def put(self, name: str, value: float | numbers.Real, values: FloatArray,
             mask: FloatArray) -> None:
         """Write number ``value`` of feature ``name`` into its slot(s) (booleans are 0/1)."""
-        number = self.checked(name, value)
+        self.write(name, self.checked(name, value), values, mask)
+
+    def write(self, name: str, number: float, values: FloatArray, mask: FloatArray) -> None:
+        """:meth:`put` for a number :meth:`checked` already."""
         period = CYCLES.get(name)
         if period is None:
             i = self.slot(name)
@@ -365,8 +373,7 @@ class FeatureEncoder:
                     raise InvalidInputError(f"context feature {key!r} is {name!r} again: "
                                             "names are compared lower-cased and stripped")
                 numbers[name] = numeric.checked(name, value)
-            elif (isinstance(value, list | tuple | set | frozenset)
-                  and all(isinstance(v, str) for v in value)):
+            elif _text_list(value):
                 name = _clean_key(key)
                 texts.extend(f"{name}: {_clean(v)}" for v in value)
             else:
@@ -382,7 +389,7 @@ class FeatureEncoder:
         values = np.zeros(numeric.dim, dtype=np.float32)
         mask = np.zeros(numeric.dim, dtype=np.float32)
         for name, number in numbers.items():
-            numeric.put(name, number, values, mask)
+            numeric.write(name, number, values, mask)
         pooled, complete = self.pool(texts, block=block)
         return EncodedContext(pooled, values, mask, provisional=not complete,
                               texts=tuple(texts))
@@ -394,11 +401,11 @@ class FeatureEncoder:
         out = np.empty((len(actions), self.dim), dtype=np.float32)
         texts = [action.texts() for action in actions]
         if len(texts) > 1 and (block or (block is None and not self.cache.background)):
-            # The texts no action's pooled vector is memoised for, looked up (and the unseen
-            # ones encoded) in one call, when this call encodes (else the store was read twice
-            # for each, a review of 2026-12-05): the embedder takes them in batches of 64 instead of
-            # one call per action (a loop of 1,000 new actions: 9 s before, see
-            # docs/benchmarks.md, "Creating a loop").
+            # Where this call encodes, the texts no action's pooled vector is memoised for are
+            # looked up (the unseen ones encoded) in one call, which the embedder takes 64 at a
+            # time, not one call per action (a loop of 1,000 new actions took 9 s;
+            # docs/benchmarks.md, "Creating a loop"). Elsewhere it would read the store twice
+            # a text (a review of 2026-12-05).
             unseen = {t: None for each in texts if tuple(each) not in self._memo for t in each}
             if len(unseen) > 1:
                 self.cache.lookup(list(unseen), block=block)

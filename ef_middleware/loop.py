@@ -507,7 +507,7 @@ class Loop:
             after = (*before[:_TOTAL], total, True)
             now = self.clock()
             write = RewardWrite(self, event_id, before, after, now,
-                                orjson.dumps({"value": min(high, max(low, total)),
+                                orjson.dumps({"value": self.settings.clip(total),
                                               "time": now}))
             self._pending[event_id] = after  # kept until written: a second one is refused
             self._in_flight[event_id] = write  # and not finalised by ``expire`` meanwhile
@@ -540,8 +540,7 @@ class Loop:
                 self.rewards -= 1
 
     def _enqueue(self, pending: Waiting) -> None:
-        low, high = self.settings.reward_range
-        value = (min(high, max(low, pending[_TOTAL])) if pending[_REWARDED]
+        value = (self.settings.clip(pending[_TOTAL]) if pending[_REWARDED]
                  else float(self.settings.default_reward or 0.0))
         context = pending[_CONTEXT]
         inputs = EncodedContext(pending[_TEXT], pending[_RAW], pending[_MASK],

@@ -239,6 +239,11 @@ class LoopSettings:
             return self.replay_ratio
         return max(min(1.0, self.replay_ratio), self.replay_ratio * limit / waiting)
 
+    def clip(self, value: float) -> float:
+        """``value`` clipped to ``reward_range`` (a 'sum' of rewards)."""
+        low, high = self.reward_range
+        return min(high, max(low, value))
+
     def normalise(self, value: float) -> float:
         """Map a reward in ``reward_range`` to [0, 1]."""
         low, high = self.reward_range
