@@ -192,10 +192,6 @@ class Engine:
                 "embedding_store_failures": cache.store_failures,
                 "embedding_error": cache.last_error}
 
-    def _learner_ident(self) -> int | None:
-        thread = None if self._learner is None else self._learner._thread
-        return None if thread is None else thread.ident
-
     def start(self) -> None:
         """Start the learner thread (idempotent; creating a loop starts it too).
 
@@ -225,7 +221,8 @@ class Engine:
             # Closed or closing: a second caller (a shutdown hook beside atexit) returned
             # while the first was still saving, and took the model for saved (a review of
             # 2026-12-05). It waits, except on the learner thread, which the first joins.
-            if threading.get_ident() not in (self._closer, self._learner_ident()):
+            on_learner = self._learner is not None and self._learner.runs_here()
+            if threading.get_ident() != self._closer and not on_learner:
                 self._closed_done.wait()
             return
         try:

@@ -124,6 +124,10 @@ class Learner:
                 self._thread = threading.Thread(target=self._run, name="ef-learner", daemon=True)
                 self._thread.start()
 
+    def runs_here(self) -> bool:
+        """Whether the calling thread is the learner's."""
+        return self._thread is not None and self._thread is threading.current_thread()
+
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

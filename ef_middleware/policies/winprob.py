@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import betainc, betaincinv, ndtr, ndtri
 
-from .._types import Float64Array
+from .._types import Float64Array, IntArray
 
 MAX_EXACT = 48  # live actions up to which the integral's grid has every action's points
 # Points per action: the standard-normal quantiles at the middles of 19 equal-probability
@@ -131,9 +131,7 @@ def gaussian_win_probabilities_wide(mean: Float64Array, sd: Float64Array, *,
     (:func:`wide_win_probabilities`)."""
     floor = float(np.max(mean + NODES[0] * sd))  # below it some action surely scores higher
     top = float(np.max(mean + NODES[-1] * sd))
-    narrow = np.flatnonzero(sd < 2.0 * (top - floor) / fine)
-    if narrow.size > NARROW_MOST:  # the ones most likely to win: highest upper tails
-        narrow = narrow[np.argsort(-(mean + 3.0 * sd)[narrow])[:NARROW_MOST]]
+    narrow = _narrowest(sd, mean + 3.0 * sd, (top - floor) / fine)
     extra = np.asarray(mean[narrow, None] + sd[narrow, None] * NARROW_NODES,
                        dtype=np.float64).ravel()
     return wide_win_probabilities(mean.shape[0], floor, top, _gaussian_cdf(mean, sd),
@@ -151,13 +149,20 @@ def beta_win_probabilities_wide(a: Float64Array, b: Float64Array, *,
     top = float(np.max(betaincinv(a, b, 1.0 - tail)))
     total = a + b
     sd = np.sqrt(a * b / (total * total * (total + 1.0)))
-    narrow = np.flatnonzero(sd < 2.0 * (top - floor) / fine)
-    if narrow.size > NARROW_MOST:
-        narrow = narrow[np.argsort(-(a / total + 3.0 * sd)[narrow])[:NARROW_MOST]]
+    narrow = _narrowest(sd, a / total + 3.0 * sd, (top - floor) / fine)
     extra = np.asarray(betaincinv(a[narrow, None], b[narrow, None], ndtr(NARROW_NODES)),
                        dtype=np.float64).ravel()
     return wide_win_probabilities(a.shape[0], floor, top, _beta_cdf(a, b), coarse=coarse,
                                   fine=fine, extra=extra)
+
+
+def _narrowest(sd: Float64Array, upper: Float64Array, spacing: float) -> IntArray:
+    """The actions narrower than twice the wide grid's ``spacing``, at most
+    :data:`NARROW_MOST`: those with the highest ``upper`` tails, the likeliest to win."""
+    narrow = np.flatnonzero(sd < 2.0 * spacing)
+    if narrow.size > NARROW_MOST:
+        narrow = narrow[np.argsort(-upper[narrow])[:NARROW_MOST]]
+    return narrow
 
 
 def wide_win_probabilities(k: int, floor: float, top: float, cdf: Cdf, *,

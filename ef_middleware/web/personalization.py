@@ -39,6 +39,16 @@ MAX_VISITS = 50  # the visit count reaches the model capped (a regular is a regu
 SCRIPT_TAGS = 64  # root paths whose script tags are kept (Mount("/{tenant}") makes one each)
 
 
+def default_variant(runtime: Runtime, loop: str) -> Variant:
+    """``loop``'s default (first) variant, not logged; for an unknown loop (or a closed
+    engine) an empty one: nothing to show, and the page still renders."""
+    try:
+        decision = runtime.engine.get_loop(loop).default_decision()
+    except Exception:
+        return Variant(loop, "", {}, default=True)
+    return Variant.from_decision(decision, default=True)
+
+
 class AfterResponse:
     """What ``scope["ef"]`` holds once the middleware has answered: a page rendered after it
     (an error page of Starlette's ``ServerErrorMiddleware``, outside every other middleware)
@@ -56,11 +66,7 @@ class AfterResponse:
         return {}
 
     def variant(self, loop: str) -> Variant:
-        try:
-            decision = self._rt.engine.get_loop(loop).default_decision()
-        except Exception:  # an unknown loop, a closed engine: nothing to show
-            return Variant(loop, "", {}, default=True)
-        return Variant.from_decision(decision, default=True)
+        return default_variant(self._rt, loop)
 
     def script(self, *, nonce: str | None = None, stub: bool = True) -> Markup:
         return Markup("")
@@ -217,8 +223,7 @@ class Personalization:
                 ctx["country"] = country
         if s.context_hook is not None:
             try:
-                extra = s.context_hook(self._scope)
-                ctx.update({str(k): v for k, v in extra.items() if is_feature_value(v)})
+                extra = list(s.context_hook(self._scope).items())
             except Exception as exc:  # the host's code: its features are left out this time
                 self._rt.warn("context_hook", None, "ef_middleware: the context hook failed, "
                               "its features are left out: %s", one_line(exc))
@@ -226,7 +231,12 @@ class Personalization:
                 # A value the engine refuses (a dict, NaN) made every rank fail, and every
                 # visitor got the default variant (a review of 2026-12-05): that feature is
                 # left out instead.
-                refused = [str(k) for k, v in extra.items() if not is_feature_value(v)]
+                refused = []
+                for key, value in extra:
+                    if is_feature_value(value):
+                        ctx[str(key)] = value
+                    else:
+                        refused.append(str(key))
                 if refused:
                     self._rt.warn("context_hook", None, "ef_middleware: the context hook gave "
                                   "values a context cannot hold, left out: %s",
@@ -293,11 +303,7 @@ class Personalization:
     def _fallback(self, name: str, exc: Exception) -> Variant:
         self._rt.warn("variant", name, "ef_middleware: loop %r serves its default variant: %s",
                       name, one_line(exc))
-        try:
-            return Variant.from_decision(self._rt.engine.get_loop(name).default_decision(),
-                                         default=True)
-        except Exception:  # unknown loop: nothing to show, and the page still renders
-            return Variant(name, "", {}, default=True)
+        return default_variant(self._rt, name)
 
     def entry(self, loop: str) -> ck.DecisionEntry | None:
         """This visitor's current decision for ``loop`` (made now or read from the cookie)."""
