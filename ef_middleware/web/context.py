@@ -79,7 +79,8 @@ def parse_device(user_agent: str) -> DeviceInfo:
 
     A crawler (ua-parser's ``Spider`` device), a client whose ua-parser family is one of the
     HTTP libraries, tools and headless browsers of :data:`AUTOMATED`, one in which ua-parser
-    finds neither a browser nor an OS (``python-httpx``, ``node-fetch``), one whose user agent
+    finds neither a browser nor an OS and that does not start with ``Mozilla/``
+    (``python-httpx``, ``node-fetch``), one whose user agent
     holds a token of :data:`SELF_DECLARED`, or an empty user agent is a bot.
     Tablets are iPads, Kindles, ua-parser's generic Android tablets and Android browsers
     without a mobile family.
