@@ -284,7 +284,12 @@ class Loop:
         return self.settings.reward_wait * 2 + 86_400
 
     def _reward_key(self, event_id: str) -> str:
-        """The store key of ``event_id``'s reward."""
+        """The store key of ``event_id``'s reward. A ``:`` in a caller's event id is escaped
+        (``%`` with it): before, loop ``a:b``'s event ``c`` and loop ``a``'s event ``b:c``
+        shared one key, and one's reward was taken for the other's. Generated ids (hex) and
+        ids without either character keep the key they always had."""
+        if ":" in event_id or "%" in event_id:
+            event_id = event_id.replace("%", "%25").replace(":", "%3A")
         return f"reward:{self.name}:{event_id}"
 
     def _key_of(self, state: ServingState, view: _View, index: int) -> _Key:

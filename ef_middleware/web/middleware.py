@@ -107,7 +107,9 @@ class PersonalizationMiddleware:
         ``hook(scope) -> dict`` of extra context features (called once per ranked request).
         If it raises or returns something else than a mapping, the request is ranked without
         its features and one line is logged; a value a context cannot hold (a dict, NaN) is
-        left out the same way, the hook's other features kept.
+        left out the same way, the hook's other features kept. Its keys are lower-cased and
+        stripped, as the engine compares names; one that names a built-in feature (``hour``,
+        ``device``) replaces it.
     honor_gpc
         Honour Global Privacy Control: requests with ``Sec-GPC: 1`` get default variants and
         no cookies, and ef.js (``data-gpc="true"``) sends nothing.

@@ -147,6 +147,19 @@ class Personalization:
         return self._rt.settings.honor_gpc and self.headers.get("sec-gpc", "").strip() == "1"
 
     @property
+    def unseen(self) -> bool:
+        """A ``HEAD`` request: no one sees its page (uptime monitors and link checkers send
+        them), so nothing is decided, logged or counted. Before, each one logged a decision
+        that then counted as a non-conversion."""
+        return self._scope.get("method") == "HEAD"
+
+    @property
+    def passive(self) -> bool:
+        """Default variants, nothing logged, no cookie: a bot, an opted-out visitor or a
+        ``HEAD`` request."""
+        return self.unseen or self.is_bot or self.opted_out
+
+    @property
     def utm(self) -> dict[str, str]:
         """UTM parameters of the query string."""
         if self._utm is None:
@@ -155,8 +168,9 @@ class Personalization:
 
     @property
     def visitor(self) -> ck.VisitorState | None:
-        """The first-party visitor state (``None`` for bots and opted-out visitors)."""
-        if self._visitor is None and not (self.is_bot or self.opted_out):
+        """The first-party visitor state (``None`` for bots, opted-out visitors and ``HEAD``
+        requests)."""
+        if self._visitor is None and not self.passive:
             self._visitor = self._visit()
         return self._visitor
 
@@ -182,7 +196,7 @@ class Personalization:
         A cookie signed less than a minute ago needs nothing, so its signature is not even
         checked (none of its data is used here).
         """
-        if self.is_bot or self.opted_out:
+        if self.passive:
             return
         raw = self.cookies.get(self._rt.settings.visitor_cookie)
         age = ck.signed_age(self._rt.visitors, raw, self._now)
@@ -231,10 +245,13 @@ class Personalization:
                 # A value the engine refuses (a dict, NaN) made every rank fail, and every
                 # visitor got the default variant (a review of 2026-12-05): that feature is
                 # left out instead.
+                # Keys are taken as the engine compares them, lower-cased and stripped: a
+                # hook's "Hour" beside the built-in "hour" made every rank refuse the
+                # context (two numbers of one name), and every visitor got the default.
                 refused = []
                 for key, value in extra:
                     if is_feature_value(value):
-                        ctx[str(key)] = value
+                        ctx[str(key).strip().lower()] = value
                     else:
                         refused.append(str(key))
                 if refused:
@@ -277,7 +294,7 @@ class Personalization:
 
     def _choose(self, name: str) -> Variant:
         loop = self._rt.engine.get_loop(name)
-        if self.is_bot or self.opted_out:
+        if self.passive:
             return Variant.from_decision(loop.default_decision(), default=True)
         entry = self._incoming_entries().get(name)
         if entry is not None and self._still_sticky(loop, entry):

@@ -1395,6 +1395,24 @@ def test_a_callers_own_event_id_names_one_open_decision(engine: Engine) -> None:
         hero.rank({"device": "mobile"}, event_id="order-1")
 
 
+def test_event_ids_with_a_colon_do_not_meet_another_loops(engine: Engine) -> None:
+    """Loop ``a:b``'s event ``c`` and loop ``a``'s event ``b:c`` had one reward key: the
+    second decision was refused as already rewarded, and a reward to it was refused too."""
+    inner, outer = engine.loop("a:b", actions=HERO), engine.loop("a", actions=HERO)
+    inner.rank({"device": "mobile"}, event_id="c")
+    inner.reward("c", 1.0)
+    inner.flush()
+    outer.rank({"device": "mobile"}, event_id="b:c")
+    outer.reward("b:c", 0.5)
+    outer.flush()
+    assert outer.stats()["rewards"] == inner.stats()["rewards"] == 1
+    for name in ("x%3Ay", "x:y"):  # an escaped id and the id it escapes stay two events
+        outer.rank({"device": "mobile"}, event_id=name)
+        outer.reward(name, 1.0)
+    outer.flush()
+    assert outer.stats()["rewards"] == 3
+
+
 def test_a_reward_landing_during_a_rank_under_its_event_id_is_seen(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """``rank(event_id=X)`` checked the stored reward before the forward pass and the open

@@ -237,6 +237,20 @@ def test_bots_get_the_default_and_are_never_logged(engine: Engine, loop_name: st
     assert stats(engine, loop_name)["decisions"] == 0
 
 
+def test_a_head_request_is_not_a_view(engine: Engine, loop_name: str,
+                                     client_for: Client) -> None:
+    """Uptime monitors and link checkers send ``HEAD``: no one sees that page, so nothing is
+    decided, logged or set (before, each one logged a decision that then counted as a
+    non-conversion)."""
+    client = client_for(make_app(engine, [loop_name]))
+    response = client.head("/")
+    assert response.status_code == 200
+    assert response.headers.get_list("set-cookie") == []
+    assert stats(engine, loop_name)["decisions"] == 0
+    assert set(set_cookies(client.get("/"))) == {"ef_d", "ef_v"}
+    assert stats(engine, loop_name)["decisions"] == 1
+
+
 @pytest.mark.parametrize("user_agent", [
     "python-httpx/0.27.0", "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)",
     "Mozilla/5.0 (Linux; Android 5.0) AppleWebKit/537.36 (KHTML, like Gecko) Mobile "
@@ -336,6 +350,22 @@ def test_a_failing_context_hook_leaves_its_features_out(
     records = [r for r in caplog.records if r.name == "ef_middleware"]
     assert len(records) == 1 and "context hook" in records[0].getMessage()
     assert client_for(app).get("/_ef/status").json()["web"]["failures"] == {"context_hook": 2}
+
+
+def test_a_hook_feature_named_like_a_built_in_one_replaces_it(
+        engine: Engine, loop_name: str, client_for: Client,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The engine compares feature names lower-cased: a hook's ``Hour`` beside the built-in
+    ``hour`` made every rank refuse the context, and every visitor got the default variant
+    with a line in the log. The hook's value now replaces the built-in one."""
+    app = make_app(engine, [loop_name], context_hook=lambda scope: {"Hour": 3, " Plan ": "pro"})
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        for _ in range(3):
+            assert "ef_d" in set_cookies(client_for(app).get("/"))
+        context = client_for(app).get("/context").json()
+    assert [r.getMessage() for r in caplog.records if r.name == "ef_middleware"] == []
+    assert stats(engine, loop_name)["decisions"] == 3
+    assert context["hour"] == 3 and context["plan"] == "pro" and "Hour" not in context
 
 
 def test_a_failure_on_every_page_is_one_line_a_minute(
