@@ -19,6 +19,7 @@ from markupsafe import Markup
 from starlette.types import Scope
 
 from ef_middleware.errors import ConfigurationError
+from ef_middleware.store import release_thread
 from ef_middleware.throttle import Throttle, held_back
 
 from .context import parse_device
@@ -184,6 +185,9 @@ class Runtime:
     def shutdown(self) -> None:
         """Finish the pending reward writes, stop the learner and save every model."""
         if self._writer is not None:
+            # The writer's own store connections, closed on its thread before it ends (else
+            # they stayed open until a full garbage collection, as the learner's did)
+            self._writer.submit(release_thread, self.engine.store)
             self._writer.shutdown(wait=True)
             self._writer = None
         self.engine.close()

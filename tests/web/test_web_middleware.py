@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -402,6 +406,32 @@ def test_a_failure_on_every_page_is_one_line_a_minute(
                                 "one logged)")
     status = client.get("/_ef/status").json()
     assert status["web"]["failures"] == {"variant": 42}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_the_reward_writers_store_connections_close_at_shutdown(
+        new_engine: Callable[..., Engine], tmp_path: Path) -> None:
+    """The thread that takes the reward route's blocking writes closes its own connections
+    to the store as it ends; before, they stayed open until a full garbage collection
+    (collections are off here, as a busy process may go long without a full one)."""
+    engine = new_engine()
+    runtime = _middleware(make_app(engine, [])).runtime
+
+    def open_files() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
+        return count
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(runtime.write(engine.store.set, "k", b"v"))  # on the writer's thread
+        runtime.shutdown()
+        assert open_files() == 0
+    finally:
+        gc.enable()
 
 
 def test_an_error_is_not_held_back_by_a_warning_of_the_same_kind(
