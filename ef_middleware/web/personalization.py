@@ -332,11 +332,12 @@ class Personalization:
         Raises
         ------
         NoDecisionError
-            The visitor has no valid decision for ``loop``.
+            The visitor has no valid decision for ``loop``, or is a bot or opted out (a
+            decision cookie they carry is not theirs to use, or not to be tracked).
         ef_middleware.errors.EFError
             What :meth:`Loop.reward` raises (duplicate, out of range, unknown event).
         """
-        entry = self.entry(loop)
+        entry = None if self.passive else self.entry(loop)
         if entry is None:
             raise NoDecisionError(f"this visitor has no decision for loop {loop!r}")
         self._rt.engine.get_loop(loop).reward(entry.event_id, value)

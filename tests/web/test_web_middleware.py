@@ -629,6 +629,34 @@ def test_server_side_reward(engine: Engine, loop_name: str, client_for: Client) 
     assert stats(engine, loop_name)["rewards"] == 1
 
 
+def test_a_server_side_reward_is_refused_to_a_bot_with_a_visitors_cookie(
+        engine: Engine, loop_name: str, client_for: Client) -> None:
+    """Bots get no decision cookie, so the docs say ``ef.reward`` raises ``NoDecisionError``
+    for one; a bot that sends a visitor's cookie was rewarded all the same (a review of
+    2026-12-06)."""
+    from starlette.routing import Route
+
+    from ef_middleware.web import NoDecisionError
+
+    async def buy(request: Request) -> PlainTextResponse:
+        try:
+            request.scope["ef"].reward(loop_name, 1.0)
+        except NoDecisionError as exc:
+            return PlainTextResponse(exc.code, status_code=404)
+        return PlainTextResponse("thanks")
+
+    app = make_app(engine, [loop_name])
+    app.router.routes.append(Route("/buy", buy, methods=["POST"]))
+    visitor = client_for(app)
+    visitor.get("/")
+    bot = client_for(app, user_agent=GOOGLEBOT)
+    bot.cookies.update(visitor.cookies)
+    assert bot.post("/buy").status_code == 404
+    assert visitor.post("/buy").text == "thanks"
+    engine.get_loop(loop_name).flush()
+    assert stats(engine, loop_name)["rewards"] == 1
+
+
 def test_a_server_side_reward_after_a_new_decision_rewards_the_new_event(
         engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
     """Past the sticky window a page makes a new decision while the incoming cookie still
