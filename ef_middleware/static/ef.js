@@ -1,4 +1,4 @@
-/*! ef.js: ef_middleware's client. Reports conversions and the visitor's time zone. */
+/*! ef.js: ef_middleware's client: conversions and the visitor's time zone. */
 (function (w, d) {
   'use strict';
   try {
@@ -8,7 +8,7 @@
     var tzCookie = data.tzCookie || 'ef_tz';
     var nav = w.navigator || {};
     var off = data.gpc === 'true' && nav.globalPrivacyControl === true;
-    // Keep a page's early `window.ef = window.ef || {q: []}` object and its queue.
+    // Keep the inline stub's object and queue.
     var ef = (w.ef = w.ef || {});
     var q = (ef.q = ef.q || []);
     if (ef.loaded) return;
@@ -18,7 +18,7 @@
     var send = function (loop, value) {
       if (off || typeof loop !== 'string' || !loop) return false;
       var body = { loop: loop };
-      // A finite number or a decimal string (blank: none): a typo must not record the top reward.
+      // A finite number or decimal string (blank: none): a typo must not give the top reward.
       if (typeof value === 'string') {
         value = value.trim();
         value = !value ? null : /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(value) ? +value : NaN;
@@ -41,7 +41,7 @@
       if (sent) {
         try {
           sent.then(null, function () {});
-        } catch (e) { /* a wrapped fetch answered no promise: sent all the same */ }
+        } catch (e) { /* a wrapper gave no promise: sent */ }
         return true;
       }
       try {
@@ -51,7 +51,7 @@
       }
     };
 
-    // ef.convert("homepage-hero") or ef.convert("homepage-hero", 25)
+    // ef.convert("hero") or ef.convert("hero", 25)
     ef.convert = function (loop, value) {
       try {
         return send(loop, value);
@@ -72,9 +72,10 @@
       return 0;
     };
 
-    // <a data-ef-convert="homepage-hero" data-ef-value="1">: clicks (forms: submits; links:
-    // middle clicks too) convert, once: not again from the same element within a second.
-    var lastEl, lastAt;
+    // <a data-ef-convert="hero" data-ef-value="1">: clicks (forms: submits; links: middle
+    // clicks too) convert once: not again within a second by that element, or by the submit
+    // of a click that did.
+    var lastEl, lastAt, clicked = {};
     var auto = function (event) {
       try {
         var type = event.type, now = Date.now();
@@ -89,15 +90,18 @@
         }
         if (!el || (type === 'submit') !== (el.tagName === 'FORM')) return;
         if (type === 'auxclick' && !link) return;
-        // An invalid form's submit button submits nothing.
-        var form = el.type === 'submit' && el.form;
-        if (form && !form.noValidate && !el.formNoValidate && !form.checkValidity()) return;
+        // An invalid form submits nothing (checkValidity() would fire its events).
+        var form = (el.type === 'submit' || el.type === 'image') && el.form;
+        if (form && !form.noValidate && !el.formNoValidate && form.matches(':invalid')) return;
         if (el === lastEl && Math.abs(now - lastAt) < 1000) return;
         lastEl = el;
         lastAt = now;
-        var loops = (el.getAttribute('data-ef-convert') || '').split(/[\s,]+/);
+        var loops = (el.getAttribute('data-ef-convert') || '').split(/[\s,]+/), loop;
         for (i = 0; i < loops.length; i++) {
-          if (loops[i]) send(loops[i], el.getAttribute('data-ef-value'));
+          loop = loops[i];
+          if (!loop || (type === 'submit' && now - clicked[loop] < 1000)) continue;
+          if (type !== 'submit') clicked[loop] = now;
+          send(loop, el.getAttribute('data-ef-value'));
         }
       } catch (e) { /* never throw into the page */ }
     };
@@ -105,7 +109,7 @@
     d.addEventListener('auxclick', auto, true);
     d.addEventListener('submit', auto, true);
 
-    // The visitor's IANA time zone, so the server knows their local hour and weekday.
+    // The visitor's IANA time zone: their local hour and weekday for the server.
     var attrs = ';path=/;samesite=lax' + (w.location.protocol === 'https:' ? ';secure' : '');
     if (off) {
       if (d.cookie.indexOf(tzCookie + '=') >= 0) d.cookie = tzCookie + '=' + attrs + ';max-age=0';
