@@ -240,7 +240,10 @@ class Engine:
                     log.error("closing loop %r: its last learning pass failed (%s: %s)",
                               loop.name, type(exc).__name__, exc)
                 try:
-                    loop.save()
+                    # Not a model that learned nothing here: a second process on the store
+                    # (documented as unsupported, and done all the same) wrote its fresh
+                    # model over the first one's trained snapshot as it closed last.
+                    loop.save(unchanged=False)
                 except Exception as exc:
                     log.error("closing loop %r: its model could not be saved (%s: %s)",
                               loop.name, type(exc).__name__, exc)

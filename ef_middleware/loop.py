@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import random
 import threading
 import time
@@ -56,6 +57,10 @@ LEARN_CHUNK = 256  # samples learned between two publications of the serving sta
 # per decision). They need to be unique, not secret: rewards from browsers come with a signed
 # cookie, and the APIs are for trusted backends.
 _ids = random.Random()
+# ...and seeded again in a forked child: a prefork server that builds its app before forking
+# (gunicorn --preload) gave every worker the same ids (a review of 2026-12-06).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
 VIEW_CACHE_SIZE = 4096  # contexts whose forward pass is kept per published model...
 VIEW_CACHE_BYTES = 16 << 20  # ...and the memory they may take, per loop
 PERSIST_CHUNK = 64  # decision records per store write (one key, about 1 ms of writing)
@@ -716,14 +721,17 @@ class Loop:
                     raise TimeoutError(f"loop {self.name!r}: learner did not catch up")
                 self._progress.wait(timeout=0.05 if left is None else min(left, 0.05))
 
-    def save(self) -> None:
+    def save(self, *, unchanged: bool = True) -> None:
         """Write a model snapshot now (``EngineClosedError`` once the engine is closed: the
-        engine saved every loop as it closed)."""
+        engine saved every loop as it closed). ``unchanged=False`` writes none for a model
+        that learned nothing since it was restored or saved (the decision log is written
+        all the same)."""
         if self.closed:
             raise self._closed_error()
         with self._train_lock:
             self._log_decisions(retry=True)
-            self.trainer.save()
+            if unchanged or self.trainer.unsaved:
+                self.trainer.save()
 
     def stats(self) -> dict[str, Any]:
         """Counters for dashboards and health checks."""

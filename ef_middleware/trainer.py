@@ -316,6 +316,9 @@ class Trainer:
         self._since_rebuild = 0
         self._steps_since_snapshot = 0
         self._versions: list[int] | None = None  # saved snapshots, oldest first (read lazily)
+        # (step, samples learned) of the model the store holds for this process: the fresh
+        # model's until a restore or a save (a fresh start rebuilds that one)
+        self._as_saved = (0, 0)
 
     # -- inputs ----------------------------------------------------------------------------
     def inputs(self, slots: IntArray) -> FactoredInput:
@@ -538,6 +541,7 @@ class Trainer:
                              f"model:{self.name}:latest": f"v{version}".encode(),
                              f"model:{self.name}:versions": orjson.dumps(kept)})
         self._versions = kept  # once written: a failed write names no missing version
+        self._as_saved = (version, self.learned)
         for old in stale:
             self.store.delete(f"model:{self.name}:v{old}")
 
@@ -606,8 +610,19 @@ class Trainer:
                 log.warning("ef_middleware: loop %r: restored the older snapshot %s (the "
                             "newer could not be used)", self.name, name)
             self._apply(*read)
+            saved = read[0].get("correction")
+            if not tried and (saved is None or "cells_f64" in saved):
+                # the latest, in this version's form: nothing to write again until it learns
+                # (an older one, or an older form, is saved again at close)
+                self._as_saved = (self.net.step, self.learned)
             return True
         return False
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether the model learned anything since it was restored or saved (a fresh model
+        counts as saved: a fresh start gives it back)."""
+        return self._as_saved != (self.net.step, self.learned)
 
     def _snapshot_names(self) -> list[str]:
         """``v{n}`` of the snapshots to try: the latest, then the index's, newest first."""

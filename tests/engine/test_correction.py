@@ -137,7 +137,7 @@ def test_the_offsets_are_saved_as_raw_numbers_and_older_snapshots_still_load(
     second = Engine(folder, embedder=embedder, seed=6)
     again = second.loop("hero", actions=["minimal", "video"], correction_rate=0.5)
     assert again.restored and again.trainer.correction.cells == cells  # type: ignore[union-attr]
-    second.close()  # saves in the new form again
+    second.close()  # saves in the new form again (restored from an older form)
     _rewrite_latest(folder, "hero", damaged)
     with caplog.at_level(logging.WARNING, logger="ef_middleware"):
         third = Engine(folder, embedder=embedder, seed=7)

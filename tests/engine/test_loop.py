@@ -317,6 +317,41 @@ def test_snapshot_round_trip_restores_the_model(tmp_path: Path,
     second.close()
 
 
+def test_closing_a_model_that_learned_nothing_keeps_the_stores_snapshot(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Two processes on one store (a second uvicorn worker, documented as unsupported): the
+    one that learned nothing closed last and wrote its fresh model over the trained one's
+    snapshot, and the next start was untrained (a review of 2026-12-06). A model that
+    learned nothing since its restore is not saved at close; one that learned is."""
+    trainer = Engine(tmp_path / "ef", embedder=embedder, seed=5)
+    idle = Engine(tmp_path / "ef", embedder=embedder, seed=6)
+    hero = trainer.loop("hero", actions=HERO)
+    idle.loop("hero", actions=HERO).rank({"device": "mobile"})  # serves, never rewarded
+    for _ in range(20):
+        d = hero.rank({"device": "tablet"})
+        hero.reward(d.event_id, 1.0 if d.action_id == "video" else 0.0)
+    hero.flush()
+    version = hero.model_version
+    assert version > 0
+    trainer.close()
+    idle.close()
+    third = Engine(tmp_path / "ef", embedder=embedder)
+    again = third.loop("hero", actions=HERO)
+    assert again.restored and again.model_version == version
+    learned = again.trainer.learned
+    for _ in range(20):  # this one learns: its close saves
+        d = again.rank({"device": "tablet"})
+        again.reward(d.event_id, 1.0)
+    again.flush()
+    assert again.trainer.learned > learned
+    later = again.trainer.learned, again.trainer.net.step
+    third.close()
+    fourth = Engine(tmp_path / "ef", embedder=embedder)
+    restored = fourth.loop("hero", actions=HERO).trainer
+    assert (restored.learned, restored.net.step) == later
+    fourth.close()
+
+
 def test_only_the_last_three_snapshots_are_kept_whatever_their_versions(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """Snapshots land at the step a learning pass ends on (112, 224, ...) or at close; the
@@ -811,6 +846,9 @@ def test_close_saves_and_closes_everything_when_the_last_pass_fails(
     ``close()`` raise before it saved the model, closed the loops or the store."""
     eng = Engine(tmp_path / "ef", embedder=embedder, learner=False)
     hero = eng.loop("hero", actions=HERO)
+    d = hero.rank({"device": "mobile"})
+    hero.reward(d.event_id, 1.0)
+    hero.flush()  # learned: a model to save (one that learned nothing is not saved at close)
     d = hero.rank({"device": "mobile"})
     hero.reward(d.event_id, 1.0)
 
@@ -1379,6 +1417,27 @@ def test_ids_that_a_decision_cookie_cannot_hold_are_refused(engine: Engine) -> N
     with pytest.raises(InvalidInputError, match="at most 128"):
         hero.rank({"device": "mobile"}, [{"id": "x" * 129}, {"id": "y"}])
     assert hero.rank({}, ["a" * 128, "b"]).action_id in ("a" * 128, "b")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_draws_other_event_ids(engine: Engine) -> None:
+    """The id generator is seeded once at import; a child forked after it (gunicorn
+    --preload's workers) drew the parent's ids, one by one (a review of 2026-12-06)."""
+    hero = engine.loop("hero", actions=HERO)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out at once
+        try:
+            os.write(write, " ".join(loop_module._ids.getrandbits(128).to_bytes(16, "big").hex()
+                                     for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [hero.rank({"device": "mobile"}).event_id for _ in range(3)]
+    assert len(child) == 3 and not set(child) & set(parent)
 
 
 def test_a_callers_own_event_id_names_one_open_decision(engine: Engine) -> None:
@@ -2270,10 +2329,10 @@ def test_a_second_close_returns_once_the_first_has_saved(
     saved = threading.Event()
     real_save = hero.save
 
-    def slow_save() -> None:
+    def slow_save(**options: Any) -> None:
         saving.set()
         time.sleep(0.5)
-        real_save()
+        real_save(**options)
         saved.set()
 
     monkeypatch.setattr(hero, "save", slow_save)
@@ -2323,8 +2382,8 @@ def test_close_called_again_on_its_own_thread_returns(
     real_save = hero.save
     inner: list[bool] = []
 
-    def save_then_close_again() -> None:
-        real_save()
+    def save_then_close_again(**options: Any) -> None:
+        real_save(**options)
         eng.close()  # as a signal handler would, on this thread
         inner.append(True)
 
