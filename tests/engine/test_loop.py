@@ -220,6 +220,20 @@ def test_unseen_values_generalise_from_their_neighbours(engine: Engine) -> None:
     assert engine.embeddings.misses == misses + 4  # the unseen values were embedded once each
 
 
+def test_ranking_orders_by_probability_then_predicted_reward(engine: Engine) -> None:
+    """``d.ranking``: most likely first, and actions of equal probability (here ucb's
+    zeros) by their predicted reward, best first."""
+    more = [{"id": "quiz", "features": {"layout": "quiz"}},
+            {"id": "chat", "features": {"layout": "chat"}}]
+    hero = engine.loop("hero", actions=[*HERO, *more], strategy="ucb")
+    ranking = hero.rank({"device": "mobile"}).ranking
+    probs = [r.probability for r in ranking]
+    predicted = [r.predicted_reward for r in ranking[1:]]
+    assert probs == [1.0] + [0.0] * (len(ranking) - 1)
+    assert len(set(predicted)) == len(predicted)  # distinct, so the order says something
+    assert predicted == sorted(predicted, reverse=True)
+
+
 def test_ranking_never_runs_the_transformer_for_a_known_key(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     recording = RecordingEmbedder(embedder)
@@ -414,6 +428,7 @@ def test_a_restored_loop_has_the_saved_counts_posterior_and_served_weights(
     trainer = hero.trainer
     counts = {a: trainer.counts.get(a) for a in ("minimal", "video")}
     assert all(c > s > 0 or s == 0 < c for c, s in counts.values())  # rewards, not ones
+    assert counts["video"][0] > counts["video"][1] > 0  # the rewarded one's were summed
     assert sum(c for c, _ in counts.values()) == 40
     ctx = {"device": "mobile", "visits": 3}  # embedded already: no stand-in vector
     before = hero.rank(ctx)
@@ -1110,7 +1125,10 @@ def test_a_decision_without_reward_learns_the_default_reward_after_the_wait(
     hero = engine.loop("hero", actions=HERO, reward_range=(0, 4), reward_wait=60,
                        default_reward=1)
     hero.rank({"device": "mobile"})
-    clock.now += 61
+    clock.now += 59  # still waiting a second before its wait ends
+    hero.expire()
+    assert list(hero._ready) == [] and hero.stats()["pending"] == 1
+    clock.now += 2
     hero.expire()
     assert [s.reward for s in hero._ready] == [0.25]  # 1 on the range (0, 4)
     engine.close()

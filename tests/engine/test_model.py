@@ -114,6 +114,9 @@ def test_gradient_clipping_scales_to_the_norm() -> None:
     small = np.array([0.3, 0.4])
     clip_by_norm(small, 1.0)
     np.testing.assert_allclose(small, [0.3, 0.4])  # under the limit: untouched
+    near = np.array([0.6, 0.8]) * 1.01  # just over the limit: clipped to it
+    clip_by_norm(near, 1.0)
+    np.testing.assert_allclose(near, [0.6, 0.8])
 
 
 @pytest.mark.parametrize("max_norm", [1.0, 5.0])

@@ -76,6 +76,9 @@ Client = Callable[..., TestClient]
         (DESKTOP, "desktop", "Chrome", "Windows", False),
         (MAC_FIREFOX, "desktop", "Firefox", "Mac OS X", False),
         (GOOGLEBOT, "bot", "Googlebot", "Other", True),
+        # crawlers without a URL in their agent: ua-parser's Spider family alone says bot
+        ("Googlebot/2.1", "bot", "Googlebot", "Other", True),
+        ("Mozilla/5.0 (compatible; YandexBot/3.0)", "bot", "YandexBot", "Other", True),
         ("", "bot", "Other", "Other", True),
         ("curl/8.5.0", "bot", "curl", "Other", True),
         ("python-requests/2.31.0", "bot", "Python Requests", "Other", True),
@@ -343,6 +346,21 @@ def test_no_country_feature_without_a_valid_country_header(
     app = make_app(engine, [loop_name], country_header="CF-IPCountry")
     headers = {} if value is None else {"cf-ipcountry": value}
     assert "country" not in client_for(app).get("/context", headers=headers).json()
+
+
+def test_a_visitor_cookie_older_than_its_max_age_is_a_new_visitor(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """The visitor cookie is signed with its time and read for ``visitor_max_age`` (a year)
+    after its last refresh, as its Max-Age tells the browser; past that, even if a client
+    still sends it, the visitor is new."""
+    client = client_for(make_app(engine, [loop_name], clock=clock))
+    client.get("/context")
+    year = 365 * 24 * 3600
+    clock.advance(year - 60)  # a new visit before the year is over: refreshed
+    assert client.get("/context").json()["visits"] == 2
+    clock.advance(year + 1)
+    again = client.get("/context").json()
+    assert (again["returning"], again["visits"]) == (False, 1)
 
 
 def test_tampered_visitor_cookie_is_a_new_visitor(engine: Engine, loop_name: str, clock: Clock,

@@ -46,9 +46,13 @@ def test_reward_is_stored_and_learned(engine: Engine, loop_name: str,
     response = post(visitor, {"loop": loop_name, "value": 1})
     assert response.status_code == 204 and response.content == b""
     assert stats(engine, loop_name)["rewards"] == 1
-    engine.get_loop(loop_name).flush()
+    loop = engine.get_loop(loop_name)
+    loop.flush()
     after = stats(engine, loop_name)
     assert after["learned"] >= 1  # handed to the trainer (a step comes every 8 samples)
+    # ...with its value: one sample, of reward 1, for the variant shown
+    learned = [loop.trainer.counts.get(action.id) for action in loop.actions]
+    assert sorted(learned) == [(0.0, 0.0)] * (len(learned) - 1) + [(1.0, 1.0)]
 
 
 def test_default_value_is_the_top_of_the_range(engine: Engine, clock: Clock,
