@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-vw", action="store_true", help="skip the Vowpal Wabbit peer")
     p.add_argument("--vw-args", default=DEFAULT_ARGS, help=f"VW arguments ({DEFAULT_ARGS!r})")
+    p.add_argument("--no-tuned-vw", action="store_true",
+                   help="skip the second VW peer, tuned per problem on seeds 0-7 "
+                        "(benchmarks/agents/vw.py, TUNED)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar on stderr")
     p.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results")
     web = p.add_argument_group("web simulator")

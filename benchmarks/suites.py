@@ -10,7 +10,7 @@ from typing import Any
 
 from benchmarks.agents.base import UNIFORM, AgentSpec
 from benchmarks.agents.engine import engine_spec, engine_unavailable
-from benchmarks.agents.vw import vw_spec
+from benchmarks.agents.vw import tuned_vw_args, tuned_vw_spec, vw_spec
 from benchmarks.learning import Run, ShiftSpec, run_experiment
 from benchmarks.problems.base import Problem
 from benchmarks.problems.uci import Magic, Mushroom
@@ -26,8 +26,9 @@ DEFAULTS = {
 }
 
 
-def agent_specs(args: Namespace) -> list[AgentSpec]:
-    """Engine strategies (when the engine imports), uniform and VW, as the flags select."""
+def agent_specs(args: Namespace, problem: str | None = None) -> list[AgentSpec]:
+    """Engine strategies (when the engine imports), uniform and VW, as the flags select: VW
+    as ``--vw-args`` says (its defaults unless told), and VW tuned for ``problem``."""
     specs: list[AgentSpec] = []
     if args.strategies:
         reason = engine_unavailable()
@@ -40,6 +41,8 @@ def agent_specs(args: Namespace) -> list[AgentSpec]:
     specs.append(UNIFORM)
     if not args.no_vw:
         specs.append(vw_spec(args.vw_args))
+        if problem is not None and not getattr(args, "no_tuned_vw", False):
+            specs.append(tuned_vw_spec(problem))
     return specs
 
 
@@ -71,8 +74,11 @@ def experiment(
 
 
 def config_dict(
-    args: Namespace, horizon: int, seeds: list[int], specs: Sequence[AgentSpec]
+    args: Namespace, horizon: int, seeds: list[int], specs: Sequence[AgentSpec],
+    problem: str | None = None,
 ) -> dict[str, Any]:
+    tuned = (tuned_vw_args(problem) if problem is not None
+             and any(s.name == "vw-tuned" for s in specs) else None)
     return {
         "quick": args.quick,
         "horizon": horizon,
@@ -81,6 +87,7 @@ def config_dict(
         "flush_every": args.flush_every,
         "sync_learner": args.sync_learner,
         "vw_args": args.vw_args,
+        "vw_tuned_args": tuned,
         "regret": "expected payoffs; uniform = expected regret of a "
         "uniform random policy on the same stream",
     }
@@ -90,7 +97,7 @@ def run_uci(args: Namespace, name: str) -> dict[str, Any]:
     """Mushroom or MAGIC: regret relative to uniform = 100, mean ± 95% t-interval over seeds."""
     problem: Problem = Mushroom() if name == "mushroom" else Magic()
     horizon, seeds = sizes(args, name)
-    specs = agent_specs(args)
+    specs = agent_specs(args, name)
     start = time.perf_counter()
     runs = experiment(problem, specs, seeds, horizon, args)
     wall = time.perf_counter() - start
@@ -125,7 +132,7 @@ def run_uci(args: Namespace, name: str) -> dict[str, Any]:
     title = f"{name}: T={horizon}, {len(seeds)} seeds, mean ± 95% t-interval; wall {wall:.0f}s"
     print(f"\n## {title}\n\n{text}\n")
     payload = {
-        "config": config_dict(args, horizon, seeds, specs),
+        "config": config_dict(args, horizon, seeds, specs, name),
         "wall_seconds": wall,
         "summary": summary,
         "runs": runs_json(runs),

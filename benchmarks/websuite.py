@@ -54,15 +54,18 @@ def _main_table(runs: list[Run], shift: ShiftSpec) -> str:
             ]
         )
     text = table(headers, rows)
-    vw = next((a for a in summary if a.startswith("vw")), None)
+    peers = [a for a in summary if a.startswith("vw")]
     for agent in summary:
-        if not agent.startswith("ef:") or vw is None:
+        if not agent.startswith("ef:"):
             continue
-        for key, label in (("expected_reward", "expected conversions"),
-                           ("reward", "conversions"), ("recovery_visitors", "recovery visitors")):
-            d = paired_difference(runs, agent, vw, key)
-            if d is not None:
-                text += f"\n\n{agent} - {vw}, {label} (paired over {d.n} seeds): {d.fmt(1)}"
+        for vw in peers:
+            for key, label in (("expected_reward", "expected conversions"),
+                               ("reward", "conversions"),
+                               ("recovery_visitors", "recovery visitors")):
+                d = paired_difference(runs, agent, vw, key)
+                if d is not None:
+                    text += (f"\n\n{agent} - {vw}, {label} (paired over {d.n} seeds): "
+                             f"{d.fmt(1)}")
     return text
 
 
@@ -105,7 +108,7 @@ def run_web(args: Namespace) -> dict[str, Any]:
         ma_window=args.ma_window,
         tolerance=args.tolerance,
     )
-    specs = agent_specs(args)
+    specs = agent_specs(args, "web")
     start = time.perf_counter()
     runs = experiment(problem, specs, seeds, horizon, args, shift)
     wall_main = time.perf_counter() - start
@@ -144,7 +147,7 @@ def run_web(args: Namespace) -> dict[str, Any]:
 
     payload = {
         "config": {
-            **config_dict(args, horizon, seeds, specs),
+            **config_dict(args, horizon, seeds, specs, "web"),
             "shift_kind": args.shift_kind,
             "shift_at": problem.shift_step(horizon),
             "recovery": shift.__dict__,

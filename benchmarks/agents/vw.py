@@ -81,3 +81,21 @@ class VWAgent:
 def vw_spec(args: str = DEFAULT_ARGS) -> AgentSpec:
     name = "vw-squarecb" if args == DEFAULT_ARGS else f"vw[{args}]"
     return AgentSpec(name, lambda problem, seed: VWAgent(problem, seed, args), "vw")
+
+
+# VW's learning rate and SquareCB's gamma scale per problem, chosen on development seeds 0-7
+# by ``python -m benchmarks.vw_tune <problem>`` (-l 0.1-4 by --gamma_scale 10-300, with the
+# issue's -q UA; docs/benchmarks.md, "A tuned VW"): the engine's settings were tuned on
+# development seeds, and its peer is given the same. VW's own defaults are -l 0.5 and 10.
+TUNED = {"mushroom": "-l 0.1 --gamma_scale 30", "magic": "-l 1 --gamma_scale 300",
+         "web": "-l 0.1 --gamma_scale 300"}
+
+
+def tuned_vw_args(problem: str) -> str:
+    return f"{DEFAULT_ARGS} {TUNED[problem]}"
+
+
+def tuned_vw_spec(problem: str) -> AgentSpec:
+    """``vw-tuned``: VW with ``problem``'s settings from :data:`TUNED`."""
+    args = tuned_vw_args(problem)
+    return AgentSpec("vw-tuned", lambda p, seed: VWAgent(p, seed, args), "vw")
