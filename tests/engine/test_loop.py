@@ -40,6 +40,7 @@ from ef_middleware import loop as loop_module
 from ef_middleware.loop import WRITE_GRACE, Loop
 from ef_middleware.policies.base import gaussian_probabilities, resolve_choices
 from ef_middleware.settings import LoopSettings
+from tests.descriptors import open_under
 from tests.engine.embedders import RecordingEmbedder
 
 HERO = [
@@ -2292,13 +2293,6 @@ def test_an_engine_closed_leaves_no_connection_of_its_threads_open(
     end: diskcache keeps one per thread, and an ended thread's stayed open until a full
     garbage collection (a review of 2026-12-05 counted 17 descriptors after three opens and
     closes). Collections are off here, as a busy process may go long without a full one."""
-    def open_files() -> int:
-        count = 0
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
-        return count
-
     gc.collect()
     gc.disable()
     try:
@@ -2313,7 +2307,7 @@ def test_an_engine_closed_leaves_no_connection_of_its_threads_open(
             assert eng.health()["learner"] == "running"
             eng.close()
             del eng, hero, d
-        assert open_files() == 0
+        assert open_under(tmp_path) == 0
     finally:
         gc.enable()
 

@@ -35,6 +35,7 @@ from web_helpers import (
 from ef_middleware import Engine
 from ef_middleware.web import PersonalizationMiddleware
 from ef_middleware.web.middleware import with_cookies
+from tests.descriptors import open_under
 
 Client = Callable[..., TestClient]
 
@@ -416,20 +417,12 @@ def test_the_reward_writers_store_connections_close_at_shutdown(
     (collections are off here, as a busy process may go long without a full one)."""
     engine = new_engine()
     runtime = _middleware(make_app(engine, [])).runtime
-
-    def open_files() -> int:
-        count = 0
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
-        return count
-
     gc.collect()
     gc.disable()
     try:
         asyncio.run(runtime.write(engine.store.set, "k", b"v"))  # on the writer's thread
         runtime.shutdown()
-        assert open_files() == 0
+        assert open_under(tmp_path) == 0
     finally:
         gc.enable()
 
@@ -606,8 +599,8 @@ def test_dependency_without_middleware_says_so() -> None:
         TestClient(api).get("/")
 
 
-def test_server_side_reward(engine: Engine, loop_name: str, client_for: Client) -> None:
-    from starlette.responses import PlainTextResponse
+def _app_that_sells(engine: Engine, loop_name: str) -> Starlette:
+    """The test app with ``POST /buy``: a server-side reward of 1 (404 without a decision)."""
     from starlette.routing import Route
 
     from ef_middleware.web import NoDecisionError
@@ -621,7 +614,11 @@ def test_server_side_reward(engine: Engine, loop_name: str, client_for: Client) 
 
     app = make_app(engine, [loop_name])
     app.router.routes.append(Route("/buy", buy, methods=["POST"]))
-    client = client_for(app)
+    return app
+
+
+def test_server_side_reward(engine: Engine, loop_name: str, client_for: Client) -> None:
+    client = client_for(_app_that_sells(engine, loop_name))
     assert client.post("/buy").status_code == 404
     client.get("/")
     assert client.post("/buy").text == "thanks"
@@ -634,19 +631,7 @@ def test_a_server_side_reward_is_refused_to_a_bot_with_a_visitors_cookie(
     """Bots get no decision cookie, so the docs say ``ef.reward`` raises ``NoDecisionError``
     for one; a bot that sends a visitor's cookie was rewarded all the same (a review of
     2026-12-06)."""
-    from starlette.routing import Route
-
-    from ef_middleware.web import NoDecisionError
-
-    async def buy(request: Request) -> PlainTextResponse:
-        try:
-            request.scope["ef"].reward(loop_name, 1.0)
-        except NoDecisionError as exc:
-            return PlainTextResponse(exc.code, status_code=404)
-        return PlainTextResponse("thanks")
-
-    app = make_app(engine, [loop_name])
-    app.router.routes.append(Route("/buy", buy, methods=["POST"]))
+    app = _app_that_sells(engine, loop_name)
     visitor = client_for(app)
     visitor.get("/")
     bot = client_for(app, user_agent=GOOGLEBOT)
