@@ -1,4 +1,4 @@
-/*! ef.js: ef_middleware's client: conversions and the visitor's time zone. */
+/*! ef.js (ef_middleware): conversions and the visitor's time zone */
 (function (w, d) {
   'use strict';
   try {
@@ -73,8 +73,8 @@
     };
 
     // <a data-ef-convert="hero" data-ef-value="1">: clicks (forms: submits; links: middle
-    // clicks too) convert once: not again within a second by that element, or by the submit
-    // of a click that did.
+    // clicks too) convert once: not again within a second by that element, nor by a submit
+    // within a second of a click that converted the loop.
     var lastEl, lastAt, clicked = {};
     var auto = function (event) {
       try {

@@ -361,9 +361,23 @@ def test_closing_a_model_that_learned_nothing_keeps_the_stores_snapshot(
     assert again.trainer.learned > learned
     later = again.trainer.learned, again.trainer.net.step
     third.close()
+    # Two processes restore that snapshot; one learns and closes, the idle one closes last
+    # (the usual case when two workers restart together): the learned one is kept.
+    busy = Engine(tmp_path / "ef", embedder=embedder, seed=7)
+    idle = Engine(tmp_path / "ef", embedder=embedder, seed=8)
+    ahead = busy.loop("hero", actions=HERO)
+    assert idle.loop("hero", actions=HERO).restored and ahead.restored
+    for _ in range(20):
+        d = ahead.rank({"device": "tablet"})
+        ahead.reward(d.event_id, 1.0)
+    ahead.flush()
+    latest = ahead.trainer.learned, ahead.trainer.net.step
+    assert latest != later
+    busy.close()
+    idle.close()
     fourth = Engine(tmp_path / "ef", embedder=embedder)
     restored = fourth.loop("hero", actions=HERO).trainer
-    assert (restored.learned, restored.net.step) == later
+    assert (restored.learned, restored.net.step) == latest
     fourth.close()
 
 
