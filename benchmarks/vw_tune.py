@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -34,8 +35,8 @@ from benchmarks.report import table, write_json
 from benchmarks.stats import summarize
 from benchmarks.suites import DEFAULTS
 
-RATES = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # VW's -l (its default: 0.5)
-GAMMAS = (10.0, 30.0, 100.0, 300.0)  # SquareCB's --gamma_scale (its default: 10)
+RATES = (0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # VW's -l (its default: 0.5)
+GAMMAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)  # SquareCB's --gamma_scale (default: 10)
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -108,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n## vw-tune {args.problem}: T={horizon}, seeds {seeds[0]}-{seeds[-1]}, "
           f"wall {wall:.0f}s\n\n{text}\n")
     payload: dict[str, Any] = {
-        "command": "python -m benchmarks.vw_tune " + " ".join(sys.argv[1:] if argv is None
-                                                               else argv),
+        "command": "python -m benchmarks.vw_tune " + shlex.join(sys.argv[1:] if argv is None
+                                                                 else argv),
         "config": {"problem": args.problem, "horizon": horizon, "seeds": seeds,
                    "extra": args.extra},
         "wall_seconds": wall,
