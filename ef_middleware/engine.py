@@ -243,7 +243,7 @@ class Engine:
                     # Not a model that learned nothing here: a second process on the store
                     # (documented as unsupported, and done all the same) wrote its fresh
                     # model over the first one's trained snapshot as it closed last.
-                    loop.save(unchanged=False)
+                    loop.save(only_if_learned=True)
                 except Exception as exc:
                     log.error("closing loop %r: its model could not be saved (%s: %s)",
                               loop.name, type(exc).__name__, exc)

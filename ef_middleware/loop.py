@@ -721,16 +721,16 @@ class Loop:
                     raise TimeoutError(f"loop {self.name!r}: learner did not catch up")
                 self._progress.wait(timeout=0.05 if left is None else min(left, 0.05))
 
-    def save(self, *, unchanged: bool = True) -> None:
+    def save(self, *, only_if_learned: bool = False) -> None:
         """Write a model snapshot now (``EngineClosedError`` once the engine is closed: the
-        engine saved every loop as it closed). ``unchanged=False`` writes none for a model
-        that learned nothing since it was restored or saved (the decision log is written
-        all the same)."""
+        engine saved every loop as it closed). ``only_if_learned=True`` writes none for a
+        model that learned nothing since it was restored or saved (the decision log is
+        written all the same)."""
         if self.closed:
             raise self._closed_error()
         with self._train_lock:
             self._log_decisions(retry=True)
-            if unchanged or self.trainer.unsaved:
+            if not only_if_learned or self.trainer.unsaved:
                 self.trainer.save()
 
     def stats(self) -> dict[str, Any]:
