@@ -43,6 +43,7 @@ __all__ = [
     "VisitorState",
     "cookie_attributes",
     "cookie_values",
+    "decision_cookie",
     "dump_decisions",
     "dump_visitor",
     "entry_expired",
@@ -423,6 +424,14 @@ def last_verified(
             continue
         return value
     return values[-1]
+
+
+def decision_cookie(
+    serializer: URLSafeTimedSerializer, header: str, name: str, *, max_age: int
+) -> str | None:
+    """The decision cookie ``name`` of a ``Cookie`` header: of several, the last that
+    verifies (:func:`cookie_values`, :func:`last_verified`)."""
+    return last_verified(serializer, cookie_values(header, name), max_age=max_age)
 
 
 def _fresh(entry: DecisionEntry, max_age: int, now: float) -> bool:

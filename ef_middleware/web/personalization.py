@@ -270,9 +270,8 @@ class Personalization:
                 # Perhaps two cookies of that name (a host-only and a Domain= one): self.cookies
                 # kept the last, and ours may be the other (a review of 2026-12-05). Only then
                 # is the header parsed again.
-                raw = ck.last_verified(self._rt.decisions,
-                                        ck.cookie_values(header, s.decision_cookie),
-                                        max_age=s.decision_max_age)
+                raw = ck.decision_cookie(self._rt.decisions, header, s.decision_cookie,
+                                         max_age=s.decision_max_age)
             self._incoming = ck.load_decisions(self._rt.decisions, raw,
                                                max_age=s.decision_max_age, now=self._now)
         return self._incoming

@@ -178,9 +178,8 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     low, high = loop.settings.reward_range
     if value is not None and not low <= value <= high:
         return error(400, "bad_value", f"value must lie within {low}..{high}")
-    raw = ck.last_verified(rt.decisions,
-                            ck.cookie_values(headers.get("cookie", ""), s.decision_cookie),
-                            max_age=s.decision_max_age)
+    raw = ck.decision_cookie(rt.decisions, headers.get("cookie", ""), s.decision_cookie,
+                             max_age=s.decision_max_age)
     if not raw:
         return error(404, "no_decision", f"this visitor has no decision for loop {name!r}")
     now = rt.now()
