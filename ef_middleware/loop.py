@@ -610,7 +610,8 @@ class Loop:
             # rate above the learner's still lets it persist, expire and report between
             # calls. How many wait says whether it keeps up, and so this call's replay ratio.
             waiting = self.waiting
-            self.replay_ratio = self.settings.replay_ratio_at(waiting)
+            self.replay_ratio = self.settings.replay_ratio_at(waiting,
+                                                              self.trainer.fresh_gain.gain)
             learned = 0
             while learned < waiting:
                 batch = [self._ready.popleft() for _ in range(min(LEARN_CHUNK, waiting - learned))]
@@ -744,7 +745,8 @@ class Loop:
                 "finalised_early": self.finalised_early,
                 "stand_ins_learned": self.trainer.stand_ins_learned,
                 "updates": self.trainer.net.step,
-                "model_version": self.model_version, "replay_ratio": self.replay_ratio}
+                "model_version": self.model_version, "replay_ratio": self.replay_ratio,
+                "fresh_gain": self.trainer.fresh_gain.gain}
 
 
 class RewardWrite:

@@ -118,6 +118,7 @@ class RewardNet:
         self.step = 0
         self.fused: bool | None = None  # the optimiser step's kernel, see apply()
         self._tensors: tuple[list[list[Any]], list[Any], Any] | None = None  # torch views
+        self.logits: Array = np.zeros(0, dtype=self.dtype)  # of the last loss_and_grad
 
     # -- forward / backward -------------------------------------------------------------------
     def forward(self, x: Array | FactoredInput, *, train: bool = False
@@ -168,8 +169,11 @@ class RewardNet:
 
     def loss_and_grad(self, x: Array | FactoredInput, y: Array, *,
                       train: bool = True) -> tuple[float, Array]:
-        """Mean binary cross entropy of ``sigmoid(logits)`` against targets ``y`` in [0, 1]."""
+        """Mean binary cross entropy of ``sigmoid(logits)`` against targets ``y`` in [0, 1].
+        The logits stay in :attr:`logits` until the next call (the learner's gauge of the
+        network on samples it has not learned yet reads them: :mod:`~ef_middleware.gain`)."""
         logits, acts = self.forward(x, train=train)
+        self.logits = logits
         # log(1 + e^z) - y z, computed stably
         loss = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
         dlogits = (sigmoid(logits) - y) / len(y)

@@ -33,6 +33,7 @@ from ._types import Context, FloatArray, IntArray
 from .correction import Correction
 from .counts import ActionCounts
 from .features import Action, EncodedContext, FeatureEncoder, NumericSpace, RunningScaler
+from .gain import FreshGain
 from .memo import Memo
 from .model import FactoredInput, RewardNet, ServingModel, layer_views
 from .posterior import LaplacePosterior, LinearPosterior, PosteriorSnapshot, with_bias
@@ -307,6 +308,7 @@ class Trainer:
         rate = settings.correction_rate or 0.0  # resolved by LoopSettings: never None here
         self.correction = (Correction(rate, half_life=settings.correction_half_life)
                            if rate > 0 else None)
+        self.fresh_gain = FreshGain()  # the network on samples before it learns them
         self.learned = 0
         self.stand_ins_learned = 0  # samples learned from stand-ins (a flood, a failing embedder)
         self._embedding_warnings = Throttle(EMBEDDING_WARN_EVERY)
@@ -428,6 +430,8 @@ class Trainer:
             drawn = self.replay.draw(self.rng, size - fresh.size, cfg.replay_recency)
             batch = np.concatenate([fresh, drawn])
             self.net.train_batch(self.inputs(batch), self.replay.y[batch])
+            # the fresh rows come first, and the step's forward saw them before learning them
+            self.fresh_gain.add(self.net.logits[:fresh.size], self.replay.y[fresh])
             steps += 1
             yield_to_requests()
         self._steps_since_snapshot += steps
@@ -522,6 +526,7 @@ class Trainer:
             "version": self.net.step, "learned": self.learned,
             "numeric": self.encoder.numeric.state(), "text": self.text_scaler.state(),
             "stats": self.counts.state(), "correction": correction,
+            "gain": self.fresh_gain.state(),
             "posterior": None if self.posterior is None else {
                 # orjson writes C-contiguous arrays only
                 "precision": np.ascontiguousarray(self.posterior.precision),
@@ -589,6 +594,8 @@ class Trainer:
             text.restore(meta["text"])
             _check_scaler(text, text.mean.shape[0], "text")
         ActionCounts().restore(meta["stats"])
+        if "gain" in meta:  # older snapshots have none: the gauge starts afresh
+            FreshGain().restore(meta["gain"])
         saved = meta.get("posterior")
         if saved is not None:
             np.asarray(saved["precision"], dtype=np.float64)
@@ -669,6 +676,8 @@ class Trainer:
         if "text" in meta:
             self.text_scaler.restore(meta["text"])
         self.counts.restore(meta["stats"])
+        if "gain" in meta:
+            self.fresh_gain.restore(meta["gain"])
         if self.correction is not None and meta.get("correction"):
             self._restore_correction(meta["correction"], cells)
         saved = meta.get("posterior")

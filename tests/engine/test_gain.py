@@ -1,0 +1,130 @@
+"""The gauge of the network on fresh samples, and the replay ratio that follows it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ef_middleware import ConfigurationError, Engine, SentenceTransformerEmbedder
+from ef_middleware.gain import HORIZON, MIN_WEIGHT, FreshGain
+from ef_middleware.loop import Loop
+from ef_middleware.settings import LoopSettings
+
+HERO = [
+    {"id": "minimal", "features": {"layout": "minimal", "cta": "Start free trial"}},
+    {"id": "video", "features": {"layout": "video", "cta": "Watch demo"}},
+]
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def test_the_gain_compares_the_network_with_the_mean_reward_on_the_same_samples() -> None:
+    gauge = FreshGain()
+    y = np.array([1.0, 0.0, 0.0, 0.0] * 50, dtype=np.float32)  # 200 samples, a quarter 1
+    z = np.where(y == 1, logit(0.8), logit(0.1)).astype(np.float32)
+    gauge.add(z, y)
+    # the constant is the mean reward before them: (0 + 0.5) / (0 + 1) = 0.5, log loss ln 2
+    model = -(0.25 * math.log(0.8) + 0.75 * math.log(0.9))
+    assert gauge.gain == pytest.approx(1.0 - model / math.log(2.0), rel=1e-5)
+    assert gauge.weight == pytest.approx(1.0 - (1.0 - 1.0 / HORIZON) ** 200)
+
+
+def test_the_gain_waits_for_enough_samples_and_weighs_recent_ones_more() -> None:
+    gauge = FreshGain()
+    first = int(math.log(1.0 - MIN_WEIGHT) / math.log(1.0 - 1.0 / HORIZON))  # just short
+    y = np.tile(np.array([1.0, 0.0], dtype=np.float32), first)[:first]
+    gauge.add(np.where(y == 1, 3.0, -3.0).astype(np.float32), y)
+    assert gauge.gain is None
+    gauge.add(np.array([3.0], np.float32), np.array([1.0], np.float32))
+    assert gauge.gain is not None and gauge.gain > 0.8  # a good predictor: far above 0
+    before = gauge.gain
+    for _ in range(20):  # the network now predicts the opposite: the gain falls below 0
+        gauge.add(np.where(y == 1, -3.0, 3.0).astype(np.float32), y)
+    assert gauge.gain < 0 < before
+
+
+def test_a_network_that_predicts_the_mean_gains_nothing() -> None:
+    gauge = FreshGain()
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        y = (rng.random(64) < 0.1).astype(np.float32)
+        mean = (gauge.reward_sum + 0.5) / (gauge.count + 1.0)
+        gauge.add(np.full(64, logit(mean), np.float32), y)
+    assert gauge.gain == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_state_round_trips_and_a_damaged_one_changes_nothing() -> None:
+    gauge = FreshGain()
+    gauge.add(np.zeros(300, np.float32), np.ones(300, np.float32))
+    copy = FreshGain()
+    copy.restore(gauge.state())
+    assert copy.state() == gauge.state() and copy.gain == gauge.gain
+    for damage in ({"weight": 1.5}, {"model_loss": float("nan")}, {"count": -1},
+                   {"reward_sum": -2.0}):
+        with pytest.raises(ValueError, match="damaged"):
+            copy.restore({**gauge.state(), **damage})
+        assert copy.state() == gauge.state()
+
+
+def test_the_boost_rises_log_linearly_from_the_start_gain_to_the_full_one() -> None:
+    s = LoopSettings(replay_ratio=4, replay_boost=4, replay_boost_start=0.02,
+                     replay_boost_full=0.10, replay_backlog=100)
+    assert s.boost(None) == s.boost(-0.5) == s.boost(0.02) == 1.0
+    assert s.boost(0.06) == pytest.approx(2.0)  # half way: the square root of 4
+    assert s.boost(0.10) == s.boost(0.9) == 4.0
+    assert s.replay_ratio_at(0, 0.5) == 16.0 and s.replay_ratio_at(0, 0.0) == 4.0
+    # a backlog sheds the boosted ratio, down to one visit a sample
+    assert s.replay_ratio_at(200, 0.5) == 8.0 and s.replay_ratio_at(10**6, 0.5) == 1.0
+    assert LoopSettings(replay_boost=1).replay_ratio_at(0, 0.9) == 4.0  # off
+
+
+@pytest.mark.parametrize("bad", [{"replay_boost": 0.5}, {"replay_boost": math.inf},
+                                 {"replay_boost_start": 0.2, "replay_boost_full": 0.1},
+                                 {"replay_boost_start": -0.1}, {"replay_boost_full": 1.5}])
+def test_bad_boost_settings_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="replay_boost"):
+        LoopSettings(**bad)
+
+
+Rewards = Callable[[str, str, np.random.Generator], float]
+
+
+def _learn(hero: Loop, rewards: Rewards, n: int) -> None:
+    """``n`` visitors, half on mobile, each rewarded by ``rewards(device, action, rng)``."""
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        device = "mobile" if rng.random() < 0.5 else "desktop"
+        d = hero.rank({"device": device})
+        hero.reward(d.event_id, rewards(device, d.action_id, rng))
+        if i % 50 == 49:
+            hero.flush()
+
+
+def test_rewards_the_context_explains_are_replayed_more_and_noise_is_not(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:
+        clear = eng.loop("clear", actions=HERO)
+        noisy = eng.loop("noisy", actions=HERO)
+        _learn(clear, lambda device, action, rng: float(
+            (device == "mobile") == (action == "minimal")), 1500)
+        _learn(noisy, lambda device, action, rng: float(rng.random() < 0.1), 1500)
+        clear_gain, ratio = clear.stats()["fresh_gain"], clear.stats()["replay_ratio"]
+        assert clear_gain > 0.10 and ratio == 16.0  # the full boost: 4 times the ratio of 4
+        gain, ratio = noisy.stats()["fresh_gain"], noisy.stats()["replay_ratio"]
+        assert gain < 0.02 and ratio == 4.0
+    finally:
+        eng.close()
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:  # the gauge is saved with the model: a restarted loop goes on at the same ratio
+        restored = eng.loop("clear", actions=HERO)
+        assert restored.stats()["fresh_gain"] == clear_gain
+    finally:
+        eng.close()
