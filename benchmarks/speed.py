@@ -89,7 +89,9 @@ def speed_table(engine: dict[str, Any] | None, vw: dict[str, Any]) -> str:
         e = engine["by_k"].get(k, {}).get("learn") if engine else None
         rows2.append(
             [
-                "rewards learned /s (reward+flush vs VW learn)",
+                "rewards learned /s (reward+flush vs VW learn)" if not e else
+                f"rewards learned /s (reward+flush at replay ratio "
+                f"{e.get('replay_ratio', float('nan')):.1f} vs VW learn)",
                 k,
                 f"{e['per_s']:.0f}" if e else "-",
                 f"{v['learn']['per_s']:.0f}",

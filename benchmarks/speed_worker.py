@@ -135,19 +135,24 @@ def engine_k(k: int, calls: int, pool: list[dict[str, Any]], seed: int) -> dict[
         fresh = latency(lambda i: loop.rank(unseen(pool[i % n], i)), calls)
         events = [loop.rank(pool[i % n]).event_id for i in range(calls)]
         loop.learn_pending()  # log the decisions now: the timed part is rewards to learned
+        steps = loop.trainer.net.step
         t0 = time.perf_counter()
         for i, event in enumerate(events):
             loop.reward(event, float(i % 2))
         enqueued = time.perf_counter() - t0
         loop.flush()
         learned = time.perf_counter() - t0
+        # the replay ratio these rewards were learned at (boosted while the network predicted
+        # the warm-up's rewards well: see LoopSettings.replay_boost)
+        ratio = (loop.trainer.net.step - steps) * loop.settings.batch_size / calls
     return {
         "setup_s": setup,
         "rank": warm,
         "rank_new_context": forward,
         "bare_forward": floor,
         "rank_unseen": fresh,
-        "learn": {"n": calls, "per_s": calls / learned, "enqueue_per_s": calls / enqueued},
+        "learn": {"n": calls, "per_s": calls / learned, "enqueue_per_s": calls / enqueued,
+                  "replay_ratio": ratio},
     }
 
 
