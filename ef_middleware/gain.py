@@ -9,8 +9,9 @@ the signal").
 
 :class:`FreshGain` measures which case a loop is in. Each sample's first optimiser step sees it
 before the network has learned from it, so the log loss there is an honest (prequential) test
-loss. It is compared with the log loss of a constant prediction, the mean reward so far, on the
-same samples. The *relative information gain* ``1 - model loss / constant loss`` (one minus
+loss. It is compared with the log loss of a constant prediction, the recent mean reward (over
+the same horizon, so that a base rate that drifts is not taken for signal), on the same
+samples. The *relative information gain* ``1 - model loss / constant loss`` (one minus
 He et al.'s (2014) normalised entropy) is about 0 when the network predicts no better than the
 mean reward, and grows with the share of the reward it explains. Comparing the two losses on
 the same samples cancels most of the label noise both share, so a thousand samples give a
@@ -36,16 +37,18 @@ class FreshGain:
     """Exponentially averaged log losses of the network and of the mean reward on fresh samples.
 
     Both averages carry the same weights, so their ratio needs no bias correction; ``gain``
-    stays ``None`` until the averages hold ``MIN_WEIGHT`` of their full weight.
+    stays ``None`` until the averages hold ``MIN_WEIGHT`` of their full weight. The mean reward
+    is discounted the same way (``reward_sum / reward_weight``, with half a reward of prior).
     """
 
     def __init__(self, horizon: float = HORIZON) -> None:
+        self.horizon = horizon
         self.keep = 1.0 - 1.0 / horizon  # per sample
         self.model_loss = 0.0
         self.constant_loss = 0.0
         self.weight = 0.0
-        self.reward_sum = 0.0
-        self.count = 0
+        self.reward_sum = 0.0  # discounted sum of the rewards seen
+        self.reward_weight = 0.0  # discounted count of them
 
     def add(self, logits: FloatArray, rewards: FloatArray) -> None:
         """Fold in fresh samples: the network's ``logits`` for them before it learned them and
@@ -55,7 +58,7 @@ class FreshGain:
             return
         y = rewards.astype(np.float64)
         z = logits.astype(np.float64)
-        mean = (self.reward_sum + 0.5) / (self.count + 1.0)  # the prediction before these
+        mean = (self.reward_sum + 0.5) / (self.reward_weight + 1.0)  # before these samples
         p = min(max(mean, PROBABILITY_FLOOR), 1.0 - PROBABILITY_FLOOR)
         constant = float(np.mean(-(y * math.log(p) + (1.0 - y) * math.log(1.0 - p))))
         model = float(np.mean(np.logaddexp(0.0, z) - y * z))  # -log sigmoid, stably
@@ -63,8 +66,9 @@ class FreshGain:
         self.constant_loss = keep * self.constant_loss + (1.0 - keep) * constant
         self.model_loss = keep * self.model_loss + (1.0 - keep) * model
         self.weight = keep * self.weight + (1.0 - keep)
-        self.reward_sum += float(y.sum())
-        self.count += n
+        ages = self.keep ** np.arange(n - 1, -1, -1, dtype=np.float64)  # the last is newest
+        self.reward_sum = keep * self.reward_sum + float(ages @ y)
+        self.reward_weight = keep * self.reward_weight + float(ages.sum())
 
     @property
     def gain(self) -> float | None:
@@ -74,17 +78,23 @@ class FreshGain:
             return None
         return 1.0 - self.model_loss / self.constant_loss
 
-    def state(self) -> dict[str, Any]:
-        return {"model_loss": self.model_loss, "constant_loss": self.constant_loss,
-                "weight": self.weight, "reward_sum": self.reward_sum, "count": self.count}
+    def state(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in _STATE}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Take a saved :meth:`state`; ``ValueError`` (and nothing changed) for one that is
-        not finite, negative or out of range."""
-        values = [float(state[k]) for k in ("model_loss", "constant_loss", "weight",
-                                            "reward_sum")]
-        count = int(state["count"])
-        if not all(math.isfinite(v) and v >= 0 for v in values) or count < 0 or values[2] > 1:
+        missing a field, not finite, negative or out of range."""
+        try:
+            values = {name: float(state[name]) for name in _STATE}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the fresh-sample gain's state is damaged: {exc!r}") from exc
+        if not (all(math.isfinite(v) and v >= 0 for v in values.values())
+                and values["weight"] <= 1.0 + 1e-9
+                and values["reward_sum"] <= values["reward_weight"] * (1.0 + 1e-9)
+                and values["reward_weight"] <= self.horizon * (1.0 + 1e-9)):
             raise ValueError(f"the fresh-sample gain's state is damaged: {dict(state)!r}")
-        self.model_loss, self.constant_loss, self.weight, self.reward_sum = values
-        self.count = count
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
+_STATE = ("model_loss", "constant_loss", "weight", "reward_sum", "reward_weight")

@@ -197,7 +197,8 @@ class Loop:
         self.enqueued = 0  # samples handed to learning
         self.learned = 0  # samples learned (or dropped)
         self.dropped = 0  # samples whose learning failed (the learner logged why)
-        self.replay_ratio = self.settings.replay_ratio  # of the last pass (lower: it was behind)
+        # of the last pass: lower when it was behind, higher when boosted (replay_boost)
+        self.replay_ratio = self.settings.replay_ratio
         self.closed = False  # set by Engine.close: rank, rewards and flush raise after it
         self.decisions = 0
         self.rewards = 0
@@ -610,8 +611,8 @@ class Loop:
             # rate above the learner's still lets it persist, expire and report between
             # calls. How many wait says whether it keeps up, and so this call's replay ratio.
             waiting = self.waiting
-            self.replay_ratio = self.settings.replay_ratio_at(waiting,
-                                                              self.trainer.fresh_gain.gain)
+            gain = self.trainer.fresh_gain.gain if self.settings.learning else None
+            self.replay_ratio = self.settings.replay_ratio_at(waiting, gain)
             learned = 0
             while learned < waiting:
                 batch = [self._ready.popleft() for _ in range(min(LEARN_CHUNK, waiting - learned))]

@@ -550,6 +550,21 @@ class Trainer:
         for old in stale:
             self.store.delete(f"model:{self.name}:v{old}")
 
+    def _restore_gain(self, saved: Any) -> None:
+        """The gauge of the network on fresh samples, if the snapshot has a sound one. It is a
+        statistic, not the model: one that is missing (a snapshot of an older version) or
+        damaged starts afresh and the snapshot is still used (a damaged gauge threw the whole
+        model away, a review of 2026-12-06)."""
+        if saved is None:
+            return
+        try:
+            if not isinstance(saved, dict):
+                raise ValueError(f"it is a {type(saved).__name__}, not an object")
+            self.fresh_gain.restore(saved)
+        except ValueError as exc:
+            log.warning("ef_middleware: loop %r: the snapshot's gauge of fresh samples is "
+                        "damaged and starts afresh (%s)", self.name, exc)
+
     def _restore_correction(self, saved: dict[str, Any], cells: npt.NDArray[np.float64]
                             ) -> None:
         """The correction's offsets from a snapshot: ``cells``, the raw numbers after its
@@ -594,8 +609,6 @@ class Trainer:
             text.restore(meta["text"])
             _check_scaler(text, text.mean.shape[0], "text")
         ActionCounts().restore(meta["stats"])
-        if "gain" in meta:  # older snapshots have none: the gauge starts afresh
-            FreshGain().restore(meta["gain"])
         saved = meta.get("posterior")
         if saved is not None:
             np.asarray(saved["precision"], dtype=np.float64)
@@ -676,8 +689,7 @@ class Trainer:
         if "text" in meta:
             self.text_scaler.restore(meta["text"])
         self.counts.restore(meta["stats"])
-        if "gain" in meta:
-            self.fresh_gain.restore(meta["gain"])
+        self._restore_gain(meta.get("gain"))
         if self.correction is not None and meta.get("correction"):
             self._restore_correction(meta["correction"], cells)
         saved = meta.get("posterior")

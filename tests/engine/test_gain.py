@@ -55,7 +55,7 @@ def test_a_network_that_predicts_the_mean_gains_nothing() -> None:
     rng = np.random.default_rng(0)
     for _ in range(100):
         y = (rng.random(64) < 0.1).astype(np.float32)
-        mean = (gauge.reward_sum + 0.5) / (gauge.count + 1.0)
+        mean = (gauge.reward_sum + 0.5) / (gauge.reward_weight + 1.0)
         gauge.add(np.full(64, logit(mean), np.float32), y)
     assert gauge.gain == pytest.approx(0.0, abs=1e-9)
 
@@ -66,11 +66,29 @@ def test_the_state_round_trips_and_a_damaged_one_changes_nothing() -> None:
     copy = FreshGain()
     copy.restore(gauge.state())
     assert copy.state() == gauge.state() and copy.gain == gauge.gain
-    for damage in ({"weight": 1.5}, {"model_loss": float("nan")}, {"count": -1},
-                   {"reward_sum": -2.0}):
+    state: dict[str, Any] = gauge.state()
+    for damage in ({"weight": 1.5}, {"model_loss": float("nan")}, {"reward_weight": -1.0},
+                   {"reward_sum": -2.0}, {"reward_sum": 1e9}, {"reward_weight": 1e9},
+                   {"weight": "much"}):
         with pytest.raises(ValueError, match="damaged"):
-            copy.restore({**gauge.state(), **damage})
-        assert copy.state() == gauge.state()
+            copy.restore({**state, **damage})
+        assert copy.state() == state
+    with pytest.raises(ValueError, match="damaged"):
+        copy.restore({k: v for k, v in state.items() if k != "reward_weight"})
+    assert copy.state() == state
+
+
+def test_a_base_rate_that_drifts_is_not_taken_for_signal() -> None:
+    """A network that knows only the recent base rate predicts no better than the constant,
+    whose mean forgets at the same pace (an all-time mean made it look 0.04 better when the
+    rate halved, and boosted pure noise: a review of 2026-12-06)."""
+    gauge = FreshGain()
+    rng = np.random.default_rng(0)
+    for rate in (0.10, 0.05):  # 4,000 samples at each rate, the network knowing the rate
+        for _ in range(250):
+            y = (rng.random(16) < rate).astype(np.float32)
+            gauge.add(np.full(16, logit(rate), np.float32), y)
+    assert gauge.gain is not None and abs(gauge.gain) < 0.01
 
 
 def test_the_boost_rises_log_linearly_from_the_start_gain_to_the_full_one() -> None:
@@ -80,8 +98,9 @@ def test_the_boost_rises_log_linearly_from_the_start_gain_to_the_full_one() -> N
     assert s.boost(0.06) == pytest.approx(2.0)  # half way: the square root of 4
     assert s.boost(0.10) == s.boost(0.9) == 4.0
     assert s.replay_ratio_at(0, 0.5) == 16.0 and s.replay_ratio_at(0, 0.0) == 4.0
-    # a backlog sheds the boosted ratio, down to one visit a sample
-    assert s.replay_ratio_at(200, 0.5) == 8.0 and s.replay_ratio_at(10**6, 0.5) == 1.0
+    # a learner that is behind drops the boost, then sheds replay down to one visit a sample
+    assert s.replay_ratio_at(100, 0.5) == 16.0 and s.replay_ratio_at(101, 0.5) < 4.0
+    assert s.replay_ratio_at(200, 0.5) == 2.0 and s.replay_ratio_at(10**6, 0.5) == 1.0
     assert LoopSettings(replay_boost=1).replay_ratio_at(0, 0.9) == 4.0  # off
 
 
@@ -126,5 +145,84 @@ def test_rewards_the_context_explains_are_replayed_more_and_noise_is_not(
     try:  # the gauge is saved with the model: a restarted loop goes on at the same ratio
         restored = eng.loop("clear", actions=HERO)
         assert restored.stats()["fresh_gain"] == clear_gain
+    finally:
+        eng.close()
+
+
+def test_the_gauge_gets_each_fresh_sample_once_with_its_logit_from_before_the_step(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:
+        hero = eng.loop("probe", actions=HERO)
+        trainer = hero.trainer
+        before: list[np.ndarray] = []
+        fed: list[np.ndarray] = []
+        train, add = trainer.net.train_batch, trainer.fresh_gain.add
+
+        def recording_train(x: Any, y: np.ndarray) -> float:
+            before.append(trainer.net.forward(x)[0].copy())  # the weights before this step
+            return train(x, y)
+
+        def recording_add(logits: np.ndarray, rewards: np.ndarray) -> None:
+            fed.append(np.array(logits, copy=True))
+            add(logits, rewards)
+
+        monkeypatch.setattr(trainer.net, "train_batch", recording_train)
+        monkeypatch.setattr(trainer.fresh_gain, "add", recording_add)
+        for i in range(300):
+            d = hero.rank({"device": "mobile" if i % 3 else "desktop"})
+            hero.reward(d.event_id, float(i % 2))
+        hero.flush()
+        assert sum(z.size for z in fed) == trainer.learned == 300  # each sample once
+        assert len(fed) == len(before) == trainer.net.step
+        for logits, full in zip(fed, before, strict=True):  # the fresh rows lead the batch
+            np.testing.assert_allclose(logits, full[:logits.size], rtol=1e-5, atol=1e-6)
+        assert sum(z.size for z in before) == 64 * trainer.net.step > 300  # replayed rows too
+    finally:
+        eng.close()
+
+
+def test_a_damaged_gauge_in_a_snapshot_starts_afresh_and_keeps_the_model(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:
+        hero = eng.loop("hero", actions=HERO)
+        _learn(hero, lambda device, action, rng: float(
+            (device == "mobile") == (action == "minimal")), 600)
+        saved = hero.trainer.fresh_gain.state()
+        hero.trainer.fresh_gain.weight = 2.0  # saved with the model at close
+    finally:
+        eng.close()
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:
+        with caplog.at_level("WARNING", logger="ef_middleware"):
+            hero = eng.loop("hero", actions=HERO)
+        assert hero.trainer.learned == 600 and hero.trainer.net.step > 0  # the model is back
+        assert hero.trainer.fresh_gain.state() != saved and hero.stats()["fresh_gain"] is None
+        assert any("gauge of fresh samples is damaged" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        eng.close()
+
+
+def test_a_frozen_loop_reports_its_ratio_unboosted(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:
+        hero = eng.loop("hero", actions=HERO)
+        _learn(hero, lambda device, action, rng: float(
+            (device == "mobile") == (action == "minimal")), 1500)
+        assert hero.stats()["replay_ratio"] == 16.0
+    finally:
+        eng.close()
+    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
+    try:  # frozen: nothing is trained, so nothing is replayed more
+        hero = eng.loop("hero", actions=HERO, learning=False)
+        assert hero.stats()["fresh_gain"] > 0.10
+        hero.reward(hero.rank({"device": "mobile"}).event_id, 1.0)
+        hero.flush()
+        assert hero.stats()["replay_ratio"] == 4.0
     finally:
         eng.close()
