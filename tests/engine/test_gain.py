@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,21 @@ def test_bad_boost_settings_are_refused(bad: dict[str, Any]) -> None:
 Rewards = Callable[[str, str, np.random.Generator], float]
 
 
+@contextlib.contextmanager
+def opened(folder: Path, embedder: SentenceTransformerEmbedder) -> Iterator[Engine]:
+    """An engine on ``folder`` that learns inside ``flush()``, closed (and saved) after."""
+    eng = Engine(folder, embedder=embedder, seed=1, learner=False)
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+def clear(device: str, action: str, rng: np.random.Generator) -> float:
+    """A reward the context decides: mobile visitors take ``minimal``, the others ``video``."""
+    return float((device == "mobile") == (action == "minimal"))
+
+
 def _learn(hero: Loop, rewards: Rewards, n: int) -> None:
     """``n`` visitors, half on mobile, each rewarded by ``rewards(device, action, rng)``."""
     rng = np.random.default_rng(3)
@@ -128,32 +144,22 @@ def _learn(hero: Loop, rewards: Rewards, n: int) -> None:
 
 def test_rewards_the_context_explains_are_replayed_more_and_noise_is_not(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
-    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
-    try:
-        clear = eng.loop("clear", actions=HERO)
-        noisy = eng.loop("noisy", actions=HERO)
-        _learn(clear, lambda device, action, rng: float(
-            (device == "mobile") == (action == "minimal")), 1500)
+    with opened(tmp_path / "ef", embedder) as eng:
+        explained, noisy = eng.loop("clear", actions=HERO), eng.loop("noisy", actions=HERO)
+        _learn(explained, clear, 1500)
         _learn(noisy, lambda device, action, rng: float(rng.random() < 0.1), 1500)
-        clear_gain, ratio = clear.stats()["fresh_gain"], clear.stats()["replay_ratio"]
-        assert clear_gain > 0.10 and ratio == 16.0  # the full boost: 4 times the ratio of 4
-        gain, ratio = noisy.stats()["fresh_gain"], noisy.stats()["replay_ratio"]
-        assert gain < 0.02 and ratio == 4.0
-    finally:
-        eng.close()
-    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
-    try:  # the gauge is saved with the model: a restarted loop goes on at the same ratio
-        restored = eng.loop("clear", actions=HERO)
-        assert restored.stats()["fresh_gain"] == clear_gain
-    finally:
-        eng.close()
+        gain, ratio = explained.stats()["fresh_gain"], explained.stats()["replay_ratio"]
+        assert gain > 0.10 and ratio == 16.0  # the full boost: 4 times the ratio of 4
+        noise, ratio = noisy.stats()["fresh_gain"], noisy.stats()["replay_ratio"]
+        assert noise < 0.02 and ratio == 4.0
+    with opened(tmp_path / "ef", embedder) as eng:  # saved with the model: a restarted
+        assert eng.loop("clear", actions=HERO).stats()["fresh_gain"] == gain  # loop goes on
 
 
 def test_the_gauge_gets_each_fresh_sample_once_with_its_logit_from_before_the_step(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
-    try:
+    with opened(tmp_path / "ef", embedder) as eng:
         hero = eng.loop("probe", actions=HERO)
         trainer = hero.trainer
         before: list[np.ndarray] = []
@@ -179,50 +185,33 @@ def test_the_gauge_gets_each_fresh_sample_once_with_its_logit_from_before_the_st
         for logits, full in zip(fed, before, strict=True):  # the fresh rows lead the batch
             np.testing.assert_allclose(logits, full[:logits.size], rtol=1e-5, atol=1e-6)
         assert sum(z.size for z in before) == 64 * trainer.net.step > 300  # replayed rows too
-    finally:
-        eng.close()
 
 
 def test_a_damaged_gauge_in_a_snapshot_starts_afresh_and_keeps_the_model(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         caplog: pytest.LogCaptureFixture) -> None:
-    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
-    try:
+    with opened(tmp_path / "ef", embedder) as eng:
         hero = eng.loop("hero", actions=HERO)
-        _learn(hero, lambda device, action, rng: float(
-            (device == "mobile") == (action == "minimal")), 600)
+        _learn(hero, clear, 600)
         saved = hero.trainer.fresh_gain.state()
         hero.trainer.fresh_gain.weight = 2.0  # saved with the model at close
-    finally:
-        eng.close()
-    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
-    try:
-        with caplog.at_level("WARNING", logger="ef_middleware"):
-            hero = eng.loop("hero", actions=HERO)
+    with opened(tmp_path / "ef", embedder) as eng, caplog.at_level("WARNING", "ef_middleware"):
+        hero = eng.loop("hero", actions=HERO)
         assert hero.trainer.learned == 600 and hero.trainer.net.step > 0  # the model is back
         assert hero.trainer.fresh_gain.state() != saved and hero.stats()["fresh_gain"] is None
         assert any("gauge of fresh samples is damaged" in r.getMessage()
                    for r in caplog.records)
-    finally:
-        eng.close()
 
 
 def test_a_frozen_loop_reports_its_ratio_unboosted(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
-    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
-    try:
+    with opened(tmp_path / "ef", embedder) as eng:
         hero = eng.loop("hero", actions=HERO)
-        _learn(hero, lambda device, action, rng: float(
-            (device == "mobile") == (action == "minimal")), 1500)
+        _learn(hero, clear, 1500)
         assert hero.stats()["replay_ratio"] == 16.0
-    finally:
-        eng.close()
-    eng = Engine(tmp_path / "ef", embedder=embedder, seed=1, learner=False)
-    try:  # frozen: nothing is trained, so nothing is replayed more
-        hero = eng.loop("hero", actions=HERO, learning=False)
+    with opened(tmp_path / "ef", embedder) as eng:  # frozen: nothing is trained, so
+        hero = eng.loop("hero", actions=HERO, learning=False)  # nothing is replayed more
         assert hero.stats()["fresh_gain"] > 0.10
         hero.reward(hero.rank({"device": "mobile"}).event_id, 1.0)
         hero.flush()
         assert hero.stats()["replay_ratio"] == 4.0
-    finally:
-        eng.close()
