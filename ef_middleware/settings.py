@@ -85,11 +85,11 @@ class LoopSettings:
         between. Rewards the context explains (MAGIC: gains near 0.1) are then learned with
         more replay, and rare, noisy conversions (the web simulator: gains near 0), where more
         replay teaches the network the noise, keep ``replay_ratio``. The default boost, 4,
-        took MAGIC's regret from 43.6 to 38.4 on development seeds and from 43.9 to 38.9 on
-        fresh ones, where the web simulator's conversions moved by -2.4 ± 5.4 (8 gave 37.0 on
-        MAGIC and left the web simulator's development seeds as they were, at up to eight
-        times the learner's work a reward; docs/design.md, "Replay that follows the
-        signal"). ``1`` turns it off.
+        took MAGIC's regret from 43.6 to 39.2 on development seeds and from 43.9 to 39.2 on
+        fresh ones, where the web simulator's conversions moved by -0.4 ± 0.9 (a first
+        version with a boost of 8 gave 37.0 on MAGIC's development seeds and left the web
+        simulator's as they were, at up to eight times the learner's work a reward;
+        docs/design.md, "Replay that follows the signal"). ``1`` turns it off.
     replay_size
         Most recent samples kept for replay (the network's memory).
     replay_recency

@@ -563,7 +563,7 @@ class Trainer:
             self.fresh_gain.restore(saved)
         except ValueError as exc:
             log.warning("ef_middleware: loop %r: the snapshot's gauge of fresh samples is "
-                        "damaged and starts afresh (%s)", self.name, exc)
+                        "damaged (or of an older form) and starts afresh (%s)", self.name, exc)
 
     def _restore_correction(self, saved: dict[str, Any], cells: npt.NDArray[np.float64]
                             ) -> None:

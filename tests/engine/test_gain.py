@@ -51,14 +51,20 @@ def test_the_gain_waits_for_enough_samples_and_weighs_recent_ones_more() -> None
     assert gauge.gain < 0 < before
 
 
-def test_a_network_that_predicts_the_mean_gains_nothing() -> None:
+def test_a_network_that_predicts_the_recent_mean_gains_nothing() -> None:
+    """The constant is the mean of the rewards before a batch, each weighted by ``keep`` to
+    the power of its age in samples, with half a reward of prior (kept here by hand)."""
     gauge = FreshGain()
     rng = np.random.default_rng(0)
-    for _ in range(100):
-        y = (rng.random(64) < 0.1).astype(np.float32)
-        mean = (gauge.reward_sum + 0.5) / (gauge.reward_weight + 1.0)
-        gauge.add(np.full(64, logit(mean), np.float32), y)
-    assert gauge.gain == pytest.approx(0.0, abs=1e-9)
+    keep, total, weight = 1.0 - 1.0 / HORIZON, 0.0, 0.0
+    for rate in (0.1, 0.3, 0.05):
+        for _ in range(40):
+            y = (rng.random(64) < rate).astype(np.float32)
+            mean = (total + 0.5) / (weight + 1.0)
+            gauge.add(np.full(64, logit(mean), np.float32), y)
+            for reward in y:  # oldest first
+                total, weight = keep * total + float(reward), keep * weight + 1.0
+    assert gauge.gain == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_state_round_trips_and_a_damaged_one_changes_nothing() -> None:
@@ -81,8 +87,8 @@ def test_the_state_round_trips_and_a_damaged_one_changes_nothing() -> None:
 
 def test_a_base_rate_that_drifts_is_not_taken_for_signal() -> None:
     """A network that knows only the recent base rate predicts no better than the constant,
-    whose mean forgets at the same pace (an all-time mean made it look 0.04 better when the
-    rate halved, and boosted pure noise: a review of 2026-12-06)."""
+    whose mean forgets at the same pace (with an all-time mean this stream's gain was 0.05
+    after the rate halved, and pure noise was boosted: a review of 2026-12-06)."""
     gauge = FreshGain()
     rng = np.random.default_rng(0)
     for rate in (0.10, 0.05):  # 4,000 samples at each rate, the network knowing the rate
