@@ -38,7 +38,8 @@ class FreshGain:
 
     Both averages carry the same weights, so their ratio needs no bias correction; ``gain``
     stays ``None`` until the averages hold ``MIN_WEIGHT`` of their full weight. The mean reward
-    is discounted the same way (``reward_sum / reward_weight``, with half a reward of prior).
+    is discounted the same way: ``reward_sum`` over the discounted count of the samples, which
+    is ``horizon * weight`` (with half a reward of prior).
     """
 
     def __init__(self, horizon: float = HORIZON) -> None:
@@ -48,7 +49,6 @@ class FreshGain:
         self.constant_loss = 0.0
         self.weight = 0.0
         self.reward_sum = 0.0  # discounted sum of the rewards seen
-        self.reward_weight = 0.0  # discounted count of them
 
     def add(self, logits: FloatArray, rewards: FloatArray) -> None:
         """Fold in fresh samples: the network's ``logits`` for them before it learned them and
@@ -58,7 +58,8 @@ class FreshGain:
             return
         y = rewards.astype(np.float64)
         z = logits.astype(np.float64)
-        mean = (self.reward_sum + 0.5) / (self.reward_weight + 1.0)  # before these samples
+        count = self.horizon * self.weight  # discounted, before these samples
+        mean = (self.reward_sum + 0.5) / (count + 1.0)
         p = min(max(mean, PROBABILITY_FLOOR), 1.0 - PROBABILITY_FLOOR)
         constant = float(np.mean(-(y * math.log(p) + (1.0 - y) * math.log(1.0 - p))))
         model = float(np.mean(np.logaddexp(0.0, z) - y * z))  # -log sigmoid, stably
@@ -68,7 +69,6 @@ class FreshGain:
         self.weight = keep * self.weight + (1.0 - keep)
         ages = self.keep ** np.arange(n - 1, -1, -1, dtype=np.float64)  # the last is newest
         self.reward_sum = keep * self.reward_sum + float(ages @ y)
-        self.reward_weight = keep * self.reward_weight + float(ages.sum())
 
     @property
     def gain(self) -> float | None:
@@ -90,11 +90,10 @@ class FreshGain:
             raise ValueError(f"the fresh-sample gain's state is damaged: {exc!r}") from exc
         if not (all(math.isfinite(v) and v >= 0 for v in values.values())
                 and values["weight"] <= 1.0 + 1e-9
-                and values["reward_sum"] <= values["reward_weight"] * (1.0 + 1e-9)
-                and values["reward_weight"] <= self.horizon * (1.0 + 1e-9)):
+                and values["reward_sum"] <= self.horizon * values["weight"] * (1.0 + 1e-9)):
             raise ValueError(f"the fresh-sample gain's state is damaged: {dict(state)!r}")
         for name, value in values.items():
             setattr(self, name, value)
 
 
-_STATE = ("model_loss", "constant_loss", "weight", "reward_sum", "reward_weight")
+_STATE = ("model_loss", "constant_loss", "weight", "reward_sum")

@@ -558,9 +558,7 @@ class Trainer:
         if saved is None:
             return
         try:
-            if not isinstance(saved, dict):
-                raise ValueError(f"it is a {type(saved).__name__}, not an object")
-            self.fresh_gain.restore(saved)
+            self.fresh_gain.restore(saved)  # ValueError for anything but a sound state
         except ValueError as exc:
             log.warning("ef_middleware: loop %r: the snapshot's gauge of fresh samples is "
                         "damaged (or of an older form) and starts afresh (%s)", self.name, exc)

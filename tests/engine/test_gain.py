@@ -74,14 +74,14 @@ def test_the_state_round_trips_and_a_damaged_one_changes_nothing() -> None:
     copy.restore(gauge.state())
     assert copy.state() == gauge.state() and copy.gain == gauge.gain
     state: dict[str, Any] = gauge.state()
-    for damage in ({"weight": 1.5}, {"model_loss": float("nan")}, {"reward_weight": -1.0},
-                   {"reward_sum": -2.0}, {"reward_sum": 1e9}, {"reward_weight": 1e9},
+    for damage in ({"weight": 1.5}, {"model_loss": float("nan")}, {"constant_loss": -1.0},
+                   {"reward_sum": -2.0}, {"reward_sum": 1e9}, {"weight": 1e9},
                    {"weight": "much"}):
         with pytest.raises(ValueError, match="damaged"):
             copy.restore({**state, **damage})
         assert copy.state() == state
     with pytest.raises(ValueError, match="damaged"):
-        copy.restore({k: v for k, v in state.items() if k != "reward_weight"})
+        copy.restore({k: v for k, v in state.items() if k != "reward_sum"})
     assert copy.state() == state
 
 
