@@ -121,9 +121,11 @@ class LoopSettings:
         exploration shrinks with it (``thompson``'s noise, ``bernoulli-ts``'s Beta posterior,
         ``ucb``'s bonus before its posterior exists; :mod:`~ef_middleware.counts`): exploration then
         never fades below the level of about ``count_half_life / ln 2`` samples, and a population
-        that shifts after months is still looked at. ``None`` (default): counted forever. On the web
-        simulator 5,000 cost 0.5% of conversions over 20,000 visitors and did not recover from its
-        shift faster (docs/benchmarks.md, "Discounted counts for Thompson's noise").
+        that shifts after months is still looked at. ``None``: counted forever. The default,
+        5,000, came with ``thompson``'s noise scaled by each action's reward rate, which explores
+        rare conversions less: counted forever, that noise was too narrow to find the new
+        favourites after the web simulator's shift (docs/design.md, "Choice of the default
+        strategy"; with the unscaled noise, 5,000 had cost 0.5% of conversions).
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
@@ -152,7 +154,7 @@ class LoopSettings:
     replay_recency: float | None = None
     correction_rate: float | None = None  # None: CORRECTION_RATES, by strategy
     correction_half_life: float | None = None
-    count_half_life: float | None = None
+    count_half_life: float | None = 5000.0
     snapshot_every: int = 100
     posterior_every: int = 256
     posterior_window: int = 2048

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ef_middleware.errors import ConfigurationError
 from ef_middleware.model import ModelConfig, RewardNet, ServingModel
-from ef_middleware.policies import POLICIES, Candidates, base, make_policy
+from ef_middleware.policies import POLICIES, Candidates, Thompson, base, make_policy
 from ef_middleware.policies.base import resolve_choices
 from ef_middleware.policies.winprob import (
     MAX_EXACT,
@@ -119,7 +120,8 @@ def test_thompson_propensity_matches_the_two_arm_closed_form() -> None:
     c = candidates()
     c2 = Candidates(np.array([0.5, 0.6], np.float32), np.zeros(2, np.float32), c.hidden[:2],
                     np.array([0.0, 3.0], np.float32), c.successes[:2], c.model, None)
-    choice = make_policy("thompson", {"noise": 0.3}).choose(c2, np.random.default_rng(1))
+    policy = make_policy("thompson", {"noise": 0.3, "rate_scaled": False})
+    choice = policy.choose(c2, np.random.default_rng(1))
     s = sqrt(0.3**2 + (0.3 / 2) ** 2)
     p_first = 0.5 * (1 + erf((0.5 - 0.6) / s / sqrt(2)))
     assert choice.exact
@@ -356,8 +358,9 @@ def test_bernoulli_ts_draws_from_beta_of_successes_and_failures() -> None:
 
 
 def test_documented_defaults_of_the_exploration_settings() -> None:
-    """The defaults docs/design.md states: epsilon 0.05, thompson's noise 0.5 / sqrt(n + 1),
-    laplace's 0.35 x the width around the network's logit."""
+    """The defaults docs/design.md states: epsilon 0.05, thompson's noise 0.5 / sqrt(n + 1)
+    times 2 sqrt(r (1 - r)) with r = (s + 1) / (n + 2), laplace's 0.35 x the width around the
+    network's logit."""
     c = candidates()
     rng = np.random.default_rng(0)
     greedy = make_policy("epsilon-greedy").choose(c, rng)
@@ -366,11 +369,33 @@ def test_documented_defaults_of_the_exploration_settings() -> None:
     make_policy("thompson").choose(c, rng)
     mean, sd, _ = c.memo["thompson"]
     np.testing.assert_allclose(mean, c.mean, rtol=1e-6)
-    np.testing.assert_allclose(sd, 0.5 / np.sqrt(c.counts + 1.0), rtol=1e-6)
+    # counts 3, 2, 5, 0 with summed rewards 1, 1, 2, 0: rates 2/5, 2/4, 3/7 and 1/2
+    widths = [2 * np.sqrt(r * (1 - r)) for r in (2 / 5, 2 / 4, 3 / 7, 1 / 2)]
+    np.testing.assert_allclose(sd, 0.5 / np.sqrt([4, 3, 6, 1]) * widths, rtol=1e-6)
     make_policy("laplace").choose(c, rng)
     mean, sd, _ = c.memo["laplace"]
     np.testing.assert_allclose(mean, c.logits, rtol=1e-6)
     np.testing.assert_allclose(sd, 0.35 * c.widths(), rtol=1e-6)
+
+
+def test_thompson_explores_rare_rewards_less_widely_than_coin_flips() -> None:
+    """Thompson's noise shrinks with the action's reward rate: at 7 conversions in 100
+    samples (rate 8 / 102) it is 2 sqrt(r (1 - r)) = 0.54 of the width of an action whose
+    rewards are coin flips, and the same at a rate mirrored about one half; without data,
+    and with ``rate_scaled=False``, the width is ``noise / sqrt(n + 1)`` alone."""
+    policy = Thompson()
+    counts = np.array([100, 100, 100, 0], np.float32)
+    successes = np.array([7, 50, 93, 0], np.float32)
+    sd = policy.widths(counts, successes)
+    rare = 2 * np.sqrt(8 / 102 * (1 - 8 / 102))
+    assert rare == pytest.approx(0.537, abs=1e-3)
+    np.testing.assert_allclose(sd, [0.5 / np.sqrt(101) * rare, 0.5 / np.sqrt(101),
+                                    0.5 / np.sqrt(101) * rare, 0.5], rtol=1e-5)
+    flat = Thompson(rate_scaled=False)
+    np.testing.assert_allclose(flat.widths(counts, successes), [0.5 / np.sqrt(101)] * 3 + [0.5],
+                               rtol=1e-6)
+    with pytest.raises(ConfigurationError, match="rate_scaled"):
+        make_policy("thompson", {"rate_scaled": "yes"})
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5])
