@@ -3,6 +3,8 @@ strategy)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from .._types import FloatArray
@@ -40,7 +42,7 @@ class Thompson(Policy):
         sd: FloatArray = self.noise / np.sqrt(counts + 1.0)
         if self.rate_scaled:
             rate = np.clip((successes + 1.0) / (counts + 2.0), 0.0, 1.0)
-            sd = sd * (2.0 * np.sqrt(rate * (1.0 - rate)))
+            sd = cast("FloatArray", sd * (2.0 * np.sqrt(rate * (1.0 - rate))))  # float32 still
         return sd
 
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:

@@ -122,3 +122,24 @@ def test_the_setting_is_checked_and_served(tmp_path: Path,
         assert state.counts[state.index["minimal"]] == pytest.approx(minimal, rel=1e-5)
     finally:
         again.close()
+
+
+def test_by_default_counts_fade_with_a_half_life_of_5000_samples(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """The default that came with Thompson's rate-scaled noise (docs/design.md, "Choice of the
+    default strategy"): 200 samples of one action count as sum(keep ** age), and ``None``
+    still counts them forever."""
+    engine = Engine(tmp_path / "ef", embedder=embedder, seed=3)
+    try:
+        faded = engine.loop("hero", actions=HERO, reward_wait=1)
+        forever = engine.loop("kept", actions=HERO, reward_wait=1, count_half_life=None)
+        for loop in (faded, forever):
+            for _ in range(200):
+                loop.reward(loop.rank({"device": "mobile"}, exclude=["video"]).event_id, 1.0)
+            loop.flush()
+        keep = 0.5 ** (1 / 5000)
+        assert faded.trainer.counts.get("minimal")[0] == pytest.approx(
+            (1 - keep**200) / (1 - keep), rel=1e-9)  # 197.2
+        assert forever.trainer.counts.get("minimal") == (200.0, 200.0)
+    finally:
+        engine.close()
