@@ -12,7 +12,6 @@ policy chooses them, so exploration never fades below that level.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,9 +36,10 @@ class ActionCounts:
     """
 
     def __init__(self, half_life: float | None = None) -> None:
-        if half_life is not None and not (math.isfinite(half_life) and half_life > 0):
-            raise ValueError("half_life must be a positive number of samples, or None")
-        self.keep = 1.0 if half_life is None else 0.5 ** (1.0 / half_life)
+        if half_life is not None and not half_life > 0:
+            raise ValueError("half_life must be a positive number of samples (math.inf or "
+                             "None: counted forever)")
+        self.keep = 1.0 if half_life is None else 0.5 ** (1.0 / half_life)  # inf: 1.0
         self.entries: dict[str, list[float]] = {}
         self.clock = 0
         self.kept: frozenset[str] = frozenset()  # ids never dropped (the loop's own actions)

@@ -17,6 +17,11 @@ CORRECTION_RATE = 2.0  # the fast correction's step, unless the strategy has its
 # offsets, and with it they locked onto one action on some seeds (docs/benchmarks.md,
 # "Strategies that lock on with the correction"); thompson-dropout's draws never add them.
 CORRECTION_RATES: Mapping[str, float] = {"laplace": 0.0, "ucb": 0.0, "thompson-dropout": 0.0}
+# Half-lives of the exploration counts, by strategy; the others count forever (math.inf).
+# thompson's noise, scaled by the reward rate, needs them to look again after a shift;
+# bernoulli-ts, with no context, lost conversions by them (docs/design.md, "Choice of the
+# default strategy").
+COUNT_HALF_LIVES: Mapping[str, float] = {"thompson": 5000.0}
 
 
 @dataclass(frozen=True)
@@ -121,11 +126,13 @@ class LoopSettings:
         exploration shrinks with it (``thompson``'s noise, ``bernoulli-ts``'s Beta posterior,
         ``ucb``'s bonus before its posterior exists; :mod:`~ef_middleware.counts`): exploration then
         never fades below the level of about ``count_half_life / ln 2`` samples, and a population
-        that shifts after months is still looked at. ``None``: counted forever. The default,
-        5,000, came with ``thompson``'s noise scaled by each action's reward rate, which explores
-        rare conversions less: counted forever, that noise was too narrow to find the new
-        favourites after the web simulator's shift (docs/design.md, "Choice of the default
-        strategy"; with the unscaled noise, 5,000 had cost 0.5% of conversions).
+        that shifts after months is still looked at. ``math.inf``: counted forever. ``None`` (the
+        default) takes the strategy's own: 5,000 for ``thompson``, whose noise is scaled by each
+        action's reward rate and explores rare conversions less (counted forever, that noise was
+        too narrow to find the new favourites after the web simulator's shift; with the unscaled
+        noise, 5,000 had cost 0.5% of conversions), and forever for the others (``bernoulli-ts``
+        lost 2% of the web simulator's conversions with 5,000; docs/design.md, "Choice of the
+        default strategy").
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
@@ -154,7 +161,7 @@ class LoopSettings:
     replay_recency: float | None = None
     correction_rate: float | None = None  # None: CORRECTION_RATES, by strategy
     correction_half_life: float | None = None
-    count_half_life: float | None = 5000.0
+    count_half_life: float | None = None  # None: COUNT_HALF_LIVES, by strategy
     snapshot_every: int = 100
     posterior_every: int = 256
     posterior_window: int = 2048
@@ -238,13 +245,18 @@ class LoopSettings:
         if not (math.isfinite(step) and step >= 0):
             raise ConfigurationError("correction_rate must be a finite number >= 0, e.g. 2 "
                                      "(0 turns the correction off)")
-        for name, example, what in (("correction_half_life", 2000, "offsets"),
-                                    ("count_half_life", 5000, "counts")):
-            half = getattr(self, name)
-            if half is not None and not (math.isfinite(half) and half > 0):
-                raise ConfigurationError(f"{name} is a number of samples and must be "
-                                         f"positive, e.g. {example} (or None: {what} do not "
-                                         "fade)")
+        half = self.correction_half_life
+        if half is not None and not (math.isfinite(half) and half > 0):
+            raise ConfigurationError("correction_half_life is a number of samples and must be "
+                                     "positive, e.g. 2000 (or None: offsets do not fade)")
+        half = self.count_half_life
+        if half is None:
+            half = COUNT_HALF_LIVES.get(self.strategy, math.inf)
+            object.__setattr__(self, "count_half_life", half)
+        if not half > 0:
+            raise ConfigurationError("count_half_life is a number of samples and must be "
+                                     "positive, e.g. 5000 (math.inf: counts do not fade; None: "
+                                     "the strategy's own)")
         if not 0 < self.replay_ratio <= 1024:
             raise ConfigurationError("replay_ratio must be in (0, 1024], e.g. 4")
         if not (math.isfinite(self.replay_boost) and 1 <= self.replay_boost <= 64):

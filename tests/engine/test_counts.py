@@ -97,7 +97,7 @@ def test_the_setting_is_checked_and_served(tmp_path: Path,
                                            embedder: SentenceTransformerEmbedder) -> None:
     engine = Engine(tmp_path / "ef", embedder=embedder, seed=3)
     try:
-        for bad in (0, -5, math.inf, math.nan):
+        for bad in (0, -5, -math.inf, math.nan):
             with pytest.raises(ConfigurationError, match="count_half_life"):
                 engine.loop(f"bad-{bad}", actions=HERO, count_half_life=bad)
         loop = engine.loop("hero", actions=HERO, count_half_life=20, reward_wait=1)
@@ -124,16 +124,19 @@ def test_the_setting_is_checked_and_served(tmp_path: Path,
         again.close()
 
 
-def test_by_default_counts_fade_with_a_half_life_of_5000_samples(
+def test_by_default_thompson_counts_fade_with_a_half_life_of_5000_samples(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """The default that came with Thompson's rate-scaled noise (docs/design.md, "Choice of the
-    default strategy"): 200 samples of one action count as sum(keep ** age), and ``None``
-    still counts them forever."""
+    default strategy"): 200 samples of one action count as sum(keep ** age); ``bernoulli-ts``
+    and ``math.inf`` count them forever."""
     engine = Engine(tmp_path / "ef", embedder=embedder, seed=3)
     try:
         faded = engine.loop("hero", actions=HERO, reward_wait=1)
-        forever = engine.loop("kept", actions=HERO, reward_wait=1, count_half_life=None)
-        for loop in (faded, forever):
+        forever = engine.loop("kept", actions=HERO, reward_wait=1, count_half_life=math.inf)
+        bandit = engine.loop("bandit", actions=HERO, reward_wait=1, strategy="bernoulli-ts")
+        assert (faded.settings.count_half_life, bandit.settings.count_half_life) == (
+            5000, math.inf)
+        for loop in (faded, forever, bandit):
             for _ in range(200):
                 loop.reward(loop.rank({"device": "mobile"}, exclude=["video"]).event_id, 1.0)
             loop.flush()
@@ -141,5 +144,6 @@ def test_by_default_counts_fade_with_a_half_life_of_5000_samples(
         assert faded.trainer.counts.get("minimal")[0] == pytest.approx(
             (1 - keep**200) / (1 - keep), rel=1e-9)  # 197.2
         assert forever.trainer.counts.get("minimal") == (200.0, 200.0)
+        assert bandit.trainer.counts.get("minimal") == (200.0, 200.0)
     finally:
         engine.close()

@@ -435,7 +435,7 @@ def test_a_restored_loop_has_the_saved_counts_posterior_and_served_weights(
     from ef_middleware.model import layer_views
 
     first = Engine(tmp_path / "ef", embedder=embedder, seed=5, learner=False)
-    hero = first.loop("hero", actions=HERO, strategy="laplace", count_half_life=None)
+    hero = first.loop("hero", actions=HERO, strategy="laplace", count_half_life=math.inf)
     for i in range(40):
         d = hero.rank({"device": ["mobile", "desktop"][i % 2], "visits": i % 5})
         hero.reward(d.event_id, 1.0 if d.action_id == "video" and i % 3 else 0.0)
@@ -450,7 +450,7 @@ def test_a_restored_loop_has_the_saved_counts_posterior_and_served_weights(
     precision, b = trainer.posterior.precision.copy(), trainer.posterior.b.copy()
     first.close()
     second = Engine(tmp_path / "ef", embedder=embedder, seed=99, learner=False)
-    again = second.loop("hero", actions=HERO, strategy="laplace", count_half_life=None)
+    again = second.loop("hero", actions=HERO, strategy="laplace", count_half_life=math.inf)
     try:
         restored = again.trainer
         assert again.restored and restored.learned == 40
