@@ -434,6 +434,13 @@ class Trainer:
             self.fresh_gain.add(self.net.logits[:fresh.size], self.replay.y[fresh])
             steps += 1
             yield_to_requests()
+        if len(self._fresh) > size:
+            # Only a replay_ratio below 1 leaves more than a step's worth: its steps cannot
+            # afford every new sample, and those the credit did not buy stay in the buffer for
+            # replay. Kept here, they grew the list without bound (a leak) and came back as
+            # slots the buffer had since overwritten. With a ratio of 1 or more the steps
+            # always take every new sample, so this never drops one.
+            del self._fresh[:-size]
         self._steps_since_snapshot += steps
         return steps
 

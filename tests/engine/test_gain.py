@@ -193,6 +193,21 @@ def test_the_gauge_gets_each_fresh_sample_once_with_its_logit_from_before_the_st
         assert sum(z.size for z in before) == 64 * trainer.net.step > 300  # replayed rows too
 
 
+def test_a_replay_ratio_below_one_keeps_no_more_new_samples_than_a_step_takes(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """At a ratio of 1/4 a step of 64 is bought by 256 new samples: the other 192 are left to
+    the replay. The list of samples waiting for their first step grew by them without bound
+    (a leak), and with a buffer of 200 it named slots written over since (a review of
+    2026-12-06)."""
+    with opened(tmp_path / "ef", embedder) as eng:
+        hero = eng.loop("slow", actions=HERO, replay_ratio=0.25, replay_size=200)
+        _learn(hero, clear, 1000)
+        trainer = hero.trainer
+        assert trainer.learned == 1000 and trainer.net.step == 1000 // 256
+        assert len(trainer._fresh) <= 64
+        assert len(set(trainer._fresh)) == len(trainer._fresh)
+
+
 def test_a_damaged_gauge_in_a_snapshot_starts_afresh_and_keeps_the_model(
         tmp_path: Path, embedder: SentenceTransformerEmbedder,
         caplog: pytest.LogCaptureFixture) -> None:
