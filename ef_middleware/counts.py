@@ -1,4 +1,4 @@
-"""Samples learned per action and their summed rewards, optionally discounted with a half-life.
+"""Samples learned per action and their summed rewards, discounted with a half-life or not.
 
 Thompson sampling's noise (and UCB's bonus before its posterior exists) shrinks as
 ``1 / sqrt(count + 1)``, and ``bernoulli-ts`` draws from

@@ -18,9 +18,10 @@ CORRECTION_RATE = 2.0  # the fast correction's step, unless the strategy has its
 # "Strategies that lock on with the correction"); thompson-dropout's draws never add them.
 CORRECTION_RATES: Mapping[str, float] = {"laplace": 0.0, "ucb": 0.0, "thompson-dropout": 0.0}
 # Half-lives of the exploration counts, by strategy; the others count forever (math.inf).
-# thompson's noise, scaled by the reward rate, needs them to look again after a shift;
-# bernoulli-ts, with no context, lost conversions by them (docs/design.md, "Choice of the
-# default strategy").
+# thompson's noise, scaled by the reward rate, needs them to look again after a shift (with
+# its unscaled noise, rate_scaled=False, it counts forever: the half-life cost it
+# conversions there); bernoulli-ts, with no context, lost conversions by them (docs/design.md,
+# "Choice of the default strategy").
 COUNT_HALF_LIVES: Mapping[str, float] = {"thompson": 5000.0}
 
 
@@ -129,10 +130,10 @@ class LoopSettings:
         that shifts after months is still looked at. ``math.inf``: counted forever. ``None`` (the
         default) takes the strategy's own: 5,000 for ``thompson``, whose noise is scaled by each
         action's reward rate and explores rare conversions less (counted forever, that noise was
-        too narrow to find the new favourites after the web simulator's shift; with the unscaled
-        noise, 5,000 had cost 0.5% of conversions), and forever for the others (``bernoulli-ts``
-        lost 2% of the web simulator's conversions with 5,000; docs/design.md, "Choice of the
-        default strategy").
+        too narrow to find the new favourites after the web simulator's shift), and forever for
+        the others and for ``thompson`` with ``rate_scaled=False`` (with that unscaled noise,
+        5,000 had cost 0.5% of the web simulator's conversions, and ``bernoulli-ts`` lost 2%
+        with it; docs/design.md, "Choice of the default strategy").
     snapshot_every
         Optimiser steps between saved snapshots.
     posterior_every, posterior_window
@@ -252,6 +253,8 @@ class LoopSettings:
         half = self.count_half_life
         if half is None:
             half = COUNT_HALF_LIVES.get(self.strategy, math.inf)
+            if self.strategy_options.get("rate_scaled", True) is False:  # thompson's old noise
+                half = math.inf
             object.__setattr__(self, "count_half_life", half)
         if not half > 0:
             raise ConfigurationError("count_half_life is a number of samples and must be "

@@ -22,7 +22,8 @@ class Thompson(Policy):
     reward in [0, 1] with that mean is at most ``sqrt(r_a (1 - r_a))``, so ``noise`` (0.5)
     times ``w_a`` is the width of a Beta posterior of the action's mean, and rare conversions
     (a rate of 7%: ``w_a`` = 0.51) are not explored as widely as coin flips. An action without
-    data has ``w_a = 1``. ``rate_scaled=False``: ``w_a = 1`` always (before 2026-12-06).
+    data has ``w_a = 1``. ``rate_scaled=False``: ``w_a = 1`` always, and the loop's counts are
+    then kept forever unless ``count_half_life`` says otherwise (both as before 2026-12-06).
     The scores of the actions are drawn independently, so the propensities are exact integrals.
     """
 
@@ -32,10 +33,10 @@ class Thompson(Policy):
         super().__init__()
         if not noise > 0:
             raise ValueError("noise must be positive")
-        if not isinstance(rate_scaled, bool):
+        if not isinstance(rate_scaled, bool | np.bool_):
             raise ValueError("rate_scaled must be True or False")
         self.noise = noise
-        self.rate_scaled = rate_scaled
+        self.rate_scaled = bool(rate_scaled)
 
     def widths(self, counts: FloatArray, successes: FloatArray) -> FloatArray:
         """The noise's standard deviation per action, from its counts and summed rewards."""

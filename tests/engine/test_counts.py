@@ -127,15 +127,16 @@ def test_the_setting_is_checked_and_served(tmp_path: Path,
 def test_by_default_thompson_counts_fade_with_a_half_life_of_5000_samples(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     """The default that came with Thompson's rate-scaled noise (docs/design.md, "Choice of the
-    default strategy"): 200 samples of one action count as sum(keep ** age); ``bernoulli-ts``
-    and ``math.inf`` count them forever."""
+    default strategy"): 200 samples of one action count as sum(keep ** age); ``bernoulli-ts``,
+    ``math.inf`` and thompson's old noise (``rate_scaled=False``) count them forever."""
     engine = Engine(tmp_path / "ef", embedder=embedder, seed=3)
     try:
         faded = engine.loop("hero", actions=HERO, reward_wait=1)
         forever = engine.loop("kept", actions=HERO, reward_wait=1, count_half_life=math.inf)
         bandit = engine.loop("bandit", actions=HERO, reward_wait=1, strategy="bernoulli-ts")
-        assert (faded.settings.count_half_life, bandit.settings.count_half_life) == (
-            5000, math.inf)
+        flat = engine.loop("flat", actions=HERO, strategy_options={"rate_scaled": False})
+        assert (faded.settings.count_half_life, bandit.settings.count_half_life,
+                flat.settings.count_half_life) == (5000, math.inf, math.inf)
         for loop in (faded, forever, bandit):
             for _ in range(200):
                 loop.reward(loop.rank({"device": "mobile"}, exclude=["video"]).event_id, 1.0)

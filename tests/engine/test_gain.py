@@ -198,14 +198,15 @@ def test_a_replay_ratio_below_one_keeps_no_more_new_samples_than_a_step_takes(
     """At a ratio of 1/4 a step of 64 is bought by 256 new samples: the other 192 are left to
     the replay. The list of samples waiting for their first step grew by them without bound
     (a leak), and with a buffer of 200 it named slots written over since (a review of
-    2026-12-06)."""
+    2026-12-06). The newest wait for the next step."""
     with opened(tmp_path / "ef", embedder) as eng:
         hero = eng.loop("slow", actions=HERO, replay_ratio=0.25, replay_size=200)
         _learn(hero, clear, 1000)
         trainer = hero.trainer
         assert trainer.learned == 1000 and trainer.net.step == 1000 // 256
-        assert len(trainer._fresh) <= 64
-        assert len(set(trainer._fresh)) == len(trainer._fresh)
+        waiting = trainer._fresh
+        assert 0 < len(waiting) <= 64  # the newest samples wait: the next step takes them
+        assert sorted(waiting) == sorted(trainer.replay.recent(len(waiting)).tolist())
 
 
 def test_a_damaged_gauge_in_a_snapshot_starts_afresh_and_keeps_the_model(
