@@ -76,6 +76,8 @@ class Policy(ABC):
             raise ValueError("samples must be at least 1")
         self.samples = samples
         self._normal_stream: Normals | None = None
+        # (counts, successes, what was derived from them) of the last call: see of_counts
+        self._of_counts: tuple[FloatArray, FloatArray, Any] | None = None
 
     @abstractmethod
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
@@ -135,6 +137,17 @@ class Policy(ABC):
             if score > best:  # the first of equal scores, as argmax
                 index, best = i, score
         return gaussian_choice(mean, sd, index)
+
+    def of_counts(self, c: Candidates, derive: Callable[[FloatArray, FloatArray], Any]) -> Any:
+        """``derive(c.counts, c.successes)``, computed once per pair of arrays: the loop's own
+        actions share one counts array per published state, whatever the context, so the
+        views of many contexts need it once. The arrays are never changed once published."""
+        last = self._of_counts
+        if last is not None and last[0] is c.counts and last[1] is c.successes:
+            return last[2]
+        derived = derive(c.counts, c.successes)
+        self._of_counts = (c.counts, c.successes, derived)
+        return derived
 
     def _normals(self, rng: np.random.Generator) -> Normals:
         normals = self._normal_stream

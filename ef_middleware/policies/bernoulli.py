@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from .._types import Float64Array, FloatArray
@@ -22,25 +24,16 @@ class BernoulliThompson(Policy):
 
     name = "bernoulli-ts"
 
-    def __init__(self) -> None:
-        super().__init__()
-        # (counts, successes, a, b) of the last call: the loop's own actions share one
-        # counts array per published state, whatever the context.
-        self._last: tuple[FloatArray, FloatArray, Float64Array, Float64Array] | None = None
-
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
-        a, b = self._posterior(c)
+        a, b = cast("tuple[Float64Array, Float64Array]", self.of_counts(c, _posterior))
         index = int(np.argmax(rng.beta(a, b)))
         return Choice(index, lazy=("beta", (a, b)))
 
-    def _posterior(self, c: Candidates) -> tuple[Float64Array, Float64Array]:
-        last = self._last
-        if last is not None and last[0] is c.counts and last[1] is c.successes:
-            return last[2], last[3]
-        a = 1.0 + c.successes.astype(np.float64)
-        b = 1.0 + np.maximum(c.counts - c.successes, 0.0).astype(np.float64)
-        self._last = (c.counts, c.successes, a, b)
-        return a, b
+
+def _posterior(counts: FloatArray, successes: FloatArray) -> tuple[Float64Array, Float64Array]:
+    a = 1.0 + successes.astype(np.float64)
+    b = 1.0 + np.maximum(counts - successes, 0.0).astype(np.float64)
+    return a, b
 
 
 def _probabilities(a: Float64Array, b: Float64Array) -> FloatArray:

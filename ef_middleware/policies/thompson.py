@@ -47,4 +47,5 @@ class Thompson(Policy):
         return sd
 
     def choose(self, c: Candidates, rng: np.random.Generator) -> Choice:
-        return self.gaussian_view(c, rng, lambda: (c.mean, self.widths(c.counts, c.successes)))
+        return self.gaussian_view(
+            c, rng, lambda: (c.mean, cast("FloatArray", self.of_counts(c, self.widths))))

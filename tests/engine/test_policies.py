@@ -398,6 +398,30 @@ def test_thompson_explores_rare_rewards_less_widely_than_coin_flips() -> None:
         make_policy("thompson", {"rate_scaled": "yes"})
 
 
+def test_thompson_derives_its_widths_once_per_published_counts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The widths depend on the counts alone, which every context's view of one published
+    model shares: new counts (a new model, a per-call action list) derive them again."""
+    policy = Thompson()
+    calls: list[int] = []
+    widths = policy.widths
+
+    def counted(counts: np.ndarray, successes: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return widths(counts, successes)
+
+    monkeypatch.setattr(policy, "widths", counted)
+    first, second = candidates(0), candidates(1)  # other contexts: other means, hidden rows
+    second.counts, second.successes = first.counts, first.successes
+    rng = np.random.default_rng(0)
+    a, b = policy.choose(first, rng), policy.choose(second, rng)
+    assert len(calls) == 1
+    assert a.gaussian is not None and b.gaussian is not None
+    np.testing.assert_array_equal(a.gaussian[1], b.gaussian[1])
+    policy.choose(candidates(2), rng)  # counts of their own
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("scale", [1.0, 2.5])
 def test_neural_linear_scales_the_posterior_sd(scale: float) -> None:
     """Neural-linear's scores are the linear head's posterior mean and ``scale`` times its
