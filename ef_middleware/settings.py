@@ -253,8 +253,8 @@ class LoopSettings:
         half = self.count_half_life
         if half is None:
             half = COUNT_HALF_LIVES.get(self.strategy, math.inf)
-            if self.strategy_options.get("rate_scaled", True) is False:  # thompson's old noise
-                half = math.inf
+            if not self.strategy_options.get("rate_scaled", True):  # thompson's old noise (a
+                half = math.inf  # value the policy refuses fails when the loop builds it)
             object.__setattr__(self, "count_half_life", half)
         if not half > 0:
             raise ConfigurationError("count_half_life is a number of samples and must be "

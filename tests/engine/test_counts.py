@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ef_middleware import Engine, SentenceTransformerEmbedder
@@ -134,7 +135,7 @@ def test_by_default_thompson_counts_fade_with_a_half_life_of_5000_samples(
         faded = engine.loop("hero", actions=HERO, reward_wait=1)
         forever = engine.loop("kept", actions=HERO, reward_wait=1, count_half_life=math.inf)
         bandit = engine.loop("bandit", actions=HERO, reward_wait=1, strategy="bernoulli-ts")
-        flat = engine.loop("flat", actions=HERO, strategy_options={"rate_scaled": False})
+        flat = engine.loop("flat", actions=HERO, strategy_options={"rate_scaled": np.False_})
         assert (faded.settings.count_half_life, bandit.settings.count_half_life,
                 flat.settings.count_half_life) == (5000, math.inf, math.inf)
         for loop in (faded, forever, bandit):
