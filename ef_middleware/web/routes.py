@@ -28,7 +28,7 @@ from ef_middleware.errors import (
 )
 
 from . import cookies as ck
-from .context import header_map
+from .context import header_map, parse_device
 from .settings import Runtime, one_line
 
 __all__ = ["handle", "same_origin"]
@@ -146,6 +146,13 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     s, headers = rt.settings, header_map(scope)
     if not same_origin(headers, s.trusted_origins):
         return error(403, "bad_origin", "rewards are accepted from this site's own pages only")
+    # As a page treats them (Personalization.passive): a bot gets no decision, and an
+    # opted-out visitor is not tracked, so a decision cookie either sends is not theirs to
+    # reward with. Before, both were stored here while ``ef.reward`` refused them.
+    if parse_device(headers.get("user-agent", "")).bot:
+        return error(403, "not_tracked", "rewards from automated clients are not taken")
+    if s.honor_gpc and headers.get("sec-gpc", "").strip() == "1":
+        return error(403, "not_tracked", "this visitor has opted out (Global Privacy Control)")
     ctype = headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         return error(415, "unsupported_media_type", "send the reward as application/json")

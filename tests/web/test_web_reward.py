@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
-from web_helpers import ACTIONS, Clock, make_app, put_cookie, stats, tamper
+from web_helpers import (
+    ACTIONS,
+    DESKTOP,
+    GOOGLEBOT,
+    Clock,
+    make_app,
+    put_cookie,
+    stats,
+    tamper,
+)
 
 from ef_middleware import Engine
 from ef_middleware.errors import StoreError
@@ -80,7 +89,7 @@ def test_replayed_cookie_is_a_duplicate(engine: Engine, loop_name: str,
                                         visitor: TestClient) -> None:
     assert post(visitor, {"loop": loop_name}).status_code == 204
     cookie = visitor.cookies["ef_d"]
-    replay = TestClient(visitor.app, cookies={"ef_d": cookie})
+    replay = TestClient(visitor.app, cookies={"ef_d": cookie}, headers={"user-agent": DESKTOP})
     assert error_of(post(replay, {"loop": loop_name})) == (409, "duplicate_reward")
     assert error_of(post(visitor, {"loop": loop_name, "value": 0})) == (409, "duplicate_reward")
     assert stats(engine, loop_name)["rewards"] == 1
@@ -147,6 +156,7 @@ def test_a_content_length_that_only_str_isdigit_takes_is_a_bad_request(
              "method": "POST", "scheme": "http", "path": "/_ef/reward",
              "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
              "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
+                         (b"user-agent", DESKTOP.encode()),
                          (b"content-type", b"application/json"), (b"content-length", b"\xb2")],
              "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
     asyncio.run(app(scope, receive, send))
@@ -178,6 +188,7 @@ def test_a_client_that_disconnects_mid_body_gets_no_reward(engine: Engine, loop_
              "method": "POST", "scheme": "http", "path": "/_ef/reward",
              "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
              "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
+                         (b"user-agent", DESKTOP.encode()),
                          (b"content-type", b"application/json"), (b"cookie", cookie),
                          (b"transfer-encoding", b"chunked")],
              "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
@@ -288,6 +299,31 @@ def test_streamed_body_over_the_limit(engine: Engine, loop_name: str,
     response = visitor.post("/_ef/reward", content=chunks(),
                             headers={"content-type": "application/json", **ORIGIN})
     assert error_of(response) == (413, "body_too_large")
+
+
+def test_a_bot_or_an_opted_out_visitor_with_a_visitors_cookie_gets_no_reward(
+        engine: Engine, loop_name: str, clock: Clock, client_for: Client) -> None:
+    """Pages give bots and opted-out visitors no decision and ``ef.reward`` refuses them; the
+    route stored their rewards all the same when they sent a visitor's cookie (a review of
+    2026-12-06). Refused before the body is read, and nothing is stored."""
+    app = make_app(engine, [loop_name], clock=clock, honor_gpc=True)
+    visitor = client_for(app)
+    assert visitor.get("/").status_code == 200
+    bot = client_for(app, user_agent=GOOGLEBOT)
+    bot.cookies.update(visitor.cookies)
+    assert error_of(post(bot, {"loop": loop_name})) == (403, "not_tracked")
+    nameless = client_for(app, user_agent="")  # no user agent: a bot to the pages too
+    nameless.cookies.update(visitor.cookies)
+    assert error_of(post(nameless, {"loop": loop_name})) == (403, "not_tracked")
+    assert error_of(post(visitor, {"loop": loop_name}, {"sec-gpc": "1"})) == (403,
+                                                                               "not_tracked")
+    assert stats(engine, loop_name)["rewards"] == 0
+    assert post(visitor, {"loop": loop_name}, {"sec-gpc": "0"}).status_code == 204
+    # without honor_gpc the header is not an opt-out, as on the pages
+    other = client_for(make_app(engine, [loop_name], clock=clock))
+    other.get("/")
+    assert post(other, {"loop": loop_name}, {"sec-gpc": "1"}).status_code == 204
+    assert stats(engine, loop_name)["rewards"] == 2
 
 
 def test_no_cookie_and_no_decision_for_the_loop(engine: Engine, loop_name: str,
