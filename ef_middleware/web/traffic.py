@@ -8,9 +8,10 @@ probability by posting the reward route with its cookies and an ``Origin`` heade
 
 Usage::
 
-    python -m ef_middleware.web.traffic --url http://127.0.0.1:8000 --visitors 500
+    ef-traffic --url http://127.0.0.1:8000 --visitors 500
+    python -m ef_middleware.web.traffic --url http://127.0.0.1:8000 --visitors 500  # the same
 
-Needs ``httpx`` (a dev dependency). Only point it at your own server.
+Needs ``httpx`` (in the ``web`` extra). Only point it at your own server.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def simulate(client: httpx.Client, visitors: int, *, seed: int = 0, path: str = 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m ef_middleware.web.traffic",
+    parser = argparse.ArgumentParser(prog="ef-traffic",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the site's base URL")
     parser.add_argument("--visitors", type=int, default=500, help="how many visitors")
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import httpx
     except ImportError:
-        print("the traffic generator needs httpx: pip install httpx", file=sys.stderr)
+        print("the traffic generator needs httpx: pip install 'ef-middleware[web]'",
+              file=sys.stderr)
         return 2
     with httpx.Client(base_url=args.url, timeout=30.0) as client:
         try:

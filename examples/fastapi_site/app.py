@@ -2,7 +2,7 @@
 
 Run it with ``scripts/demo`` (or ``python -m uvicorn examples.fastapi_site.app:app``), then open
 http://127.0.0.1:8000 and feed it visitors with
-``python -m ef_middleware.web.traffic --url http://127.0.0.1:8000 --visitors 500``.
+``ef-traffic --url http://127.0.0.1:8000 --visitors 500``.
 
 Environment: ``EF_STORE`` (store folder, default ``var/demo``), ``EF_SECRET_KEY`` (cookie
 signing key; a random one per start when unset), ``EF_REWARD_WAIT`` (seconds a decision waits

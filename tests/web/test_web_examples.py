@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -108,6 +111,21 @@ def test_traffic_generator_stops_on_ctrl_c_with_the_totals_so_far(
     result = traffic.simulate(cast("httpx.Client", site), 40, seed=3, out=io.StringIO())
     assert result["interrupted"] is True and result["visitors"] == 14
     assert sum(result["shown"].values()) == 14
+
+
+def test_the_traffic_generator_is_a_command_of_the_package() -> None:
+    """``ef-traffic`` (``[project.scripts]``) runs :func:`traffic.main`; installed beside the
+    interpreter that runs the tests, with httpx from the ``web`` extra."""
+    from importlib.metadata import entry_points, requires
+
+    (command,) = entry_points(group="console_scripts", name="ef-traffic")
+    assert command.load() is traffic.main
+    assert any(r.startswith("httpx") and r.replace("'", '"').endswith('extra == "web"')
+               for r in requires("ef-middleware") or [])
+    script = Path(sys.executable).parent / "ef-traffic"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.startswith("usage: ef-traffic") and "--visitors" in done.stdout
 
 
 def test_visitor_model() -> None:
