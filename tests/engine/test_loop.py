@@ -235,6 +235,69 @@ def test_ranking_orders_by_probability_then_predicted_reward(engine: Engine) -> 
     assert predicted == sorted(predicted, reverse=True)
 
 
+def test_the_documented_defaults_of_a_loop(engine: Engine) -> None:
+    """The defaults the README and docs/design.md give: the network 768 + numeric -> 256 ->
+    128 -> 64 -> 1, warmup over 50 updates, weight decay 1e-4, clipping at norm 1.0, a
+    snapshot every 100 updates; rewards in [0, 1], a wait of 10 minutes, then the bottom of
+    the range; the earliest reward counts; ``thompson``."""
+    hero = engine.loop("homepage-hero", actions=HERO)
+    s = hero.settings
+    assert (s.strategy, s.reward_range, s.reward_wait, s.default_reward, s.aggregation,
+            s.snapshot_every) == ("thompson", (0.0, 1.0), 600.0, 0.0, "earliest", 100)
+    cfg = hero.trainer.net.config
+    assert (cfg.text_dim, cfg.hidden, cfg.warmup_steps, cfg.weight_decay, cfg.clip_norm) == (
+        384, (256, 128, 64), 50, 1e-4, 1.0)
+    shapes = [w.shape for w, _ in hero.trainer.net.layers]
+    assert shapes == [(768 + cfg.numeric_dim, 256), (256, 128), (128, 64), (64, 1)]
+    assert hero.trainer.net.params.dtype == np.float32
+
+
+def test_numbers_in_a_context_never_reach_the_embedder(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """Numbers and booleans enter the network as numbers (hour and weekday as sin/cos), not
+    as texts: only the context's strings and the actions' features are embedded, on the
+    request path or off it."""
+    recording = RecordingEmbedder(embedder)
+    eng = Engine(tmp_path / "ef", embedder=recording)
+    try:
+        hero = eng.loop("hero", actions=HERO)
+        numbers = {"hour": 14, "weekday": 2, "visits": 3, "returning": True, "score": 0.25}
+        d = hero.rank({"device": "mobile", **numbers})
+        hero.reward(d.event_id, 1.0)
+        hero.flush()
+        assert eng.embeddings.wait()
+        texts = recording.encoded()
+        assert "device: mobile" in texts
+        assert not [t for t in texts if t.split(":")[0] in numbers], texts
+        raw = hero.encoder.context({"device": "mobile", **numbers}).numeric_raw
+        for value in (np.sin(2 * np.pi * 14 / 24), np.cos(2 * np.pi * 2 / 7), 3.0, 1.0, 0.25):
+            assert np.isclose(raw, value, atol=1e-6).any(), (value, raw)
+    finally:
+        eng.close()
+
+
+def test_the_learner_trains_on_its_own_thread_never_in_rank_or_reward(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request path never trains: ``rank`` and ``reward`` queue, and every optimiser
+    pass runs on the learner thread (``flush`` waits for it)."""
+    hero = engine.loop("hero", actions=HERO)
+    threads: list[str] = []
+    learn = hero.trainer.learn
+
+    def recorded(*args: Any, **kwargs: Any) -> int:
+        threads.append(threading.current_thread().name)
+        return learn(*args, **kwargs)
+
+    monkeypatch.setattr(hero.trainer, "learn", recorded)
+    for i in range(200):
+        d = hero.rank({"device": "mobile" if i % 2 else "desktop"})
+        hero.reward(d.event_id, float(i % 3 == 0))
+        assert threading.current_thread().name not in threads
+    hero.flush()
+    assert hero.stats()["learned"] >= 200 and hero.trainer.net.step > 0
+    assert threads and set(threads) == {"ef-learner"}
+
+
 def test_ranking_never_runs_the_transformer_for_a_known_key(
         tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
     recording = RecordingEmbedder(embedder)

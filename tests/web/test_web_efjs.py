@@ -123,7 +123,7 @@ results.optedOut = ef.optedOut;
 console.log(JSON.stringify(results));
 """
 
-def run(tmp_path: Path, **scenario: Any) -> dict[str, Any]:
+def run(tmp_path: Path, script: Path = SCRIPT, **scenario: Any) -> dict[str, Any]:
     if NODE is None:  # in CI (EF_REQUIRE_BROWSER=1, set by scripts/test) a failure
         reason = "node is not installed"
         if os.environ.get("EF_REQUIRE_BROWSER") == "1":
@@ -131,7 +131,7 @@ def run(tmp_path: Path, **scenario: Any) -> dict[str, Any]:
         pytest.skip(reason + "; run scripts/browser-setup")
     harness = tmp_path / "harness.js"
     harness.write_text(HARNESS)
-    done = subprocess.run([NODE, str(harness), str(SCRIPT), json.dumps(scenario)],
+    done = subprocess.run([NODE, str(harness), str(script), json.dumps(scenario)],
                           capture_output=True, text=True, timeout=30,
                           env={**os.environ, "TZ": "Asia/Tokyo"}, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
@@ -142,10 +142,30 @@ def bodies(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [s["body"] for s in result["sent"]]
 
 
+def minified() -> bytes:
+    """ef.js minified by rjsmin (whitespace and comments out; the licence comment kept)."""
+    import rjsmin
+
+    return bytes(rjsmin.jsmin(SCRIPT.read_bytes(), keep_bang_comments=True))
+
+
 def test_size_budget() -> None:
+    """Under 2 KB minified and gzipped, as the web issue asks (2 KB read as 2,000 bytes);
+    the readable file the middleware serves goes gzipped too, and stays under 2,048."""
     source = SCRIPT.read_bytes()
-    assert len(gzip.compress(source, 9)) < 2048  # unminified; minified it is smaller still
+    small = minified()
+    assert len(gzip.compress(small, 9)) < 2000 and len(small) < 0.7 * len(source)
+    assert len(gzip.compress(source, 9)) < 2048
     assert source.lstrip().startswith(b"/*!") and b"'use strict'" in source
+
+
+def test_the_minified_script_behaves_as_the_source(tmp_path: Path) -> None:
+    """The size budget is the minified script's: it must do what the source does."""
+    small = tmp_path / "ef.min.js"
+    small.write_bytes(minified())
+    for scenario in ({"preset": True, "dataset": {"endpoint": "/p/"}, "value": 5},
+                     {"gpc": True, "dataset": {"gpc": "true"}}):
+        assert run(tmp_path, small, **scenario) == run(tmp_path, **scenario)
 
 
 def test_queue_auto_conversion_and_fetch(tmp_path: Path) -> None:
