@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ from web_helpers import (
     tamper,
 )
 
-from ef_middleware import Engine
+from ef_middleware import Engine, SentenceTransformerEmbedder
 from ef_middleware.web import PersonalizationMiddleware
 from ef_middleware.web.middleware import with_cookies
 from tests.descriptors import open_under
@@ -113,6 +114,33 @@ def test_pages_that_do_not_personalize_set_nothing(engine: Engine, loop_name: st
     response = client_for(make_app(engine, [loop_name])).get("/plain")
     assert response.headers.get_list("set-cookie") == []
     assert "vary" not in response.headers and "cache-control" not in response.headers
+
+
+def test_the_context_is_built_only_when_a_page_asks_for_a_variant(
+        engine: Engine, loop_name: str, client_for: Client,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lazy: a page that personalizes nothing parses no user agent and builds no context,
+    and one that asks builds it once, however many variants it asks for."""
+    personalization = importlib.import_module("ef_middleware.web.personalization")
+    parsed: list[str] = []
+    built: list[int] = []
+    parse, build = personalization.parse_device, personalization.Personalization._build_context
+
+    def counting_parse(agent: str) -> Any:
+        parsed.append(agent)
+        return parse(agent)
+
+    def counting_build(self: Any) -> Any:
+        built.append(1)
+        return build(self)
+
+    monkeypatch.setattr(personalization, "parse_device", counting_parse)
+    monkeypatch.setattr(personalization.Personalization, "_build_context", counting_build)
+    client = client_for(make_app(engine, [loop_name]))
+    assert client.get("/plain").status_code == 200
+    assert parsed == [] and built == []
+    assert client.get("/").status_code == 200
+    assert len(built) == 1 and len(parsed) == 1
 
 
 def test_sticky_within_the_window_then_a_new_decision(
@@ -488,6 +516,46 @@ def test_lifespan_starts_and_closes_the_engine(new_engine: Callable[..., Engine]
         client.get("/")
         assert stats(engine, "hero")["decisions"] == 1
     assert calls == ["start", "close"]
+
+
+def test_a_fastapi_lifespan_starts_the_engine_and_closing_saves_the_model(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    """The same lifespan hook under FastAPI: the learner runs while the app is up, and the
+    model learned is saved at shutdown and restored by the next engine on the folder."""
+    from fastapi import Depends, FastAPI
+
+    from ef_middleware.web import Personalization, personalization
+
+    engine = Engine(tmp_path / "ef", embedder=embedder)
+    loop = engine.loop("hero", actions=ACTIONS)
+    app = FastAPI()
+
+    @app.get("/api")
+    def api(ef: Personalization = Depends(personalization)) -> dict[str, Any]:  # noqa: B008
+        return ef.variant("hero").to_dict()
+
+    app.add_middleware(PersonalizationMiddleware, engine=engine, secret_key="k" * 32)
+    try:
+        with TestClient(app, headers={"user-agent": DESKTOP}) as client:
+            assert engine._learner is not None and engine._learner.is_alive()
+            for _ in range(3):
+                client.cookies.clear()
+                assert client.get("/api").json()["id"] in {a["id"] for a in ACTIONS}
+            for event_id in list(loop._pending)[:3]:
+                loop.reward(event_id, 1.0)
+            loop.flush()
+            assert loop.stats()["learned"] == 3, loop.stats()
+        assert loop.closed and not engine._learner.is_alive()
+    finally:
+        engine.close()
+    again = Engine(tmp_path / "ef", embedder=embedder)
+    try:
+        restored = again.loop("hero", actions=ACTIONS).trainer  # the snapshot's samples
+        assert restored.learned == 3
+        # three rewards, discounted by thompson's count half-life (5,000 samples)
+        assert sum(restored.counts.get(a["id"])[1] for a in ACTIONS) == pytest.approx(3, abs=0.01)
+    finally:
+        again.close()
 
 
 def test_an_engine_that_fails_to_start_leaves_the_host_startup_alone(
