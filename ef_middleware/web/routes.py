@@ -1,8 +1,9 @@
 """The routes under the middleware's prefix: ``POST reward``, ``GET ef.js``, ``GET status``.
 
 Every error is JSON ``{"error": {"code": ..., "message": ...}}``. A reward is checked in full
-(origin, content type, size, JSON, loop, signed decision cookie, value) before the engine sees
-it, so nothing is learned from a rejected request.
+(origin, a visitor who is tracked: not a bot, not opted out, content type, size, JSON, loop,
+signed decision cookie, value) before the engine sees it, so nothing is learned from a
+rejected request.
 """
 
 from __future__ import annotations
@@ -149,10 +150,10 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     # As a page treats them (Personalization.passive): a bot gets no decision, and an
     # opted-out visitor is not tracked, so a decision cookie either sends is not theirs to
     # reward with. Before, both were stored here while ``ef.reward`` refused them.
-    if parse_device(headers.get("user-agent", "")).bot:
-        return error(403, "not_tracked", "rewards from automated clients are not taken")
     if s.honor_gpc and headers.get("sec-gpc", "").strip() == "1":
         return error(403, "not_tracked", "this visitor has opted out (Global Privacy Control)")
+    if parse_device(headers.get("user-agent", "")).bot:
+        return error(403, "not_tracked", "rewards from automated clients are not taken")
     ctype = headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         return error(415, "unsupported_media_type", "send the reward as application/json")

@@ -326,6 +326,32 @@ def test_a_bot_or_an_opted_out_visitor_with_a_visitors_cookie_gets_no_reward(
     assert stats(engine, loop_name)["rewards"] == 2
 
 
+def test_a_bots_reward_is_refused_before_its_body_is_read(engine: Engine, loop_name: str,
+                                                         visitor: TestClient) -> None:
+    """Raw ASGI: the route answers without awaiting ``receive`` for a bot."""
+    cookie = f"ef_d={visitor.cookies['ef_d']}".encode()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/_ef/reward",
+             "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
+                         (b"user-agent", GOOGLEBOT.encode()), (b"cookie", cookie),
+                         (b"content-type", b"application/json"), (b"content-length", b"20")],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    asyncio.run(visitor.app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert (start["status"], json.loads(body)["error"]["code"]) == (403, "not_tracked")
+    assert stats(engine, loop_name)["rewards"] == 0
+
+
 def test_no_cookie_and_no_decision_for_the_loop(engine: Engine, loop_name: str,
                                                 client_for: Client) -> None:
     stranger = client_for(make_app(engine, [loop_name]))
