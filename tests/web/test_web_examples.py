@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -14,7 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 from web_helpers import IPHONE
 
-from ef_middleware import Engine
+from ef_middleware import Engine, commands
 from ef_middleware.web import traffic
 from examples.fastapi_site.app import create_app
 from examples.fastapi_site.content import HERO, LOOP
@@ -114,18 +116,28 @@ def test_traffic_generator_stops_on_ctrl_c_with_the_totals_so_far(
 
 
 def test_the_traffic_generator_is_a_command_of_the_package() -> None:
-    """``ef-traffic`` (``[project.scripts]``) runs :func:`traffic.main`; installed beside the
-    interpreter that runs the tests, with httpx from the ``web`` extra."""
+    """``ef-traffic`` (``[project.scripts]``) runs :func:`traffic.main`, with httpx from the
+    ``web`` extra; installed where this interpreter's scripts go."""
     from importlib.metadata import entry_points, requires
 
     (command,) = entry_points(group="console_scripts", name="ef-traffic")
-    assert command.load() is traffic.main
+    assert command.load() is commands.traffic
     assert any(r.startswith("httpx") and r.replace("'", '"').endswith('extra == "web"')
                for r in requires("ef-middleware") or [])
-    script = Path(sys.executable).parent / "ef-traffic"
-    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60,
+    script = Path(sysconfig.get_path("scripts")) / "ef-traffic"
+    found = str(script) if script.exists() else shutil.which("ef-traffic")
+    assert found is not None, "ef-traffic is not installed"
+    done = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=60,
                           check=True)
     assert done.stdout.startswith("usage: ef-traffic") and "--visitors" in done.stdout
+
+
+def test_the_traffic_command_names_the_extra_it_needs(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the web extra (its import fails), one line says what to install."""
+    monkeypatch.setitem(sys.modules, "ef_middleware.web.traffic", None)  # import -> ImportError
+    assert commands.traffic(["--visitors", "1"]) == 2
+    assert "pip install 'ef-middleware[web]'" in capsys.readouterr().err
 
 
 def test_visitor_model() -> None:
