@@ -136,10 +136,12 @@ def test_the_context_is_built_only_when_a_page_asks_for_a_variant(
 
     monkeypatch.setattr(personalization, "parse_device", counting_parse)
     monkeypatch.setattr(personalization.Personalization, "_build_context", counting_build)
-    client = client_for(make_app(engine, [loop_name]))
+    engine.loop(loop_name + "-2", actions=ACTIONS)
+    client = client_for(make_app(engine, [loop_name, loop_name + "-2"]))
     assert client.get("/plain").status_code == 200
     assert parsed == [] and built == []
-    assert client.get("/").status_code == 200
+    page = client.get("/")  # two loops' variants
+    assert page.status_code == 200 and len(shown(page)) == 2
     assert len(built) == 1 and len(parsed) == 1
 
 
@@ -528,6 +530,14 @@ def test_a_fastapi_lifespan_starts_the_engine_and_closing_saves_the_model(
 
     engine = Engine(tmp_path / "ef", embedder=embedder)
     loop = engine.loop("hero", actions=ACTIONS)
+    starts: list[int] = []
+    start = engine.start
+
+    def recorded_start() -> None:
+        starts.append(1)
+        start()
+
+    engine.start = recorded_start  # type: ignore[method-assign]
     app = FastAPI()
 
     @app.get("/api")
@@ -536,7 +546,9 @@ def test_a_fastapi_lifespan_starts_the_engine_and_closing_saves_the_model(
 
     app.add_middleware(PersonalizationMiddleware, engine=engine, secret_key="k" * 32)
     try:
+        assert starts == []
         with TestClient(app, headers={"user-agent": DESKTOP}) as client:
+            assert starts == [1]  # the lifespan's startup (a loop's creation starts it too)
             assert engine._learner is not None and engine._learner.is_alive()
             for _ in range(3):
                 client.cookies.clear()
