@@ -76,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
         type=_loop_settings,
         default={},
         help="LoopSettings for every engine agent, e.g. min_batch_size=32,posterior_window=1024"
-             " (the agents' names then carry them)",
+             " (the agents' names then carry them); model.x=v sets a ModelConfig field,"
+             " option.x=v a strategy option (e.g. option.noise=0.35)",
     )
     p.add_argument("--no-vw", action="store_true", help="skip the Vowpal Wabbit peer")
     p.add_argument("--vw-args", default=DEFAULT_ARGS, help=f"VW arguments ({DEFAULT_ARGS!r})")

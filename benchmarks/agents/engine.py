@@ -60,13 +60,17 @@ def make_engine(path: str, seed: int, sync: bool = False) -> Any:
 
 
 def _loop_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
-    """``--loop-settings`` as ``engine.loop`` keywords: ``model.x=v`` set ModelConfig fields."""
+    """``--loop-settings`` as ``engine.loop`` keywords: ``model.x=v`` set ModelConfig fields,
+    ``option.x=v`` the strategy's options (``strategy_options``)."""
     from ef_middleware.model import ModelConfig
 
-    out = {k: v for k, v in settings.items() if not k.startswith("model.")}
+    out = {k: v for k, v in settings.items() if not k.startswith(("model.", "option."))}
     model = {k[len("model."):]: v for k, v in settings.items() if k.startswith("model.")}
     if model:
         out["model"] = ModelConfig(**model)
+    options = {k[len("option."):]: v for k, v in settings.items() if k.startswith("option.")}
+    if options:
+        out["strategy_options"] = options
     return out
 
 
