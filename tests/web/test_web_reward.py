@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -48,6 +48,27 @@ def post(client: TestClient, body: Any, headers: dict[str, str] | None = None) -
     content = body if isinstance(body, bytes | str) else json.dumps(body)
     return client.post("/_ef/reward", content=content,
                        headers={"content-type": "application/json", **ORIGIN, **(headers or {})})
+
+
+def raw_post(app: Any, headers: list[tuple[bytes, bytes]],
+             receive: Callable[[], Awaitable[dict[str, Any]]]) -> tuple[int, str]:
+    """``POST /_ef/reward`` as raw ASGI (for what the test client cannot send): ``headers``
+    after Host and Origin; the answer's status and error code."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/_ef/reward",
+             "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
+                         *headers],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body)["error"]["code"]
 
 
 def test_reward_is_stored_and_learned(engine: Engine, loop_name: str,
@@ -143,26 +164,14 @@ def test_a_content_length_that_only_str_isdigit_takes_is_a_bad_request(
     2026-12-05 (security audit). Sent as raw ASGI: the test client refuses such a header, and
     uvicorn's parser too, but not every server does."""
     app = make_app(engine, [loop_name], clock=clock)
-    sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": json.dumps({"loop": loop_name}).encode(),
                 "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/_ef/reward",
-             "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
-                         (b"user-agent", DESKTOP.encode()),
-                         (b"content-type", b"application/json"), (b"content-length", b"\xb2")],
-             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
-    asyncio.run(app(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    assert (start["status"], json.loads(body)["error"]["code"]) == (400, "bad_request")
+    assert raw_post(app, [(b"user-agent", DESKTOP.encode()),
+                          (b"content-type", b"application/json"),
+                          (b"content-length", b"\xb2")], receive) == (400, "bad_request")
     assert stats(engine, loop_name)["rewards"] == 0
 
 
@@ -175,28 +184,16 @@ def test_a_client_that_disconnects_mid_body_gets_no_reward(engine: Engine, loop_
         {"type": "http.request", "body": json.dumps({"loop": loop_name}).encode(),
          "more_body": True},
         {"type": "http.disconnect"}]
-    sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
     cookie = f"ef_d={visitor.cookies.get('ef_d')}".encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/_ef/reward",
-             "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
-                         (b"user-agent", DESKTOP.encode()),
-                         (b"content-type", b"application/json"), (b"cookie", cookie),
-                         (b"transfer-encoding", b"chunked")],
-             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
-    asyncio.run(visitor.app(scope, receive, send))
+    answer = raw_post(visitor.app, [(b"user-agent", DESKTOP.encode()),
+                                    (b"content-type", b"application/json"), (b"cookie", cookie),
+                                    (b"transfer-encoding", b"chunked")], receive)
     assert stats(engine, loop_name)["rewards"] == 0
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    assert (start["status"], json.loads(body)["error"]["code"]) == (400, "bad_request")
+    assert answer == (400, "bad_request")
     engine.get_loop(loop_name).flush()
     assert stats(engine, loop_name)["learned"] == 0
 
@@ -330,25 +327,13 @@ def test_a_bots_reward_is_refused_before_its_body_is_read(engine: Engine, loop_n
                                                          visitor: TestClient) -> None:
     """Raw ASGI: the route answers without awaiting ``receive`` for a bot."""
     cookie = f"ef_d={visitor.cookies['ef_d']}".encode()
-    sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         raise AssertionError("the body was read")
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/_ef/reward",
-             "raw_path": b"/_ef/reward", "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"),
-                         (b"user-agent", GOOGLEBOT.encode()), (b"cookie", cookie),
-                         (b"content-type", b"application/json"), (b"content-length", b"20")],
-             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
-    asyncio.run(visitor.app(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    assert (start["status"], json.loads(body)["error"]["code"]) == (403, "not_tracked")
+    assert raw_post(visitor.app, [(b"user-agent", GOOGLEBOT.encode()), (b"cookie", cookie),
+                                  (b"content-type", b"application/json"),
+                                  (b"content-length", b"20")], receive) == (403, "not_tracked")
     assert stats(engine, loop_name)["rewards"] == 0
 
 
