@@ -110,7 +110,9 @@
     d.addEventListener('submit', auto, true);
 
     // The visitor's IANA time zone: their local hour and weekday for the server.
-    var attrs = ';path=/;samesite=lax' + (w.location.protocol === 'https:' ? ';secure' : '');
+    // The site's cookie domain (data-cookie-domain) when it spans subdomains, as ours do.
+    var attrs = ';path=/' + (data.cookieDomain ? ';domain=' + data.cookieDomain : '') +
+      ';samesite=lax' + (w.location.protocol === 'https:' ? ';secure' : '');
     if (off) {
       if (d.cookie.indexOf(tzCookie + '=') >= 0) d.cookie = tzCookie + '=' + attrs + ';max-age=0';
     } else {

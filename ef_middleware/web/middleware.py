@@ -98,7 +98,8 @@ class PersonalizationMiddleware:
     secure
         Mark cookies ``Secure`` (serve over HTTPS).
     cookie_domain, cookie_path
-        ``Domain`` and ``Path`` attributes of the cookies.
+        ``Domain`` and ``Path`` attributes of the cookies. ef.js writes the time zone cookie
+        with the same domain (``data-cookie-domain`` on its tag) and path ``/``.
     decision_cookie, visitor_cookie, tz_cookie
         Cookie names (``ef_d``, ``ef_v``, and ``ef_tz`` which ef.js sets).
     country_header

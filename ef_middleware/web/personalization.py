@@ -370,6 +370,8 @@ class Personalization:
                  f'data-endpoint="{escape(endpoint)}"']
         if s.tz_cookie != "ef_tz":
             attrs.append(f'data-tz-cookie="{escape(s.tz_cookie)}"')
+        if s.cookie_domain:  # the time zone cookie spans the subdomains the others do
+            attrs.append(f'data-cookie-domain="{escape(s.cookie_domain)}"')
         if s.honor_gpc:
             attrs.append('data-gpc="true"')
         if nonce:

@@ -129,6 +129,17 @@ def test_script_tag(engine: Engine, loop_name: str, client_for: Client) -> None:
     assert alone_with_nonce.count("<script") == 1 and 'nonce="n1"' in alone_with_nonce
 
 
+def test_script_tag_names_the_sites_cookie_domain(engine: Engine, loop_name: str,
+                                                  client_for: Client) -> None:
+    """ef.js writes the time zone cookie for the domain the middleware's cookies use, so a
+    visitor's zone reaches every subdomain that shares the decision cookie."""
+    text = client_for(template_app(engine, cookie_domain=".example.com")).get(
+        f"/script.html?loop={loop_name}").text
+    assert 'data-cookie-domain=".example.com"' in text.split("\n")[0]
+    text = client_for(template_app(engine)).get(f"/script.html?loop={loop_name}").text
+    assert "data-cookie-domain" not in text
+
+
 def test_block_without_middleware_renders_the_first_block() -> None:
     env = jinja2.Environment(extensions=[PersonalizeExtension])
     template = env.from_string('{% personalize "x" %}{% variant "a" %}A{% endvariant %}'
