@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import rjsmin
 from markupsafe import Markup
 from starlette.types import Scope
 
@@ -103,11 +104,14 @@ def secret_keys_of(secret_key: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _load_script() -> bytes:
+    """ef.js as served: minified by rjsmin (whitespace and comments out, its licence comment
+    kept), once per app; the package keeps the readable source."""
     try:
-        return resources.files("ef_middleware").joinpath("static/ef.js").read_bytes()
+        source = resources.files("ef_middleware").joinpath("static/ef.js").read_bytes()
     except (OSError, ModuleNotFoundError) as exc:  # a broken install; pages still work
         logger.warning("ef_middleware: static/ef.js is missing from the install: %s", exc)
         return b""
+    return bytes(rjsmin.jsmin(source, keep_bang_comments=True))
 
 
 class Runtime:
