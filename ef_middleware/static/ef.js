@@ -109,10 +109,17 @@
     d.addEventListener('auxclick', auto, true);
     d.addEventListener('submit', auto, true);
 
-    // The visitor's IANA time zone: their local hour and weekday for the server.
-    // The site's cookie domain (data-cookie-domain) when it spans subdomains, as ours do.
-    var attrs = ';path=/' + (data.cookieDomain ? ';domain=' + data.cookieDomain : '') +
-      ';samesite=lax' + (w.location.protocol === 'https:' ? ';secure' : '');
+    // The visitor's IANA time zone: their local hour and weekday for the server, for the
+    // site's cookie domain (data-cookie-domain) when its cookies span subdomains.
+    var same = ';samesite=lax' + (w.location.protocol === 'https:' ? ';secure' : '');
+    var domain = data.cookieDomain ? ';domain=' + data.cookieDomain : '';
+    var attrs = ';path=/' + domain + same;
+    // A page cannot tell this host's own cookie from the shared one: with a domain, the
+    // host's (written before the domain was set) goes first, and the shared one is written
+    // if none is left.
+    if (domain && d.cookie.indexOf(tzCookie + '=') >= 0) {
+      d.cookie = tzCookie + '=;path=/' + same + ';max-age=0';
+    }
     if (off) {
       if (d.cookie.indexOf(tzCookie + '=') >= 0) d.cookie = tzCookie + '=' + attrs + ';max-age=0';
     } else {

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import rjsmin
 from markupsafe import Markup
 from starlette.types import Scope
 
@@ -24,6 +23,11 @@ from ef_middleware.store import release_thread
 from ef_middleware.throttle import Throttle, held_back
 
 from .context import parse_device
+
+try:
+    from rjsmin import jsmin
+except ImportError:  # an install from before rjsmin joined the web extra
+    jsmin = None
 from .cookies import DECISIONS_SALT, VISITOR_SALT, cookie_attributes, make_serializer
 
 if TYPE_CHECKING:
@@ -83,8 +87,17 @@ class WebSettings:
         names = (self.decision_cookie, self.visitor_cookie, self.tz_cookie)
         if len(set(names)) != 3 or not all(n and n.isascii() and n.isidentifier() for n in names):
             raise ConfigurationError("cookie names must be distinct ASCII identifiers")
+        for name in ("cookie_domain", "cookie_path"):  # they go into cookie attributes
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.isascii() and value
+                                          and not set(value) & _COOKIE_SEPARATORS):
+                raise ConfigurationError(f"{name} must be a non-empty ASCII string without "
+                                         f"';', ',', '=' or spaces, not {value!r}")
         if self.country_header is not None:
             object.__setattr__(self, "country_header", self.country_header.lower())
+
+
+_COOKIE_SEPARATORS = frozenset(';,= \t\r\n"')
 
 
 def one_line(exc: BaseException) -> str:
@@ -111,7 +124,11 @@ def _load_script() -> bytes:
     except (OSError, ModuleNotFoundError) as exc:  # a broken install; pages still work
         logger.warning("ef_middleware: static/ef.js is missing from the install: %s", exc)
         return b""
-    return bytes(rjsmin.jsmin(source, keep_bang_comments=True))
+    if jsmin is None:
+        logger.warning("ef_middleware: rjsmin is not installed: serving ef.js unminified "
+                       "(pip install 'ef-middleware[web]')")
+        return source
+    return bytes(jsmin(source, keep_bang_comments=True))
 
 
 class Runtime:

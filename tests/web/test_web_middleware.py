@@ -847,3 +847,34 @@ def test_a_missing_or_bad_secret_key_is_a_configuration_error(engine: Engine, ke
     app = Starlette()
     with pytest.raises(ConfigurationError, match="secret_key must be"):
         PersonalizationMiddleware(app, engine=engine, secret_key=key)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("cookie_domain", ".example.com;secure"), ("cookie_domain", "a.com, b.com"),
+    ("cookie_domain", ""), ("cookie_domain", "exämple.com"), ("cookie_path", "/a b"),
+    ("cookie_path", "/;domain=x")])
+def test_a_cookie_domain_or_path_that_would_add_attributes_is_refused(
+        engine: Engine, name: str, value: str) -> None:
+    """They go into the Set-Cookie headers and, the domain, into ef.js's time zone cookie:
+    a ';' there would add attributes of its own."""
+    from ef_middleware.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=name):
+        PersonalizationMiddleware(Starlette(), engine=engine, secret_key="k", **{name: value})
+    PersonalizationMiddleware(Starlette(), engine=engine, secret_key="k",
+                              cookie_domain=".example.com", cookie_path="/shop")
+
+
+def test_without_rjsmin_ef_js_is_served_as_it_is(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """An install from before rjsmin joined the web extra still serves ef.js (readable), and
+    says so in one line."""
+    from ef_middleware.web import settings
+
+    monkeypatch.setattr(settings, "jsmin", None)
+    with caplog.at_level(logging.WARNING, logger="ef_middleware"):
+        served = settings._load_script()
+    source = (Path(settings.__file__).parents[1] / "static" / "ef.js").read_bytes()
+    assert served == source and "rjsmin is not installed" in caplog.text
+    monkeypatch.undo()
+    assert len(settings._load_script()) < 0.7 * len(source)
