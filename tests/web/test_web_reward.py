@@ -457,7 +457,7 @@ def test_script_route(engine: Engine, loop_name: str, client_for: Client) -> Non
     assert again.status_code == 304 and again.content == b""
     assert client.get("/_ef/ef.js").status_code == 404  # the prefix moved
     # minified, and gzipped for a client that takes it (every browser): 1.5 KB on the
-    # wire, not the 5.2 of the readable source
+    # wire, not the 5.6 of the readable source
     source = (Path(ef_middleware.__file__).parent / "static" / "ef.js").read_bytes()
     assert response.content.startswith(b"/*! ef.js") and len(response.content) < 0.7 * len(
         source)
