@@ -20,6 +20,7 @@ __all__ = [
     "campaign_of",
     "classify_referrer",
     "country_code",
+    "gpc_opt_out",
     "header_map",
     "local_time",
     "parse_device",
@@ -57,6 +58,12 @@ def header_map(scope: Mapping[str, Any]) -> dict[str, str]:
         else:
             headers.setdefault(name, value)
     return headers
+
+
+def gpc_opt_out(headers: Mapping[str, str], honor_gpc: bool) -> bool:
+    """Global Privacy Control (``Sec-GPC: 1``) when the middleware honours it: the pages and
+    the reward route treat such a visitor as untracked."""
+    return honor_gpc and headers.get("sec-gpc", "").strip() == "1"
 
 
 @dataclass(frozen=True)

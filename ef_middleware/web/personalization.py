@@ -16,6 +16,7 @@ from .context import (
     campaign_of,
     classify_referrer,
     country_code,
+    gpc_opt_out,
     header_map,
     local_time,
     parse_device,
@@ -144,7 +145,7 @@ class Personalization:
     @property
     def opted_out(self) -> bool:
         """Global Privacy Control (``Sec-GPC: 1``) when the middleware honours it."""
-        return self._rt.settings.honor_gpc and self.headers.get("sec-gpc", "").strip() == "1"
+        return gpc_opt_out(self.headers, self._rt.settings.honor_gpc)
 
     @property
     def unseen(self) -> bool:

@@ -29,7 +29,7 @@ from ef_middleware.errors import (
 )
 
 from . import cookies as ck
-from .context import header_map, parse_device
+from .context import gpc_opt_out, header_map, parse_device
 from .settings import Runtime, one_line
 
 __all__ = ["handle", "same_origin"]
@@ -150,7 +150,7 @@ async def reward(rt: Runtime, scope: Scope, receive: Receive) -> Response:
     # As a page treats them (Personalization.passive): a bot gets no decision, and an
     # opted-out visitor is not tracked, so a decision cookie either sends is not theirs to
     # reward with. Before, both were stored here while ``ef.reward`` refused them.
-    if s.honor_gpc and headers.get("sec-gpc", "").strip() == "1":
+    if gpc_opt_out(headers, s.honor_gpc):
         return error(403, "not_tracked", "this visitor has opted out (Global Privacy Control)")
     if parse_device(headers.get("user-agent", "")).bot:
         return error(403, "not_tracked", "rewards from automated clients are not taken")

@@ -23,12 +23,12 @@ from ef_middleware.store import release_thread
 from ef_middleware.throttle import Throttle, held_back
 
 from .context import parse_device
+from .cookies import DECISIONS_SALT, VISITOR_SALT, cookie_attributes, make_serializer
 
 try:
     from rjsmin import jsmin
 except ImportError:  # an install from before rjsmin joined the web extra
     jsmin = None
-from .cookies import DECISIONS_SALT, VISITOR_SALT, cookie_attributes, make_serializer
 
 if TYPE_CHECKING:
     from itsdangerous import URLSafeTimedSerializer

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 from web_helpers import (
     ACTIONS,
     DESKTOP,
+    EF_JS,
     GOOGLEBOT,
     SECRET,
     Clock,
@@ -874,7 +875,7 @@ def test_without_rjsmin_ef_js_is_served_as_it_is(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(settings, "jsmin", None)
     with caplog.at_level(logging.WARNING, logger="ef_middleware"):
         served = settings._load_script()
-    source = (Path(settings.__file__).parents[1] / "static" / "ef.js").read_bytes()
+    source = EF_JS.read_bytes()
     assert served == source and "rjsmin is not installed" in caplog.text
     monkeypatch.undo()
     assert len(settings._load_script()) < 0.7 * len(source)

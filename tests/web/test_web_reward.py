@@ -7,7 +7,6 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from starlette.testclient import TestClient
 from web_helpers import (
     ACTIONS,
     DESKTOP,
+    EF_JS,
     GOOGLEBOT,
     Clock,
     make_app,
@@ -23,7 +23,6 @@ from web_helpers import (
     tamper,
 )
 
-import ef_middleware
 from ef_middleware import Engine
 from ef_middleware.errors import StoreError
 
@@ -458,7 +457,7 @@ def test_script_route(engine: Engine, loop_name: str, client_for: Client) -> Non
     assert client.get("/_ef/ef.js").status_code == 404  # the prefix moved
     # minified, and gzipped for a client that takes it (every browser): 1.5 KB on the
     # wire, not the 5.6 of the readable source
-    source = (Path(ef_middleware.__file__).parent / "static" / "ef.js").read_bytes()
+    source = EF_JS.read_bytes()
     assert response.content.startswith(b"/*! ef.js") and len(response.content) < 0.7 * len(
         source)
     assert response.headers["content-encoding"] == "gzip"
